@@ -1,0 +1,545 @@
+"""A small wrapper on kazoo: connect with retry, chroot, typed records, ephemeral
+registration that survives session loss, and watches delivered to asyncio.
+
+kazoo runs its own threads; every callback registered with a ``loop`` is handed to that
+loop with ``loop.call_soon_threadsafe``. The read/write methods block (briefly, on
+loopback): call them from asyncio code with ``await asyncio.to_thread(...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.recipe.cache import TreeCache
+from kazoo.recipe.cache import TreeEvent as KazooTreeEvent
+from kazoo.recipe.election import Election
+from kazoo.retry import KazooRetry, RetryFailedError
+
+from registry import layout
+from registry.errors import (
+    ConflictError,
+    FailedPreconditionError,
+    NotFoundError,
+    ZooKeeperUnavailableError,
+)
+from registry.records import Record
+
+log = logging.getLogger("registry.zk")
+
+R = TypeVar("R", bound=Record)
+ConnectionState = Literal["connected", "suspended", "lost"]
+
+_STATES: dict[str, ConnectionState] = {
+    KazooState.CONNECTED: "connected",
+    KazooState.SUSPENDED: "suspended",
+    KazooState.LOST: "lost",
+}
+
+_UNAVAILABLE = (
+    ConnectionLoss,
+    ConnectionClosedError,
+    SessionExpiredError,
+    OperationTimeoutError,
+    RetryFailedError,
+    KazooTimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class TreeEvent:
+    """A change under a watched subtree. ``path`` is relative to the registry root."""
+
+    kind: Literal["added", "updated", "removed", "initialized", "suspended", "reconnected", "lost"]
+    path: str | None = None
+    data: bytes | None = None
+
+
+_TREE_KINDS: dict[int, Any] = {
+    KazooTreeEvent.NODE_ADDED: "added",
+    KazooTreeEvent.NODE_UPDATED: "updated",
+    KazooTreeEvent.NODE_REMOVED: "removed",
+    KazooTreeEvent.INITIALIZED: "initialized",
+    KazooTreeEvent.CONNECTION_SUSPENDED: "suspended",
+    KazooTreeEvent.CONNECTION_RECONNECTED: "reconnected",
+    KazooTreeEvent.CONNECTION_LOST: "lost",
+}
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., Any]
+) -> Callable[..., None]:
+    """Wrap ``callback`` so kazoo's threads hand their calls to ``loop`` (or call it directly)."""
+    if loop is None:
+        return callback
+
+    def handoff(*args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the watcher's owner is gone
+            pass
+
+    return handoff
+
+
+class Registry:
+    """modelgate's view of ZooKeeper, chrooted at ``root``.
+
+    ``hosts`` is a kazoo connection string ("h1:2181,h2:2181"). :meth:`start` connects,
+    retrying until ``connect_timeout`` and then raising
+    :class:`~registry.errors.ZooKeeperUnavailableError` naming the hosts.
+    """
+
+    def __init__(
+        self,
+        hosts: str,
+        root: str = layout.DEFAULT_ROOT,
+        *,
+        connect_timeout: float = 10.0,
+        session_timeout: float = 10.0,
+        operation_timeout: float = 10.0,
+    ) -> None:
+        if not root.startswith("/") or (root.endswith("/") and root != "/"):
+            raise ValueError(
+                f"ZooKeeper root must be an absolute path without a trailing '/': {root!r}"
+            )
+        self.hosts = hosts
+        self.root = root
+        self.connect_timeout = connect_timeout
+        self._client = KazooClient(
+            hosts=hosts,
+            timeout=session_timeout,
+            connection_retry=KazooRetry(max_tries=-1, max_delay=1.0),
+            command_retry=KazooRetry(max_tries=-1, max_delay=1.0, deadline=operation_timeout),
+        )
+        self._client.add_listener(self._on_state)
+        self._state_listeners: list[Callable[[ConnectionState], None]] = []
+        self._ephemerals: list[EphemeralNode] = []
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Registry:
+        """Connect, create the root and the top-level folders; return self."""
+        try:
+            self._client.start(timeout=self.connect_timeout)
+        except KazooTimeoutError:
+            self._client.stop()
+            self._client.close()
+            raise ZooKeeperUnavailableError(
+                f"could not connect to ZooKeeper at {self.hosts} within "
+                f"{self.connect_timeout:g}s; is it running and reachable?"
+            ) from None
+        if self.root != "/":
+            self._client.retry(self._client.ensure_path, self.root)
+            self._client.chroot = self.root
+        for path in layout.TOP_LEVEL:
+            self._client.retry(self._client.ensure_path, path)
+        log.info("connected to ZooKeeper at %s (root %s)", self.hosts, self.root)
+        return self
+
+    def stop(self) -> None:
+        """Close the session: every ephemeral node of this registry disappears."""
+        self._client.stop()
+        self._client.close()
+
+    def __enter__(self) -> Registry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def session_id(self) -> int | None:
+        """The current ZooKeeper session id (changes after a session is lost)."""
+        cid = self._client.client_id
+        return cid[0] if cid else None
+
+    @property
+    def kazoo(self) -> KazooClient:
+        """The underlying kazoo client, for test helpers (expire/drop a session)."""
+        return self._client
+
+    def add_state_listener(
+        self,
+        callback: Callable[[ConnectionState], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Call ``callback("connected"|"suspended"|"lost")`` on every connection change."""
+        self._state_listeners.append(_deliver(loop, callback))
+
+    def _on_state(self, state: str) -> None:
+        mapped = _STATES[state]
+        if mapped == "suspended":
+            log.warning("ZooKeeper connection suspended (%s)", self.hosts)
+        elif mapped == "lost":
+            log.warning(
+                "ZooKeeper session lost (%s); ephemeral nodes will be re-created", self.hosts
+            )
+        for node in list(self._ephemerals):
+            node._on_state(mapped)
+        for listener in self._state_listeners:
+            listener(mapped)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _zk(self, path: str) -> Iterator[None]:
+        """Map kazoo's connection errors to ZooKeeperUnavailableError naming the path."""
+        try:
+            yield
+        except _UNAVAILABLE as err:
+            raise ZooKeeperUnavailableError(
+                f"ZooKeeper at {self.hosts} unavailable while accessing {path}: "
+                f"{type(err).__name__}"
+            ) from None
+
+    def exists(self, path: str) -> bool:
+        with self._zk(path):
+            return self._client.retry(self._client.exists, path) is not None
+
+    def get(self, path: str, record_type: type[R]) -> tuple[R, int]:
+        """Return the record at ``path`` and its data version; NotFoundError if missing."""
+        with self._zk(path):
+            try:
+                data, stat = self._client.retry(self._client.get, path)
+            except NoNodeError:
+                raise NotFoundError(f"{path} does not exist") from None
+        return record_type.from_bytes(path, data), stat.version
+
+    def read(self, path: str, record_type: type[R]) -> R | None:
+        """Return the record at ``path``, or None if the node does not exist."""
+        try:
+            return self.get(path, record_type)[0]
+        except NotFoundError:
+            return None
+
+    def children(self, path: str) -> list[str]:
+        """Names of the children of ``path`` (sorted); [] if the node does not exist."""
+        with self._zk(path):
+            try:
+                return sorted(self._client.retry(self._client.get_children, path))
+            except NoNodeError:
+                return []
+
+    def read_children(self, path: str, record_type: type[R]) -> dict[str, R]:
+        """Records of every child of ``path`` that exists, keyed by child name."""
+        records: dict[str, R] = {}
+        for name in self.children(path):
+            record = self.read(posixpath.join(path, name), record_type)
+            if record is not None:
+                records[name] = record
+        return records
+
+    def snapshot(self, path: str) -> dict[str, bytes]:
+        """Data of ``path`` and all its descendants, keyed by path (one level per round trip).
+
+        Not atomic: nodes that change while it reads may be seen old or new.
+        """
+        result: dict[str, bytes] = {}
+        frontier = [path]
+        with self._zk(path):
+            while frontier:
+                kids = [(p, self._client.get_children_async(p)) for p in frontier]
+                datas = [(p, self._client.get_async(p)) for p in frontier]
+                frontier = []
+                for p, req in kids:
+                    try:
+                        frontier.extend(posixpath.join(p, k) for k in req.get())
+                    except NoNodeError:
+                        pass
+                for p, req in datas:
+                    try:
+                        result[p] = req.get()[0]
+                    except NoNodeError:
+                        pass
+        return result
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(self, path: str, record: Record) -> None:
+        """Create a persistent node (and its parents); ConflictError if it exists."""
+        data = record.to_bytes(path)
+        with self._zk(path):
+            try:
+                self._client.retry(self._client.create, path, data, makepath=True)
+            except NodeExistsError:
+                raise ConflictError(f"{path} already exists") from None
+
+    def put(self, path: str, record: Record) -> None:
+        """Create or overwrite a persistent node, whatever its version."""
+        data = record.to_bytes(path)
+        with self._zk(path):
+            try:
+                self._client.retry(self._client.create, path, data, makepath=True)
+            except NodeExistsError:
+                self._client.retry(self._client.set, path, data)
+
+    def update(self, path: str, record: Record, version: int) -> int:
+        """Compare-and-set: write only if the node is still at ``version``; return the new one.
+
+        Raises ConflictError if someone else changed the node since it was read, and
+        NotFoundError if it was deleted.
+        """
+        data = record.to_bytes(path)
+        with self._zk(path):
+            try:
+                stat = self._client.retry(self._client.set, path, data, version=version)
+            except BadVersionError:
+                raise ConflictError(
+                    f"{path} changed since it was read (expected version {version}); "
+                    "re-read it and retry"
+                ) from None
+            except NoNodeError:
+                raise NotFoundError(f"{path} does not exist") from None
+        return int(stat.version)
+
+    def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> bool:
+        """Delete ``path``; return False if it did not exist.
+
+        With ``version`` the delete is compare-and-set (ConflictError on mismatch). Without
+        ``recursive`` a node with children raises FailedPreconditionError.
+        """
+        with self._zk(path):
+            try:
+                self._client.retry(self._client.delete, path, version=version, recursive=recursive)
+            except NoNodeError:
+                return False
+            except BadVersionError:
+                raise ConflictError(
+                    f"{path} changed since it was read (expected version {version})"
+                ) from None
+            except NotEmptyError:
+                raise FailedPreconditionError(f"{path} has children") from None
+        return True
+
+    def ensure_path(self, path: str) -> None:
+        """Create ``path`` and its parents as empty persistent nodes if missing."""
+        with self._zk(path):
+            self._client.retry(self._client.ensure_path, path)
+
+    def register_ephemeral(self, path: str, record: Record) -> EphemeralNode:
+        """Create an ephemeral node that is re-created whenever the session is lost.
+
+        Follows kazoo's Party recipe: created under ``client.retry``, NodeExistsError
+        handled (a node left by an earlier session of ours is replaced), re-created with
+        the latest record after a LOST session reconnects.
+        """
+        node = EphemeralNode(self, path, record)
+        node._create()
+        with self._lock:
+            self._ephemerals.append(node)
+        return node
+
+    def _forget(self, node: EphemeralNode) -> None:
+        with self._lock:
+            if node in self._ephemerals:
+                self._ephemerals.remove(node)
+
+    # -- watches -------------------------------------------------------------------------
+
+    def watch_children(
+        self,
+        path: str,
+        callback: Callable[[list[str]], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch:
+        """Call ``callback(sorted_children)`` now and on every change of ``path``'s children.
+
+        ``path`` is created (empty, persistent) if missing so the watch never stops.
+        """
+        self.ensure_path(path)
+        watch = Watch()
+        deliver = _deliver(loop, callback)
+
+        def on_children(children: list[str]) -> bool | None:
+            if watch.cancelled:
+                return False
+            deliver(sorted(children))
+            return None
+
+        self._client.ChildrenWatch(path, on_children)
+        return watch
+
+    def watch_data(
+        self,
+        path: str,
+        callback: Callable[[bytes | None], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch:
+        """Call ``callback(data)`` now and on every change of ``path`` (None when deleted)."""
+        watch = Watch()
+        deliver = _deliver(loop, callback)
+
+        def on_data(data: bytes | None, _stat: Any) -> bool | None:
+            if watch.cancelled:
+                return False
+            deliver(data)
+            return None
+
+        self._client.DataWatch(path, on_data)
+        return watch
+
+    def watch_tree(
+        self,
+        path: str,
+        callback: Callable[[TreeEvent], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> TreeWatch:
+        """Watch every node under ``path`` with kazoo's TreeCache.
+
+        ``callback`` gets an ``added`` event per existing node, then ``initialized``, then
+        every change; connection events (``suspended``/``reconnected``/``lost``) too.
+        The cache keeps its content while ZooKeeper is unreachable and resyncs after.
+        """
+        self.ensure_path(path)
+        cache = TreeCache(self._client, path)
+        deliver = _deliver(loop, callback)
+
+        def on_event(event: KazooTreeEvent) -> None:
+            kind = _TREE_KINDS[event.event_type]
+            node = event.event_data
+            if node is None:
+                deliver(TreeEvent(kind))
+            else:
+                deliver(TreeEvent(kind, node.path, node.data))
+
+        cache.listen(on_event)
+        cache.start()
+        return TreeWatch(cache)
+
+    def election(self, identifier: str) -> Election:
+        """kazoo's Election recipe at the manager leader path."""
+        return self._client.Election(layout.MANAGER_LEADER, identifier)
+
+
+class Watch:
+    """Handle of a children/data watch; :meth:`cancel` stops callbacks."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TreeWatch:
+    """Handle of a subtree watch (a kazoo TreeCache)."""
+
+    def __init__(self, cache: TreeCache) -> None:
+        self._cache = cache
+
+    def data(self, path: str) -> bytes | None:
+        """Cached data of ``path`` (None if unknown)."""
+        node = self._cache.get_data(path)
+        return None if node is None else node.data
+
+    def children(self, path: str) -> list[str]:
+        """Cached children names of ``path`` ([] if unknown)."""
+        return sorted(self._cache.get_children(path) or [])
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class EphemeralNode:
+    """An ephemeral node kept alive across session loss. Use :meth:`update` to change it."""
+
+    def __init__(self, registry: Registry, path: str, record: Record) -> None:
+        self.registry = registry
+        self.path = path
+        self._record = record
+        self._data = record.to_bytes(path)
+        self._lock = threading.Lock()
+        self._lost = False
+        self._removed = False
+        self.recreated = 0
+
+    @property
+    def record(self) -> Record:
+        return self._record
+
+    def _create(self) -> None:
+        client = self.registry.kazoo
+        with self._lock:
+            if self._removed:
+                return
+            with self.registry._zk(self.path):
+                try:
+                    client.retry(
+                        client.create, self.path, self._data, ephemeral=True, makepath=True
+                    )
+                    return
+                except NodeExistsError:
+                    pass
+                _, stat = client.retry(client.get, self.path)
+                if stat.owner_session_id == self.registry.session_id:
+                    client.retry(client.set, self.path, self._data)
+                    return
+                log.warning("replacing %s left by an earlier session", self.path)
+                try:
+                    client.retry(client.delete, self.path)
+                except NoNodeError:
+                    pass
+                client.retry(client.create, self.path, self._data, ephemeral=True, makepath=True)
+
+    def _on_state(self, state: ConnectionState) -> None:
+        if state == "lost":
+            self._lost = True
+        elif state == "connected" and self._lost:
+            self._lost = False
+            # NOTE: kazoo forbids blocking calls in its listener thread; re-create elsewhere.
+            self.registry.kazoo.handler.spawn(self._recreate)
+
+    def _recreate(self) -> None:
+        try:
+            self._create()
+            self.recreated += 1
+            log.info("re-created ephemeral %s after session loss", self.path)
+        except Exception:  # retried at the next session event or update()
+            log.exception("could not re-create ephemeral %s", self.path)
+
+    def update(self, record: Record) -> None:
+        """Replace the node's record (re-creating the node if it is gone).
+
+        Raises ZooKeeperUnavailableError while ZooKeeper is unreachable; the latest record
+        is kept and written when the node is re-created.
+        """
+        data = record.to_bytes(self.path)
+        with self._lock:
+            self._record, self._data = record, data
+        client = self.registry.kazoo
+        with self.registry._zk(self.path):
+            try:
+                client.retry(client.set, self.path, data)
+            except NoNodeError:
+                self._create()
+
+    def remove(self) -> None:
+        """Delete the node and stop re-creating it."""
+        with self._lock:
+            self._removed = True
+        self.registry._forget(self)
+        self.registry.delete(self.path)

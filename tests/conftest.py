@@ -1,0 +1,75 @@
+"""Shared fixtures: a real ZooKeeper and a real Triton server, started by the tests.
+
+- ``zookeeper`` (session): Debian's ZooKeeper as a Java process on loopback; ``stop()`` and
+  ``start()`` simulate an outage (the port and data are kept).
+- ``zk_root`` / ``registry`` (per test): a fresh chroot per test, so tests never see each
+  other's nodes.
+- ``triton`` (session): the tritonserver from the nvidia-pytriton wheel, explicit model
+  control, gRPC on a free port, with an empty model repository at ``triton.model_repository``.
+
+When a test that used ZooKeeper fails, the tail of the ZooKeeper log is printed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry import Registry
+from registry.local_zookeeper import LocalZooKeeper
+from worker_agent.tritonserver import TritonServer
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalZooKeeper]:
+    server = LocalZooKeeper(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _print_zookeeper_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "zookeeper" not in request.fixturenames:
+        return
+    failed = any(
+        getattr(request.node, f"rep_{when}", None) is not None
+        and getattr(request.node, f"rep_{when}").failed
+        for when in ("setup", "call")
+    )
+    if failed:
+        server: LocalZooKeeper = request.getfixturevalue("zookeeper")
+        print(f"\n----- ZooKeeper log ({server.log_path}) -----\n{server.log_tail()}")
+
+
+@pytest.fixture
+def zk_root(zookeeper: LocalZooKeeper) -> str:
+    """A chroot of this test's own."""
+    return f"/test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def registry(zookeeper: LocalZooKeeper, zk_root: str) -> Iterator[Registry]:
+    reg = Registry(zookeeper.hosts, zk_root, connect_timeout=10).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    workdir: Path = tmp_path_factory.mktemp("triton")
+    server = TritonServer(workdir / "models", workdir)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""Real servers and helpers for tests: ZooKeeper, Triton, models, and session tricks."""

@@ -1,0 +1,1 @@
+"""modelgate worker agent: runs beside one model server (Triton or TF-Serving)."""
