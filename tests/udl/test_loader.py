@@ -1,0 +1,151 @@
+"""Loading and running real plugins: executors, errors, timeouts, isolation, fetching."""
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.udl.plugins import (
+    ASYNC_ECHO,
+    BROKEN_LOAD,
+    ECHO,
+    ERRORS,
+    USES_UTILS,
+    packed,
+    write_plugin,
+)
+from udl import InvalidInput, Request, Response
+from udl.loader import (
+    PluginFailedError,
+    PluginLoadError,
+    PluginTimeoutError,
+    fetch_package,
+    load_plugin,
+)
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(4) as executor:
+        yield executor
+
+
+async def _load(tmp_path, pool, folder, config=None):
+    data, sha = packed(folder)
+    return await load_plugin(data, sha, config or {}, tmp_path / "cache", pool)
+
+
+@pytest.mark.parametrize(
+    ("executor", "source", "cls"),
+    [("thread", ECHO, "Echo"), ("async", ASYNC_ECHO, "AsyncEcho"), ("process", ECHO, "Echo")],
+)
+async def test_each_executor_transforms_a_request(tmp_path, pool, executor, source, cls):
+    folder = write_plugin(tmp_path / "src", "echo", "1", "echo_plugin", source, cls, executor)
+    plugin = await _load(tmp_path, pool, folder, {"scale": 2})
+    request = Request(model="m", tensors={"x": np.array([1, 2])}, request_id="r1")
+    out = await plugin.preprocess(request)
+    np.testing.assert_array_equal(out.tensors["INPUT0"], [2.0, 4.0])
+    assert out.tensors["INPUT0"].dtype == np.float32
+    response = await plugin.postprocess(
+        Response(model="m", tensors={"OUTPUT0": np.array([3, 4])}), request
+    )
+    if cls == "Echo":
+        assert response.payload == b"3,4"
+    await plugin.close()
+
+
+@pytest.fixture
+async def errors_plugin(tmp_path, pool):
+    folder = write_plugin(tmp_path / "src", "errs", "1", "errs", ERRORS, "Errors", timeout_s=0.5)
+    plugin = await _load(tmp_path, pool, folder)
+    yield plugin
+    await plugin.close()
+
+
+def _req(mode):
+    return Request(model="m", parameters={"mode": mode}, request_id="req-42")
+
+
+async def test_invalid_input_keeps_the_plugin_message(errors_plugin):
+    with pytest.raises(
+        InvalidInput, match=r"pixels must be 8x8 \(plugin errs@1 preprocess, request req-42\)"
+    ):
+        await errors_plugin.preprocess(_req("invalid"))
+
+
+async def test_bug_names_plugin_stage_and_request_but_not_the_traceback(errors_plugin):
+    with pytest.raises(PluginFailedError) as err:
+        await errors_plugin.preprocess(_req("bug"))
+    assert str(err.value) == "plugin errs@1 preprocess failed (request req-42)"
+    assert "secret-internal-detail" not in str(err.value)
+    assert err.value.grpc_code.name == "INTERNAL"
+
+
+async def test_timeout_is_deadline_exceeded(errors_plugin):
+    with pytest.raises(
+        PluginTimeoutError, match=r"errs@1 preprocess exceeded its 0.5s timeout"
+    ) as err:
+        await errors_plugin.preprocess(_req("slow"))
+    assert err.value.grpc_code.name == "DEADLINE_EXCEEDED"
+
+
+async def test_wrong_return_type_is_a_plugin_failure(errors_plugin):
+    with pytest.raises(PluginFailedError, match=r"returned dict, expected udl\.Request"):
+        await errors_plugin.preprocess(_req("wrong-type"))
+
+
+async def test_plugin_keeps_serving_after_errors(errors_plugin):
+    for mode, error in (("invalid", InvalidInput), ("bug", PluginFailedError)):
+        with pytest.raises(error):
+            await errors_plugin.preprocess(_req(mode))
+    assert (await errors_plugin.preprocess(_req("fine"))).parameters == {"mode": "fine"}
+
+
+async def test_failing_load_is_a_load_error(tmp_path, pool):
+    folder = write_plugin(tmp_path / "src", "broken", "1", "broken", BROKEN_LOAD, "Broken")
+    with pytest.raises(
+        PluginLoadError, match="broken@1 failed to load: RuntimeError: model file missing"
+    ):
+        await _load(tmp_path, pool, folder)
+
+
+async def test_failing_load_in_a_process_is_a_load_error(tmp_path, pool):
+    folder = write_plugin(
+        tmp_path / "src", "broken", "1", "broken", BROKEN_LOAD, "Broken", "process"
+    )
+    with pytest.raises(PluginLoadError, match="broken@1"):
+        await _load(tmp_path, pool, folder)
+
+
+async def test_two_plugins_shipping_utils_py_are_isolated(tmp_path, pool):
+    plugins = []
+    for who in ("alpha", "beta"):
+        folder = write_plugin(
+            tmp_path / "src",
+            who,
+            "1",
+            "main",
+            USES_UTILS,
+            "UsesUtils",
+            extra={"utils.py": f"WHO = {who!r}\n"},
+        )
+        plugins.append(await _load(tmp_path, pool, folder))
+    answers = [
+        (await p.postprocess(Response(model="m"), Request(model="m"))).payload for p in plugins
+    ]
+    assert answers == [b"alpha", b"beta"]
+    assert "utils" not in sys.modules and "main" not in sys.modules
+
+
+def test_fetch_verifies_sha256_and_caches(tmp_path):
+    package = tmp_path / "p.zip"
+    package.write_bytes(b"payload")
+    import hashlib
+
+    sha = hashlib.sha256(b"payload").hexdigest()
+    assert fetch_package(f"file://{package}", sha, tmp_path / "cache") == b"payload"
+    package.unlink()  # now only the cache has it
+    assert fetch_package(f"file://{package}", sha, tmp_path / "cache") == b"payload"
+    with pytest.raises(PluginLoadError, match="expected " + "0" * 64):
+        fetch_package(f"file://{tmp_path / 'cache' / (sha + '.zip')}", "0" * 64, tmp_path / "c2")
