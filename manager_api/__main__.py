@@ -1,0 +1,71 @@
+"""``python -m manager_api``: run the manager (REST API + leader-elected reconcile loop)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from manager_api.app import create_app
+from manager_api.settings import ManagerSettings
+from registry import Registry
+from registry.errors import ModelgateError
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m manager_api",
+        description="modelgate manager: admin REST API, placement and reconcile loop. "
+        "Every option also reads MODELGATE_MANAGER_<NAME>.",
+    )
+    parser.add_argument("--zk", help="ZooKeeper hosts, host:port[,host:port]")
+    parser.add_argument("--root", help="ZooKeeper chroot (default /modelgate)")
+    parser.add_argument("--host", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="REST port (default 8080; 0 = any free)")
+    parser.add_argument("--blob-dir", type=Path, help="blob store directory")
+    parser.add_argument("--tokens-file", type=Path, help="TOML tokens file")
+    parser.add_argument("--audit-log", type=Path, help="append the audit log (JSON lines) here")
+    parser.add_argument("--public-url", help="base URL workers use to fetch blobs")
+    parser.add_argument("--manager-id", help="identifier in the leader election")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
+    args = vars(parser.parse_args(argv))
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = ManagerSettings(**parse_args(argv))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("manager_api")
+    try:
+        registry = Registry(
+            settings.zk, settings.root, connect_timeout=settings.zk_connect_timeout_s
+        ).start()
+    except ModelgateError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        app = create_app(settings, registry)
+    except ValueError as err:
+        log.error("%s", err)
+        registry.stop()
+        return 2
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        registry.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

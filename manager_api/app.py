@@ -1,0 +1,120 @@
+"""The FastAPI application factory (settings and registry passed in; no globals)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
+
+from manager_api.auth import AuditLog, Principal, TokenStore
+from manager_api.blobs import BlobStore
+from manager_api.context import Manager
+from manager_api.errors import install_error_handlers
+from manager_api.metrics import ManagerMetrics
+from manager_api.reconcile import Reconciler
+from manager_api.routes import catalog, cluster, models, plugins, system
+from manager_api.settings import ManagerSettings
+from registry import Registry, layout
+from registry.records import Group
+
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+DESCRIPTION = """\
+Admin API of modelgate: models, versions, traffic, online/offline, status, workers,
+gateways, plugins, services, groups and blobs.
+
+Authenticate with `Authorization: Bearer <token>` (tokens file; roles admin, operator,
+viewer, internal). Errors are `application/problem+json` with a `detail` that says what
+to fix.
+"""
+
+
+def create_app(
+    settings: ManagerSettings,
+    registry: Registry,
+    *,
+    tokens: TokenStore | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+    start_reconciler: bool | None = None,
+) -> FastAPI:
+    """Build the manager's app around a started ``registry``.
+
+    ``tokens`` defaults to ``settings.tokens_file``. The reconcile loop (leader election)
+    starts and stops with the app's lifespan when ``settings.reconcile`` is set.
+    """
+    if tokens is None:
+        if settings.tokens_file is None:
+            raise ValueError("no tokens file: set --tokens-file / MODELGATE_MANAGER_TOKENS_FILE")
+        tokens = TokenStore.load(settings.tokens_file)
+    metrics = ManagerMetrics(metrics_registry or CollectorRegistry())
+    manager_id = settings.manager_id or f"{socket.gethostname()}:{os.getpid()}"
+    manager = Manager(
+        settings=settings,
+        registry=registry,
+        blobs=BlobStore(settings.blob_dir),
+        tokens=tokens,
+        audit=AuditLog(settings.audit_log),
+        metrics=metrics,
+        manager_id=manager_id,
+    )
+    run_loop = settings.reconcile if start_reconciler is None else start_reconciler
+    if run_loop:
+        manager.reconciler = Reconciler(
+            registry, metrics, manager_id, interval=settings.reconcile_interval_s
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not registry.exists(layout.group("default")):
+            try:
+                registry.create(
+                    layout.group("default"), Group(name="default", description="default group")
+                )
+            except Exception:  # created concurrently by another manager
+                pass
+        if manager.reconciler is not None:
+            manager.reconciler.start()
+        try:
+            yield
+        finally:
+            if manager.reconciler is not None:
+                manager.reconciler.stop()
+
+    app = FastAPI(
+        title="modelgate manager",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    install_error_handlers(app)
+    for module in (models, cluster, plugins, catalog, system):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        metrics.request_seconds.labels(request.method, template).observe(time.monotonic() - started)
+        if request.method in _MUTATING:
+            principal: Principal | None = getattr(request.state, "principal", None)
+            manager.audit.record(
+                who=principal.name if principal else "anonymous",
+                role=principal.role if principal else "-",
+                action=f"{request.method} {template}",
+                target=request.url.path,
+                status=response.status_code,
+            )
+        return response
+
+    return app

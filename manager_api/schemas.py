@@ -1,0 +1,243 @@
+"""REST request and response bodies (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from registry.records import (
+    BackendKind,
+    GatewayPluginStatus,
+    ModelHealth,
+    Name,
+    NodeId,
+    RoutingPolicy,
+)
+
+PluginRef = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}@[a-z0-9][a-z0-9._-]{0,62}$")
+]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Label = Annotated[str, StringConstraints(max_length=63)]
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown fields are refused so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCreate(Body):
+    """A model to serve: where it runs, how many replicas, and how calls are routed."""
+
+    name: Name = Field(description="Model name, also used by clients in their requests.")
+    backend: BackendKind = Field(description="Model server kind the replicas run on.")
+    replicas: int = Field(default=1, ge=0, le=100, description="Replicas per active version.")
+    plugin: PluginRef | None = Field(default=None, description='UDL plugin "name@version".')
+    plugin_config: dict[str, Any] = Field(default_factory=dict, description="Plugin config.")
+    policy: RoutingPolicy = Field(default="round_robin", description="Instance selection.")
+    sticky_header: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="Metadata header hashed by the sticky policy."
+    )
+    group: Name = Field(default="default", description="Business group owning the model.")
+    constraints: dict[Label, Label] = Field(
+        default_factory=dict, description="Worker labels every replica requires."
+    )
+    memory_mb: int = Field(default=0, ge=0, le=10_000_000, description="MiB per replica.")
+    description: Annotated[str, StringConstraints(max_length=1000)] = ""
+    state: Literal["online", "offline"] = Field(default="online", description="Initial state.")
+
+
+class ModelUpdate(Body):
+    """Fields to change on a model; omitted fields keep their value."""
+
+    backend: BackendKind | None = None
+    replicas: int | None = Field(default=None, ge=0, le=100)
+    plugin: PluginRef | None = Field(default=None, description='"name@version"; "" to clear.')
+    clear_plugin: bool = Field(default=False, description="Remove the model's plugin.")
+    plugin_config: dict[str, Any] | None = None
+    policy: RoutingPolicy | None = None
+    sticky_header: Annotated[str, StringConstraints(max_length=128)] | None = None
+    group: Name | None = None
+    constraints: dict[Label, Label] | None = None
+    memory_mb: int | None = Field(default=None, ge=0, le=10_000_000)
+    description: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class VersionOut(BaseModel):
+    """One deployable version of a model."""
+
+    version: int
+    artifact_uri: str
+    sha256: str | None
+    created: float
+    labels: list[str]
+
+
+class ModelOut(BaseModel):
+    """A model as stored, with its versions."""
+
+    name: str
+    backend: str
+    replicas: int
+    plugin: str | None
+    plugin_config: dict[str, Any]
+    policy: str
+    sticky_header: str | None
+    traffic: dict[str, int]
+    group: str
+    state: str
+    constraints: dict[str, str]
+    memory_mb: int
+    description: str
+    versions: list[VersionOut] = Field(default_factory=list)
+
+
+class VersionCreate(Body):
+    """A new version whose artifact lives at a URI (scheme from the manager's allow-list)."""
+
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Version number; default: newest + 1."
+    )
+    artifact_uri: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="Where workers fetch the model from, e.g. file:///models/digits/1."
+    )
+    sha256: Sha256 | None = Field(default=None, description="Expected SHA-256 of the artifact.")
+    labels: list[Name] = Field(default_factory=list, description='e.g. ["stable"].')
+
+
+class LabelsUpdate(Body):
+    """The complete set of labels of a version; a label moves off any other version."""
+
+    labels: list[Name] = Field(max_length=16)
+
+
+class TrafficUpdate(Body):
+    """Share of unpinned traffic per version; weights sum to 100, or {} for newest-only."""
+
+    weights: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,9}$")], int] = Field(
+        description='e.g. {"1": 90, "2": 10}'
+    )
+
+
+class InstanceStatus(BaseModel):
+    """One assigned replica of a version on one worker."""
+
+    worker_id: str
+    registered: bool = Field(description="The worker is alive in /workers.")
+    ready: bool = Field(description="A route exists: the gateway may call this instance.")
+    state: str | None = Field(description="LOADING, READY, FAILED or UNLOADING per the worker.")
+    error: str | None = None
+    since: float | None = None
+
+
+class VersionStatus(BaseModel):
+    """Desired versus actual replicas of one version."""
+
+    version: int
+    labels: list[str]
+    weight: int
+    desired: int
+    assigned: int
+    ready: int
+    message: str
+    instances: list[InstanceStatus]
+
+
+class ModelStatus(BaseModel):
+    """Desired versus actual replicas of a model, per version."""
+
+    name: str
+    state: str
+    backend: str
+    group: str
+    replicas: int
+    desired: int
+    ready: int
+    message: str
+    versions: list[VersionStatus]
+
+
+class WorkerOut(BaseModel):
+    """A worker: what its agent reports plus the manager's admin state."""
+
+    worker_id: str
+    registered: bool = Field(description="Alive in /workers (its agent's session is open).")
+    host: str | None = None
+    backend: str | None = None
+    address: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    capacity_memory_mb: int | None = None
+    state: str | None = Field(default=None, description="State reported by the agent.")
+    cordoned: bool = False
+    draining: bool = False
+    heartbeat: float | None = None
+    assignments: list[str] = Field(default_factory=list)
+    models: dict[str, ModelHealth] = Field(default_factory=dict)
+
+
+class GatewayOut(BaseModel):
+    """A running gateway and its plugins (with their last load errors)."""
+
+    gateway_id: str
+    address: str
+    version: str
+    started: float
+    plugins: dict[str, GatewayPluginStatus]
+
+
+class GroupCreate(Body):
+    """A business group; every model and service belongs to one."""
+
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=1000)] = ""
+
+
+class ServiceCreate(Body):
+    """A third-party REST model service the gateway may call."""
+
+    name: Name
+    urls: list[Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]] = Field(
+        min_length=1, max_length=32
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    group: Name = "default"
+
+
+class PluginOut(BaseModel):
+    """An uploaded plugin version."""
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    entrypoint: str
+    blob_url: str
+    executor: str
+    timeout_s: float
+    created: float
+    used_by: list[str] = Field(default_factory=list, description="Models using it.")
+
+
+class Health(BaseModel):
+    """Liveness of the manager and its ZooKeeper session."""
+
+    status: Literal["ok", "degraded"]
+    zookeeper: bool
+    leader: bool
+    manager_id: str
+
+
+class AuditEntry(BaseModel):
+    """One state change: who, what, when, outcome."""
+
+    time: float
+    who: str
+    role: str
+    action: str
+    target: str
+    status: int
+
+
+NodeIdPath = NodeId

@@ -1,0 +1,65 @@
+"""The manager's one settings class (env prefix ``MODELGATE_MANAGER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry import layout
+
+
+class ManagerSettings(BaseSettings):
+    """Settings of one manager process. Built once in ``__main__`` and passed in."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELGATE_MANAGER_", extra="ignore")
+
+    zk: str = "127.0.0.1:2181"
+    """ZooKeeper connection string, "host1:2181,host2:2181"."""
+
+    root: str = layout.DEFAULT_ROOT
+    """ZooKeeper chroot shared by every modelgate role of one deployment."""
+
+    host: str = "0.0.0.0"
+    """Interface the REST API listens on."""
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    """REST API port; 0 picks a free one (tests)."""
+
+    blob_dir: Path = Path("./.run/blobs")
+    """Directory of the content-addressed blob store (uploaded plugins and model archives)."""
+
+    tokens_file: Path | None = None
+    """TOML file of bearer tokens and their roles (see docs/manager.md). Required to serve."""
+
+    audit_log: Path | None = None
+    """File the audit log (one JSON line per state change) is appended to; None: log only."""
+
+    public_url: str | None = None
+    """Base URL workers and gateways use to reach this manager (blob URLs). None: the URL
+    the uploading client used."""
+
+    manager_id: str | None = None
+    """Identifier in the leader election; None: "<hostname>:<pid>"."""
+
+    reconcile: bool = True
+    """Take part in the leader election and run the reconcile loop when elected."""
+
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    """Longest time between two reconcile passes; watches and API writes trigger one sooner."""
+
+    uri_schemes: list[str] = ["file", "http", "https", "s3", "gs"]
+    """Artifact URI schemes accepted for model versions."""
+
+    max_plugin_mb: int = Field(default=50, gt=0)
+    """Largest plugin zip accepted, in MiB (also bounds its uncompressed size x4)."""
+
+    max_archive_mb: int = Field(default=2048, gt=0)
+    """Largest uploaded model archive accepted, in MiB."""
+
+    zk_connect_timeout_s: float = Field(default=10.0, gt=0)
+    """How long to retry the first ZooKeeper connection before giving up."""
+
+    log_level: str = "INFO"
+    """Level of the ``manager_api`` loggers."""

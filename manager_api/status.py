@@ -1,0 +1,95 @@
+"""Desired versus actual replicas, aggregated from /models, /assignments, /routes, /workers."""
+
+from __future__ import annotations
+
+from manager_api.placement import Placement, place
+from manager_api.schemas import InstanceStatus, ModelStatus, VersionStatus
+from manager_api.state import ClusterState
+from registry.records import Model
+
+
+def plan(state: ClusterState) -> Placement:
+    """The placement the reconcile loop would compute now (for shortfall messages)."""
+    return place(state.demands(), state.worker_views(), state.current(), ready=state.routes)
+
+
+def model_status(state: ClusterState, model: Model, placement: Placement) -> ModelStatus:
+    versions = state.versions.get(model.name, {})
+    active = set(state.active_versions(model))
+    assigned_on: dict[int, list[str]] = {}
+    for worker_id, keys in state.assignments.items():
+        for name, v in keys:
+            if name == model.name:
+                assigned_on.setdefault(v, []).append(worker_id)
+    out: list[VersionStatus] = []
+    for v in sorted(set(versions) | set(assigned_on)):
+        key = (model.name, v)
+        desired = model.replicas if v in active else 0
+        routes = state.routes.get(key, set())
+        instances = []
+        for worker_id in sorted(set(assigned_on.get(v, [])) | routes):
+            worker = state.workers.get(worker_id)
+            health = worker.models.get(f"{model.name}@{v}") if worker else None
+            instances.append(
+                InstanceStatus(
+                    worker_id=worker_id,
+                    registered=worker is not None,
+                    ready=worker_id in routes,
+                    state=health.state if health else None,
+                    error=health.error if health else None,
+                    since=health.since if health else None,
+                )
+            )
+        assigned = len(assigned_on.get(v, []))
+        ready = len(routes)
+        errors = sorted({f"{i.worker_id}: {i.error}" for i in instances if i.error})
+        if key in placement.shortfalls:
+            message = str(placement.shortfalls[key])
+        elif desired == 0 and (assigned or ready):
+            message = "not active: replicas are being removed"
+        elif desired == 0:
+            message = "not active" if model.state == "online" else "offline"
+        elif assigned < desired:
+            message = f"{assigned}/{desired} assigned: reconciling"
+        elif ready < desired:
+            message = f"{ready}/{desired} ready: loading"
+        else:
+            message = "ok"
+        if errors:
+            message += "; errors: " + "; ".join(errors)
+        rec = versions.get(v)
+        out.append(
+            VersionStatus(
+                version=v,
+                labels=list(rec.labels) if rec else [],
+                weight=model.traffic.get(str(v), 0),
+                desired=desired,
+                assigned=assigned,
+                ready=ready,
+                message=message,
+                instances=instances,
+            )
+        )
+    desired_total = sum(vs.desired for vs in out)
+    ready_total = sum(min(vs.ready, vs.desired) for vs in out)
+    if model.state == "offline":
+        summary = "offline"
+    elif not versions:
+        summary = "no versions: add one (POST /v1/models/{name}/versions)".replace(
+            "{name}", model.name
+        )
+    elif all(vs.message == "ok" for vs in out if vs.desired):
+        summary = "ok"
+    else:
+        summary = "; ".join(f"v{vs.version}: {vs.message}" for vs in out if vs.message != "ok")
+    return ModelStatus(
+        name=model.name,
+        state=model.state,
+        backend=model.backend,
+        group=model.group,
+        replicas=model.replicas,
+        desired=desired_total,
+        ready=ready_total,
+        message=summary,
+        versions=out,
+    )
