@@ -1,0 +1,68 @@
+"""``python -m gateway``: run one gateway (flags override ``MODELGATE_GATEWAY_*``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+FLAGS = (
+    "zk", "root", "host", "port", "metrics_port", "max_message_bytes", "default_timeout",
+    "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
+    "tls_client_ca", "gateway_id", "advertise_address", "log_level",
+)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="modelgate gateway: route TF-Serving and KServe v2 calls to ready "
+        "backends listed in ZooKeeper. Every flag also reads MODELGATE_GATEWAY_<NAME>.",
+    )
+    fields = GatewaySettings.model_fields
+    for name in FLAGS:
+        field = fields[name]
+        kind = field.annotation if field.annotation in (int, float) else str
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,  # type: ignore[arg-type]
+            default=None,
+            help=f"{field.description} (default: {field.default})",
+        )
+    args = parser.parse_args(argv)
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+async def run(settings: GatewaySettings) -> None:
+    from gateway.app import GatewayApp
+
+    app = GatewayApp(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"GATEWAY LISTENING {app.port} METRICS {app.metrics_port}", flush=True)
+    await stop.wait()
+    log.info("signal received: draining")
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = GatewaySettings(**parse_args(argv))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The gateway process: gRPC server with every surface, ZooKeeper feed, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2  # noqa: F401
+
+from gateway.backends.channels import ChannelPool
+from gateway.backends.rest import RestBackend
+from gateway.httpserver import MetricsServer
+from gateway.metrics import GatewayMetrics
+from gateway.router import Router
+from gateway.settings import GatewaySettings
+from gateway.surfaces import invoke, kserve, tfserving
+from gateway.surfaces.base import Core
+from gateway.table import RoutingTable
+from gateway.watcher import TableWatcher
+
+# NOTE: imported for their descriptors, so that reflection can describe these services.
+from protos.tfs.tensorflow_serving.apis import prediction_service_pb2  # noqa: F401
+from registry import EphemeralNode, Registry, layout
+from registry.records import Gateway as GatewayRecord
+
+log = logging.getLogger("gateway.app")
+
+VERSION = "0.1.0"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GatewayApp:
+    """One gateway. ``await start()``, then ``await stop()`` (graceful)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics_registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics(metrics_registry or CollectorRegistry())
+        self.registry = registry
+        self._own_registry = registry is None
+        self.router = Router(
+            self.metrics,
+            max_attempts=settings.max_attempts,
+            eject_after=settings.eject_after,
+            eject_seconds=settings.eject_seconds,
+        )
+        self.pool = ChannelPool(settings.max_message_bytes)
+        self.rest = RestBackend()
+        self.core = Core(
+            self.router,
+            self.pool,
+            self.rest,
+            self.metrics,
+            default_timeout=settings.default_timeout,
+            version=VERSION,
+        )
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.http = MetricsServer(self.metrics.registry, self._healthz)
+        self.watcher: TableWatcher | None = None
+        self.node: EphemeralNode | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._model_health: set[str] = set()
+        self._stopping = False
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.registry is None:
+            self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout)
+            await asyncio.to_thread(self.registry.start)
+        self.watcher = TableWatcher(self.registry, self.metrics, self._on_table)
+        await self.watcher.start()
+
+        limits = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+        self.server = grpc.aio.server(options=limits)
+        self.server.add_generic_rpc_handlers(
+            (
+                tfserving.TFServingSurface(self.core).handler(),
+                kserve.KServeSurface(self.core).handler(),
+                invoke.GatewaySurface(self.core).handler(),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                tfserving.tfserving.SERVICE,
+                kserve.triton.SERVICE,
+                invoke.SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert and s.tls_key:
+            creds = await asyncio.to_thread(_credentials, s)
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        await self.server.start()
+        self.metrics_port = await self.http.start(s.host, s.metrics_port)
+        await self.health.set("", SERVING)
+        record = GatewayRecord(
+            gateway_id=s.node_id(self.port), address=s.address(self.port), version=VERSION
+        )
+        self.node = await asyncio.to_thread(
+            self.registry.register_ephemeral, layout.gateway(record.gateway_id), record
+        )
+        log.info(
+            "gateway %s serving on %s (metrics on %d), %d models routable",
+            record.gateway_id,
+            self.port,
+            self.metrics_port,
+            len(self.router.table.models),
+        )
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING -> stop accepting -> finish in-flight -> deregister."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.grace_seconds)
+        if self.node is not None:
+            try:
+                await asyncio.to_thread(self.node.remove)
+            except Exception:
+                log.warning("could not deregister %s", self.node.path, exc_info=True)
+        if self.watcher is not None:
+            self.watcher.close()
+        await self.http.stop()
+        await self.pool.close()
+        await self.rest.close()
+        if self._own_registry and self.registry is not None:
+            await asyncio.to_thread(self.registry.stop)
+        log.info("gateway stopped")
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    # -- table and health ---------------------------------------------------------------
+
+    def _on_table(self, table: RoutingTable) -> None:
+        self.router.set_table(table)
+        counts = table.describe()
+        for name, ready in counts.items():
+            self.metrics.routes.labels(name).set(ready)
+        for name in self._model_health - set(counts):
+            self.metrics.routes.labels(name).set(0)
+        live = {i.address for m in table.models.values() for v in m.versions.values()
+                for i in v.instances if i.protocol != "rest"}  # fmt: skip
+        task = asyncio.ensure_future(self._apply_health(counts, live))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_health(self, counts: dict[str, int], live: set[str]) -> None:
+        if self._stopping:
+            return
+        for name, ready in counts.items():
+            await self.health.set(f"model/{name}", SERVING if ready else NOT_SERVING)
+        for name in self._model_health - set(counts):
+            await self.health.set(f"model/{name}", NOT_SERVING)
+        self._model_health |= set(counts)
+        await self.pool.forget(live)
+
+    def _healthz(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "stopping"
+        if self.router.table.generation == 0:
+            return False, "no routing table yet"
+        zk = "connected" if self.registry is not None and self.registry.connected else "unreachable"
+        return True, f"ok; {len(self.router.table.models)} models; zookeeper {zk}"
+
+
+def _credentials(s: GatewaySettings) -> grpc.ServerCredentials:
+    assert s.tls_cert and s.tls_key
+    ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )

@@ -1,0 +1,90 @@
+"""The gateway's errors (subclasses of :mod:`registry.errors`) and their one mapping to gRPC.
+
+:func:`status_of` is the only place that turns an exception into a gRPC status; the
+surface wrapper in :mod:`gateway.surfaces.base` calls it for every handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import grpc
+
+from registry.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ModelgateError,
+    NotFoundError,
+    UnavailableError,
+)
+
+log = logging.getLogger("gateway.errors")
+
+__all__ = [
+    "BackendStatusError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "ModelgateError",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "status_of",
+]
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model (or version, or label) of that name is known to the gateway."""
+
+
+class ModelUnavailableError(UnavailableError):
+    """The model is known but has no ready instance (or every attempt failed)."""
+
+
+class DeadlineExceededError(ModelgateError):
+    """The caller's deadline passed before a backend answered."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    title = "Deadline exceeded"
+
+
+class ResourceExhaustedError(ModelgateError):
+    """A message is over a configured limit."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+    title = "Resource exhausted"
+
+
+class UnimplementedError(ModelgateError):
+    """The gateway does not offer this operation (the message says where to go instead)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+    title = "Unimplemented"
+
+
+class BackendStatusError(ModelgateError):
+    """A backend answered with an application error: its code and message pass through."""
+
+    code_names: ClassVar[dict[str, grpc.StatusCode]] = {c.name: c for c in grpc.StatusCode}
+
+    def __init__(self, code: grpc.StatusCode, message: str, address: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.address = address
+
+
+def status_of(err: BaseException, *, where: str = "") -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a caller sees for ``err``. Unknown errors are logged with traceback."""
+    if isinstance(err, BackendStatusError):
+        return err.code, str(err)
+    if isinstance(err, ModelgateError):
+        return type(err).grpc_code, str(err)
+    log.error("internal error in %s", where or "a gateway call", exc_info=err)
+    return grpc.StatusCode.INTERNAL, "internal error in the gateway (logged)"

@@ -1,0 +1,69 @@
+"""Every Prometheus metric of the gateway, created against a passed-in CollectorRegistry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """The gateway's metrics (prefix ``modelgate_``); tests pass a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "modelgate_gateway_requests",
+            "Calls answered, by model, version, surface and gRPC code.",
+            ["model", "version", "surface", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "modelgate_gateway_latency_seconds",
+            "Time spent per stage (route, backend, total).",
+            ["stage", "model", "surface"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "modelgate_gateway_in_flight",
+            "Calls being served, by surface.",
+            ["surface"],
+            registry=registry,
+        )
+        self.backend_in_flight = Gauge(
+            "modelgate_gateway_backend_in_flight",
+            "Backend calls outstanding, by backend address.",
+            ["address"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "modelgate_gateway_retries",
+            "Attempts retried on another instance after a connection-level failure.",
+            ["model"],
+            registry=registry,
+        )
+        self.ejections = Counter(
+            "modelgate_gateway_ejections",
+            "Backend addresses ejected after consecutive connection failures.",
+            ["address"],
+            registry=registry,
+        )
+        self.routes = Gauge(
+            "modelgate_gateway_routes",
+            "Ready instances per model in the current routing table.",
+            ["model"],
+            registry=registry,
+        )
+        self.zk_connected = Gauge(
+            "modelgate_gateway_zk_connected",
+            "1 while the gateway's ZooKeeper session is connected, else 0.",
+            registry=registry,
+        )
+        self.table_swaps = Counter(
+            "modelgate_gateway_table_swaps",
+            "Routing tables built from ZooKeeper and swapped in.",
+            registry=registry,
+        )

@@ -1,0 +1,61 @@
+"""The gateway's one settings class (env prefix ``MODELGATE_GATEWAY_``; CLI flags override)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.layout import DEFAULT_ROOT
+
+
+class GatewaySettings(BaseSettings):
+    """Configuration of one gateway process. Built once in ``__main__``, passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELGATE_GATEWAY_", use_attribute_docstrings=True, extra="ignore"
+    )
+
+    zk: str = "127.0.0.1:2181"
+    """ZooKeeper connection string ("h1:2181,h2:2181")."""
+    root: str = DEFAULT_ROOT
+    """ZooKeeper root (chroot) of this modelgate installation."""
+    host: str = "0.0.0.0"
+    """Interface the gRPC and metrics ports bind to."""
+    port: int = Field(default=8500, ge=0, le=65535)
+    """gRPC port of every surface (0 picks a free one)."""
+    metrics_port: int = Field(default=8502, ge=0, le=65535)
+    """HTTP port of /metrics and /healthz (0 picks a free one)."""
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request or response message accepted, in bytes."""
+    default_timeout: float = Field(default=30.0, gt=0)
+    """Deadline in seconds for calls whose caller set none."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Instances tried per call when a backend fails at the connection level."""
+    eject_after: int = Field(default=3, ge=1)
+    """Consecutive connection failures that eject a backend address."""
+    eject_seconds: float = Field(default=10.0, gt=0)
+    """First ejection period in seconds (doubles on repeated ejection, up to 8x)."""
+    grace_seconds: float = Field(default=10.0, ge=0)
+    """Time in-flight calls get to finish on shutdown."""
+    tls_cert: str | None = None
+    """PEM certificate chain file; with ``tls_key`` the gRPC port serves TLS."""
+    tls_key: str | None = None
+    """PEM private key file matching ``tls_cert``."""
+    tls_client_ca: str | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    gateway_id: str | None = None
+    """Id under /gateways (default "<hostname>:<port>")."""
+    advertise_address: str | None = None
+    """Address registered in ZooKeeper (default "<hostname>:<port>")."""
+    zk_connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds to wait for ZooKeeper at start-up before giving up."""
+    log_level: str = "INFO"
+    """Python logging level of the gateway's loggers."""
+
+    def node_id(self, port: int) -> str:
+        return self.gateway_id or f"{socket.gethostname()}:{port}"
+
+    def address(self, port: int) -> str:
+        return self.advertise_address or f"{socket.gethostname()}:{port}"

@@ -1,0 +1,197 @@
+"""What every surface shares: the error/metrics wrapper around each handler, deadlines,
+metadata forwarding, and the timed call through the router.
+
+:meth:`Core.unary` / :meth:`Core.stream` wrap every handler of every surface: this is the
+gateway's one place that maps exceptions to gRPC statuses (via :func:`gateway.errors.status_of`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.backends.channels import ChannelPool, Metadata
+from gateway.backends.rest import RestBackend
+from gateway.errors import InvalidArgumentError, status_of
+from gateway.metrics import GatewayMetrics
+from gateway.router import Router, Target
+from gateway.table import Instance
+
+log = logging.getLogger("gateway.surfaces")
+
+T = TypeVar("T")
+
+#: Caller metadata not forwarded to backends (transport-level or per-hop).
+_HOP_HEADERS = frozenset(
+    {"content-type", "user-agent", "te", "grpc-timeout", "grpc-accept-encoding",
+     "grpc-encoding", "authorization", ":authority", "host"}
+)  # fmt: skip
+
+
+@dataclass
+class CallInfo:
+    """Filled in by a handler as it learns what the call is about (for metrics)."""
+
+    model: str = ""
+    version: str = ""
+    route_s: float = 0.0
+    backend_s: float = 0.0
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext, CallInfo], Awaitable[Any]]
+
+
+def parse(cls: Any, data: bytes, what: str) -> Any:
+    """Parse ``data`` as ``cls``; INVALID_ARGUMENT naming ``what`` if it does not parse."""
+    try:
+        return cls.FromString(data)
+    except (DecodeError, ValueError) as err:
+        raise InvalidArgumentError(f"{what} does not parse as protobuf: {err}") from None
+
+
+def split_version(text: str) -> tuple[int | None, str | None]:
+    """KServe's ``model_version`` string: digits are a version, anything else a label."""
+    if not text:
+        return None, None
+    if text.isdigit():
+        return int(text), None
+    return None, text
+
+
+class Core:
+    """Shared dependencies of the surfaces."""
+
+    def __init__(
+        self,
+        router: Router,
+        pool: ChannelPool,
+        rest: RestBackend,
+        metrics: GatewayMetrics,
+        *,
+        default_timeout: float,
+        version: str,
+    ) -> None:
+        self.router = router
+        self.pool = pool
+        self.rest = rest
+        self.metrics = metrics
+        self.default_timeout = default_timeout
+        self.version = version
+        self.clock = router.clock
+
+    # -- wrappers -----------------------------------------------------------------------
+
+    def unary(
+        self,
+        surface: str,
+        handler: Handler,
+        deserializer: Callable[[bytes], Any] | None = None,
+        serializer: Callable[[Any], bytes] | None = None,
+    ) -> grpc.RpcMethodHandler:
+        metrics = self.metrics
+        in_flight = metrics.in_flight.labels(surface)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            info = CallInfo()
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            in_flight.inc()
+            try:
+                return await handler(request, context, info)
+            except Exception as err:
+                code, message = status_of(err, where=f"{surface} {info.model}")
+                await context.abort(code, message)
+            finally:
+                in_flight.dec()
+                self._observe(surface, info, code, time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=deserializer, response_serializer=serializer
+        )
+
+    def stream(
+        self,
+        surface: str,
+        handler: Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]],
+    ) -> grpc.RpcMethodHandler:
+        async def call(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            try:
+                async for response in handler(requests, context):
+                    yield response
+            except Exception as err:
+                code, message = status_of(err, where=f"{surface} stream")
+                await context.abort(code, message)
+
+        return grpc.stream_stream_rpc_method_handler(call)
+
+    def _observe(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
+        m = self.metrics
+        m.requests.labels(info.model, info.version, surface, code.name).inc()
+        m.latency.labels("total", info.model, surface).observe(total)
+        if info.route_s:
+            m.latency.labels("route", info.model, surface).observe(info.route_s)
+        if info.backend_s:
+            m.latency.labels("backend", info.model, surface).observe(info.backend_s)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The caller's deadline on :attr:`clock` (or the default timeout from now)."""
+        remaining = context.time_remaining()
+        if remaining is None or remaining > 10 * 365 * 86400:
+            remaining = self.default_timeout
+        return self.clock() + remaining
+
+    @staticmethod
+    def forward_metadata(context: grpc.aio.ServicerContext) -> Metadata | None:
+        md = context.invocation_metadata()
+        if not md:
+            return None
+        kept = tuple((k, v) for k, v in md if k not in _HOP_HEADERS and not k.startswith("grpc-"))
+        return kept or None
+
+    @staticmethod
+    def sticky_key(target: Target, context: grpc.aio.ServicerContext) -> str:
+        header = target.model.record.sticky_header
+        if target.model.record.policy != "sticky" or not header:
+            return ""
+        for key, value in context.invocation_metadata() or ():
+            if key == header.lower():
+                return value if isinstance(value, str) else value.decode(errors="replace")
+        return ""
+
+    def resolve(self, info: CallInfo, name: str, version: int | None, label: str | None) -> Target:
+        start = time.perf_counter()
+        info.model = name
+        target = self.router.resolve(name, version, label)
+        info.version = str(target.version.version)
+        info.route_s = time.perf_counter() - start
+        return target
+
+    async def call(
+        self,
+        target: Target,
+        attempt: Callable[[Instance, float], Awaitable[T]],
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> T:
+        """Run ``attempt`` through the router (failover) and time the backend stage."""
+
+        async def timed(instance: Instance, budget: float) -> T:
+            start = time.perf_counter()
+            try:
+                return await attempt(instance, budget)
+            finally:
+                info.backend_s += time.perf_counter() - start
+
+        return await self.router.call(
+            target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
+        )

@@ -1,0 +1,129 @@
+"""``modelgate.v1.Gateway``: Invoke (JSON tensor codec, REST services) and ListModels."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+from tritonclient.grpc import service_pb2 as kserve
+
+from gateway import codec
+from gateway.backends import tfserving, triton
+from gateway.errors import InvalidArgumentError
+from gateway.flow import flow_for
+from gateway.surfaces.base import CallInfo, Core, parse, split_version
+from gateway.table import Instance
+from protos.modelgate.v1 import gateway_pb2
+from protos.tfs.tensorflow_serving.apis import predict_pb2
+
+SURFACE = "invoke"
+SERVICE = "modelgate.v1.Gateway"
+
+
+class GatewaySurface:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        u = self.core.unary
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Invoke": u(SURFACE, self.invoke, serializer=_serialize),
+                "ListModels": u(SURFACE, self.list_models, serializer=_serialize),
+            },
+        )
+
+    async def list_models(self, request: bytes, context: object, info: CallInfo) -> object:
+        req = parse(gateway_pb2.ListModelsRequest, request, "ListModelsRequest")
+        out = gateway_pb2.ListModelsResponse()
+        for name, entry in sorted(self.core.router.table.models.items()):
+            if req.group and entry.record.group != req.group:
+                continue
+            weights = entry.weights()
+            total = sum(weights.values()) or 1
+            info_ = out.models.add(
+                name=name,
+                backend=entry.kind,
+                ready_instances=entry.ready_instances,
+                plugin=entry.record.plugin or "",
+                group=entry.record.group,
+                state=entry.record.state,
+            )
+            for v, ventry in entry.versions.items():
+                info_.versions.add(
+                    version=str(v),
+                    labels=list(ventry.labels),
+                    weight=round(100 * weights.get(v, 0) / total),
+                    ready_instances=len(ventry.instances),
+                )
+        return out
+
+    async def invoke(
+        self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
+    ) -> object:
+        req = parse(gateway_pb2.InvokeRequest, request, "InvokeRequest")
+        if not req.model:
+            raise InvalidArgumentError("InvokeRequest.model is empty")
+        version, label = split_version(req.version)
+        if req.version and version is None:
+            raise InvalidArgumentError(f"InvokeRequest.version {req.version!r} is not a number")
+        target = self.core.resolve(info, req.model, version, label or req.version_label or None)
+        name, v = target.model.name, target.version.version
+        request_id = req.request_id or uuid.uuid4().hex
+        md = self.core.forward_metadata(context)
+
+        if target.model.kind == "rest":
+            service = self.core.router.service(name)
+            limit = service.timeout_s if service else self.core.default_timeout
+
+            async def post(instance: Instance, budget: float) -> tuple[bytes, str]:
+                return await self.core.rest.post(
+                    instance.address, req.payload, req.content_type, min(budget, limit)
+                )
+
+            payload, content_type = await self.core.call(target, post, context, info)
+            return gateway_pb2.InvokeResponse(
+                model=name,
+                version=str(v),
+                payload=payload,
+                content_type=content_type,
+                request_id=request_id,
+            )
+
+        flow = flow_for(target.model)
+        inputs = flow.preprocess(req.payload, req.content_type)
+
+        async def attempt(instance: Instance, budget: float) -> codec.Named:
+            if instance.protocol == "tfserving":
+                preq = predict_pb2.PredictRequest()
+                preq.model_spec.name = name
+                preq.model_spec.version.value = v
+                for tensor_name, arr in inputs:
+                    preq.inputs[tensor_name].CopyFrom(codec.array_to_tf(tensor_name, arr))
+                data = await self.core.pool.call(
+                    instance.address, tfserving.PREDICT, preq.SerializeToString(), budget, md
+                )
+                presp = parse(predict_pb2.PredictResponse, data, "PredictResponse")
+                return [(k, codec.tf_to_array(k, t)) for k, t in sorted(presp.outputs.items())]
+            kreq = kserve.ModelInferRequest(model_name=name, model_version=str(v), id=request_id)
+            codec.add_kserve_inputs(kreq, inputs)
+            data = await self.core.pool.call(
+                instance.address, triton.MODEL_INFER, kreq.SerializeToString(), budget, md
+            )
+            kresp = parse(kserve.ModelInferResponse, data, "ModelInferResponse")
+            return codec.kserve_response_outputs(kresp)
+
+        outputs = await self.core.call(target, attempt, context, info)
+        payload, content_type = flow.postprocess(name, v, outputs)
+        return gateway_pb2.InvokeResponse(
+            model=name,
+            version=str(v),
+            payload=payload,
+            content_type=content_type,
+            request_id=request_id,
+        )
+
+
+def _serialize(message: object) -> bytes:
+    return message.SerializeToString()  # type: ignore[attr-defined]

@@ -1,0 +1,186 @@
+"""``inference.GRPCInferenceService`` (KServe v2 / Triton) on the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2 as kserve
+
+from gateway import translate
+from gateway.backends import tfserving, triton
+from gateway.backends.wire import length_delimited
+from gateway.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ModelgateError,
+    UnimplementedError,
+    status_of,
+)
+from gateway.router import Target
+from gateway.surfaces.base import CallInfo, Core, Handler, parse, split_version
+from gateway.surfaces.partial import KServeRequest
+from gateway.table import Instance
+
+SURFACE = "kserve"
+_MANAGER_HINT = (
+    "the gateway does not load or unload models: deploy, undeploy or take models "
+    "online/offline with the manager (REST API or the `modelgate` CLI)"
+)
+
+
+class KServeSurface:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        u = self.core.unary
+        return grpc.method_handlers_generic_handler(
+            triton.SERVICE,
+            {
+                "ServerLive": u(SURFACE, self.server_live),
+                "ServerReady": u(SURFACE, self.server_ready),
+                "ServerMetadata": u(SURFACE, self.server_metadata),
+                "ModelReady": u(SURFACE, self.model_ready),
+                "ModelMetadata": u(SURFACE, self.forward(triton.MODEL_METADATA)),
+                "ModelConfig": u(SURFACE, self.forward(triton.MODEL_CONFIG)),
+                "ModelStatistics": u(SURFACE, self.forward(triton.MODEL_STATISTICS)),
+                "ModelInfer": u(SURFACE, self.model_infer),
+                "ModelStreamInfer": self.core.stream(SURFACE, self.stream_infer),
+                "RepositoryIndex": u(SURFACE, self.repository_index),
+                "RepositoryModelLoad": u(SURFACE, self.refuse),
+                "RepositoryModelUnload": u(SURFACE, self.refuse),
+            },
+        )
+
+    # -- server-level -------------------------------------------------------------------
+
+    async def server_live(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        return kserve.ServerLiveResponse(live=True).SerializeToString()
+
+    async def server_ready(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        ready = self.core.router.table.generation > 0
+        return kserve.ServerReadyResponse(ready=ready).SerializeToString()
+
+    async def server_metadata(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        return kserve.ServerMetadataResponse(
+            name="modelgate-gateway", version=self.core.version, extensions=[]
+        ).SerializeToString()
+
+    async def refuse(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        raise FailedPreconditionError(_MANAGER_HINT)
+
+    async def repository_index(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        req = parse(kserve.RepositoryIndexRequest, request, "RepositoryIndexRequest")
+        out = kserve.RepositoryIndexResponse()
+        for name, entry in sorted(self.core.router.table.models.items()):
+            for v, ventry in entry.versions.items():
+                ready = bool(ventry.instances)
+                if req.ready and not ready:
+                    continue
+                out.models.add(
+                    name=name,
+                    version=str(v),
+                    state="READY" if ready else "UNAVAILABLE",
+                    reason="" if ready else "no ready instance",
+                )
+        return out.SerializeToString()
+
+    # -- model-level --------------------------------------------------------------------
+
+    def _target(self, request: bytes, info: CallInfo, what: str) -> tuple[Target, str]:
+        head = parse(KServeRequest, request, what)
+        if not head.model_name:
+            raise InvalidArgumentError(f"{what}: model name is empty")
+        version, label = split_version(head.model_version)
+        return self.core.resolve(info, head.model_name, version, label), head.model_version
+
+    async def model_ready(self, request: bytes, context: object, info: CallInfo) -> bytes:
+        try:
+            target, _ = self._target(request, info, "ModelReadyRequest")
+            ready = bool(target.version.instances)
+        except InvalidArgumentError:
+            raise
+        except ModelgateError:
+            ready = False  # NOTE: as Triton does: unknown or unavailable is "not ready"
+        return kserve.ModelReadyResponse(ready=ready).SerializeToString()
+
+    def forward(self, method: str) -> Handler:
+        async def handler(
+            request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
+        ) -> bytes:
+            target, asked = self._target(request, info, method.rsplit("/", 1)[1] + "Request")
+            v = target.version.version
+            payload = request if asked == str(v) else request + triton.version_suffix(v)
+            md = self.core.forward_metadata(context)
+
+            async def attempt(instance: Instance, budget: float) -> bytes:
+                if instance.protocol != "kserve":
+                    raise UnimplementedError(
+                        f"model {target.model.name!r} is served by TF-Serving: "
+                        f"{method.rsplit('/', 1)[1]} is available for KServe models only"
+                    )
+                return await self.core.pool.call(instance.address, method, payload, budget, md)
+
+            return await self.core.call(target, attempt, context, info)
+
+        return handler
+
+    async def model_infer(
+        self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
+    ) -> bytes:
+        target, asked = self._target(request, info, "ModelInferRequest")
+        return await self._infer(request, target, asked, context, info)
+
+    async def _infer(
+        self,
+        request: bytes,
+        target: Target,
+        asked: str,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
+        name, v = target.model.name, target.version.version
+        md = self.core.forward_metadata(context)
+        translated: tuple[bytes, list[str], str] | None = None
+
+        async def attempt(instance: Instance, budget: float) -> bytes:
+            nonlocal translated
+            if instance.protocol == "kserve":
+                payload = request if asked == str(v) else request + triton.version_suffix(v)
+                return await self.core.pool.call(
+                    instance.address, triton.MODEL_INFER, payload, budget, md
+                )
+            if instance.protocol == "tfserving":
+                if translated is None:
+                    translated = translate.infer_to_predict(request, name, v)
+                body, requested, request_id = translated
+                response = await self.core.pool.call(
+                    instance.address, tfserving.PREDICT, body, budget, md
+                )
+                return translate.predict_response_to_infer(response, name, v, requested, request_id)
+            raise FailedPreconditionError(
+                f"model {name!r} is a third-party REST service: call it with Invoke"
+            )
+
+        return await self.core.call(target, attempt, context, info)
+
+    async def stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Each streamed request is routed on its own; errors come back in-stream."""
+        async for request in requests:
+            info = CallInfo()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                target, asked = self._target(request, info, "ModelInferRequest")
+                response = await self._infer(request, target, asked, context, info)
+                code = grpc.StatusCode.OK
+                yield length_delimited(2, response)  # ModelStreamInferResponse.infer_response
+            except Exception as err:
+                code, message = status_of(err, where="ModelStreamInfer")
+                yield length_delimited(1, message.encode())  # .error_message
+            finally:
+                self.core.metrics.requests.labels(
+                    info.model, info.version, SURFACE + "_stream", code.name
+                ).inc()

@@ -1,0 +1,61 @@
+"""Protocol translation: TF-Serving Predict <-> KServe v2 ModelInfer (tensors both ways)."""
+
+from __future__ import annotations
+
+from tritonclient.grpc import service_pb2 as kserve
+
+from gateway import codec
+from gateway.errors import InvalidArgumentError
+from gateway.surfaces.base import parse
+from protos.tfs.tensorflow_serving.apis import predict_pb2
+
+
+def infer_to_predict(request: bytes, name: str, version: int) -> tuple[bytes, list[str], str]:
+    """ModelInferRequest bytes -> (PredictRequest bytes, requested outputs, request id)."""
+    req = parse(kserve.ModelInferRequest, request, "ModelInferRequest")
+    out = predict_pb2.PredictRequest()
+    out.model_spec.name = name
+    out.model_spec.version.value = version
+    for tensor_name, arr in codec.kserve_request_inputs(req):
+        out.inputs[tensor_name].CopyFrom(codec.array_to_tf(tensor_name, arr))
+    requested = [o.name for o in req.outputs]
+    out.output_filter.extend(requested)
+    return out.SerializeToString(), requested, req.id
+
+
+def predict_response_to_infer(
+    response: bytes, name: str, version: int, requested: list[str], request_id: str
+) -> bytes:
+    resp = parse(predict_pb2.PredictResponse, response, "PredictResponse from the backend")
+    out = kserve.ModelInferResponse(model_name=name, model_version=str(version), id=request_id)
+    names = requested or sorted(resp.outputs)
+    tensors = []
+    for tensor_name in names:
+        if tensor_name not in resp.outputs:
+            raise InvalidArgumentError(f"model {name!r} has no output {tensor_name!r}")
+        tensors.append((tensor_name, codec.tf_to_array(tensor_name, resp.outputs[tensor_name])))
+    codec.add_kserve_outputs(out, tensors)
+    return out.SerializeToString()
+
+
+def predict_to_infer(request: bytes, name: str, version: int) -> tuple[bytes, str]:
+    """PredictRequest bytes -> (ModelInferRequest bytes, signature name)."""
+    req = parse(predict_pb2.PredictRequest, request, "PredictRequest")
+    out = kserve.ModelInferRequest(model_name=name, model_version=str(version))
+    codec.add_kserve_inputs(
+        out, [(k, codec.tf_to_array(k, v)) for k, v in sorted(req.inputs.items())]
+    )
+    for output in req.output_filter:
+        out.outputs.add(name=output)
+    return out.SerializeToString(), req.model_spec.signature_name
+
+
+def infer_response_to_predict(response: bytes, name: str, version: int, signature: str) -> bytes:
+    resp = parse(kserve.ModelInferResponse, response, "ModelInferResponse from the backend")
+    out = predict_pb2.PredictResponse()
+    out.model_spec.name = name
+    out.model_spec.version.value = version
+    out.model_spec.signature_name = signature or "serving_default"
+    for tensor_name, arr in codec.kserve_response_outputs(resp):
+        out.outputs[tensor_name].CopyFrom(codec.array_to_tf(tensor_name, arr))
+    return out.SerializeToString()
