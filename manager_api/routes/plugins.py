@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path as FsPath
+import io
 from typing import Annotated
 
 from fastapi import APIRouter, File, Path, Request, Response, UploadFile
@@ -11,13 +10,13 @@ from fastapi import APIRouter, File, Path, Request, Response, UploadFile
 from manager_api.auth import require_role
 from manager_api.context import Caller, Ctx, Manager
 from manager_api.errors import PROBLEM_RESPONSES, PayloadTooLargeError
-from manager_api.plugin_package import validate_plugin_zip
 from manager_api.routes.models import blob_url
 from manager_api.schemas import PluginOut
 from registry import layout
 from registry.errors import ConflictError, FailedPreconditionError, NotFoundError
 from registry.layout import NAME_PATTERN
 from registry.records import Model, Plugin
+from udl.package import inspect_package
 
 router = APIRouter(prefix="/v1", tags=["plugins"], responses=PROBLEM_RESPONSES)
 
@@ -57,22 +56,17 @@ def push_plugin(
 ) -> PluginOut:
     require_role(caller, "operator", "uploading a plugin")
     limit = m.settings.max_plugin_mb << 20
-    with tempfile.TemporaryDirectory(dir=m.blobs.directory) as tmp:
-        staged = FsPath(tmp) / "plugin.zip"
-        size = 0
-        with staged.open("wb") as out:
-            while chunk := file.file.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(
-                        f"plugin package is larger than the limit of {m.settings.max_plugin_mb} MiB"
-                    )
-                out.write(chunk)
-        manifest = validate_plugin_zip(staged, limit * 4)
-        path = layout.plugin(manifest.name, manifest.version)
-        existing = m.registry.read(path, Plugin)
-        with staged.open("rb") as src:
-            sha, size = m.blobs.put(src, limit, "plugin package")
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"plugin package is larger than the limit of {m.settings.max_plugin_mb} MiB"
+        )
+    # NOTE: the same check the gateway runs before loading (udl.package), so an upload
+    # that passes here cannot fail there for packaging reasons.
+    manifest = inspect_package(data, limit)
+    path = layout.plugin(manifest.name, manifest.version)
+    existing = m.registry.read(path, Plugin)
+    sha, size = m.blobs.put(io.BytesIO(data), limit, "plugin package")
     if existing is not None:
         if existing.sha256 == sha:
             return _out(existing, _users(m))
@@ -88,7 +82,7 @@ def push_plugin(
         size=size,
         entrypoint=manifest.entrypoint,
         blob_url=blob_url(m, request, sha),
-        executor=manifest.executor,  # type: ignore[arg-type]
+        executor=manifest.executor,
         timeout_s=manifest.timeout_s,
     )
     try:

@@ -54,7 +54,9 @@ TOKENS_TOML = "\n".join(
 )
 
 
-def settings_for(zookeeper: LocalZooKeeper, zk_root: str, tmp: Path, **kw: object) -> ManagerSettings:
+def settings_for(
+    zookeeper: LocalZooKeeper, zk_root: str, tmp: Path, **kw: object
+) -> ManagerSettings:
     tokens = tmp / "tokens.toml"
     tokens.write_text(TOKENS_TOML)
     values: dict[str, object] = {
