@@ -1,0 +1,48 @@
+"""Fixtures of the worker-agent tests: a Triton of their own whose repository is the
+agent's model root, and a factory of in-process agents stopped after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.local_zookeeper import LocalZooKeeper
+from tests.worker_agent.helpers import AgentThread, settings_for
+from worker_agent.tritonserver import TritonServer
+
+
+@pytest.fixture(scope="module")
+def agent_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A tritonserver (explicit model control) on ``<tmp>/models``, the agents' model root."""
+    workdir = tmp_path_factory.mktemp("agent-triton")
+    server = TritonServer(workdir / "models", workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+AgentFactory = Callable[..., AgentThread]
+
+
+@pytest.fixture
+def start_agent(
+    zookeeper: LocalZooKeeper, zk_root: str, agent_triton: TritonServer
+) -> Iterator[AgentFactory]:
+    """Start an agent in this test's chroot, on the module's Triton by default."""
+    agents: list[AgentThread] = []
+
+    def start(**overrides: Any) -> AgentThread:
+        model_root = overrides.pop("model_root", agent_triton.model_repository)
+        address = overrides.pop("backend_address", agent_triton.address)
+        settings = settings_for(zookeeper.hosts, zk_root, Path(model_root), address, **overrides)
+        thread = AgentThread(settings)
+        agents.append(thread)
+        return thread.start()
+
+    yield start
+    for thread in agents:
+        if not thread.stopped:
+            thread.drain()

@@ -1,0 +1,59 @@
+"""``python -m worker_agent``: run one worker agent until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from registry.errors import ModelgateError
+from worker_agent import logs
+from worker_agent.agent import WorkerAgent
+from worker_agent.settings import WorkerSettings
+
+log = logging.getLogger("worker_agent")
+
+
+async def run(settings: WorkerSettings) -> None:
+    agent = WorkerAgent(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+    except BaseException:
+        await agent.abandon()
+        if agent.supervisor is not None:
+            await agent.supervisor.stop()
+        raise
+    log.info(
+        "worker %s running (status port %s)", agent.worker_id, agent.status and agent.status.port
+    )
+    print(f"READY {agent.worker_id} {agent.status.port if agent.status else 0}", flush=True)
+    await stop.wait()
+    log.info("signal received")
+    await agent.drain()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = WorkerSettings.from_args(argv)
+    except ValidationError as err:
+        print(f"invalid settings:\n{err}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(run(settings))
+    except ModelgateError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
