@@ -1,0 +1,236 @@
+"""The auth matrix (401/403/2xx per role and group) and bad inputs -> 4xx problem bodies."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from manager_api.auth import TokenStore
+from tests.manager_api.conftest import auth
+
+ROLES = ("admin", "operator", "viewer", "internal")
+
+
+@pytest.fixture
+def seeded(client: TestClient, sim_workers) -> TestClient:
+    sim_workers("w1")
+    for name, group in (("ads-model", "ads"), ("search-model", "search")):
+        r = client.post(
+            "/v1/models",
+            json={"name": name, "backend": "triton", "group": group},
+            headers=auth("admin"),
+        )
+        assert r.status_code == 201, r.text
+        client.post(
+            f"/v1/models/{name}/versions",
+            json={"artifact_uri": "file:///m"},
+            headers=auth("admin"),
+        )
+    r = client.post(
+        "/v1/services",
+        json={"name": "svc-search", "urls": ["http://h/x"], "group": "search"},
+        headers=auth("admin"),
+    )
+    assert r.status_code == 201
+    return client
+
+
+# (method, path, json body, {role: expected status})
+OK_READ = {"admin": 200, "operator": 200, "viewer": 200, "internal": 403}
+MATRIX = [
+    ("GET", "/v1/models", None, OK_READ),
+    ("GET", "/v1/models/ads-model", None, OK_READ),
+    ("GET", "/v1/models/ads-model/status", None, OK_READ),
+    ("GET", "/v1/workers", None, OK_READ),
+    ("GET", "/v1/gateways", None, OK_READ),
+    ("GET", "/v1/plugins", None, OK_READ),
+    ("GET", "/v1/services", None, OK_READ),
+    ("GET", "/v1/groups", None, OK_READ),
+    (
+        "GET",
+        "/v1/audit",
+        None,
+        {"admin": 200, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/models",
+        {"name": "new-ads", "backend": "triton", "group": "ads"},
+        {"admin": 201, "operator": 201, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/models",
+        {"name": "new-search", "backend": "triton", "group": "search"},
+        {"admin": 201, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/models/ads-model:offline",
+        None,
+        {"admin": 200, "operator": 200, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/models/search-model:offline",
+        None,
+        {"admin": 200, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "PATCH",
+        "/v1/models/search-model",
+        {"replicas": 2},
+        {"admin": 200, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "PUT",
+        "/v1/models/ads-model/traffic",
+        {"weights": {"1": 100}},
+        {"admin": 200, "operator": 200, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/models/search-model/versions",
+        {"artifact_uri": "file:///x"},
+        {"admin": 201, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "PATCH",
+        "/v1/models/ads-model",
+        {"group": "search"},
+        {"admin": 200, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/workers/w1:cordon",
+        None,
+        {"admin": 200, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/groups",
+        {"name": "fresh"},
+        {"admin": 201, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "POST",
+        "/v1/services",
+        {"name": "svc-ads", "urls": ["http://h/x"], "group": "ads"},
+        {"admin": 201, "operator": 201, "viewer": 403, "internal": 403},
+    ),
+    (
+        "DELETE",
+        "/v1/services/svc-search",
+        None,
+        {"admin": 204, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+    (
+        "DELETE",
+        "/v1/models/search-model",
+        None,
+        {"admin": 204, "operator": 403, "viewer": 403, "internal": 403},
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "expected"), MATRIX)
+def test_auth_matrix(seeded: TestClient, method, path, body, expected):
+    for bad in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic abc"}):
+        r = seeded.request(method, path, json=body, headers=bad)
+        assert r.status_code == 401, (path, bad, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["www-authenticate"] == "Bearer"
+    # each role in its own fresh state: order must not matter, so the failing roles go first
+    for role in sorted(ROLES, key=lambda ro: expected[ro] < 300):
+        r = seeded.request(method, path, json=body, headers=auth(role))
+        assert r.status_code == expected[role], (role, method, path, r.text)
+        if r.status_code == 403:
+            assert r.json()["title"] == "Forbidden"
+            assert role in r.json()["detail"] or "may only change" in r.json()["detail"]
+        if expected[role] < 300 and method != "GET":
+            break  # the state changed; later roles would see a different world
+
+
+def test_blobs_readable_by_internal_token_only_when_authenticated(client: TestClient):
+    sha = "0" * 64
+    assert client.get(f"/v1/blobs/{sha}").status_code == 401
+    assert client.get(f"/v1/blobs/{sha}", headers=auth("internal")).status_code == 404
+
+
+def test_tokens_file(tmp_path):
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        '[[tokens]]\nname = "a"\nrole = "admin"\ntoken_sha256 = "'
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")
+        '"\n'
+        '[[tokens]]\nname = "o"\nrole = "operator"\ntoken = "operator-secret"\ngroups = ["ads"]\n'
+    )
+    store = TokenStore.load(path)
+    assert store.authenticate("test").role == "admin"
+    op = store.authenticate("operator-secret")
+    assert op.name == "o" and op.groups == {"ads"}
+    path.write_text('[[tokens]]\nname = "a"\nrole = "god"\ntoken = "12345678"\n')
+    with pytest.raises(ValueError, match="invalid tokens file"):
+        TokenStore.load(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match="defines no"):
+        TokenStore.load(path)
+
+
+BAD_INPUTS = [
+    ("POST", "/v1/models", {"name": "Bad Name", "backend": "triton"}, 422),
+    ("POST", "/v1/models", {"name": "m", "backend": "onnx"}, 422),
+    ("POST", "/v1/models", {"name": "m", "backend": "triton", "replicas": 101}, 422),
+    ("POST", "/v1/models", {"name": "m", "backend": "triton", "replicas": -1}, 422),
+    ("POST", "/v1/models", {"name": "m", "backend": "triton", "plugin": "no-version"}, 422),
+    ("POST", "/v1/models", {"name": "m", "backend": "triton", "surprise": 1}, 422),
+    ("POST", "/v1/models", {"name": "x" * 64, "backend": "triton"}, 422),
+    ("POST", "/v1/models", "not json", 422),
+    ("POST", "/v1/models", [], 422),
+    ("GET", "/v1/models/UPPER", None, 422),
+    ("GET", "/v1/models/missing", None, 404),
+    ("PATCH", "/v1/models/missing", {"replicas": 1}, 404),
+    ("PATCH", "/v1/models/ads-model", {"replicas": "many"}, 422),
+    ("DELETE", "/v1/models/missing", None, 404),
+    ("POST", "/v1/models/missing:online", None, 404),
+    ("POST", "/v1/models/ads-model/versions", {"artifact_uri": ""}, 422),
+    ("POST", "/v1/models/ads-model/versions", {"artifact_uri": "file:///x", "version": 0}, 422),
+    ("POST", "/v1/models/ads-model/versions", {"artifact_uri": "file:///x", "sha256": "z"}, 422),
+    ("POST", "/v1/models/missing/versions", {"artifact_uri": "file:///x"}, 404),
+    ("DELETE", "/v1/models/ads-model/versions/99", None, 404),
+    ("DELETE", "/v1/models/ads-model/versions/0", None, 422),
+    ("DELETE", "/v1/models/ads-model/versions/abc", None, 422),
+    ("PUT", "/v1/models/ads-model/versions/99/labels", {"labels": ["stable"]}, 404),
+    ("PUT", "/v1/models/ads-model/versions/1/labels", {"labels": ["Not Ok"]}, 422),
+    ("PUT", "/v1/models/ads-model/traffic", {"weights": {"x": 100}}, 422),
+    ("PUT", "/v1/models/ads-model/traffic", {"weights": {"1": 101}}, 422),
+    ("PUT", "/v1/models/ads-model/traffic", {"weights": {"1": -5, "2": 105}}, 422),
+    ("GET", "/v1/models/missing/status", None, 404),
+    ("GET", "/v1/workers/nobody", None, 404),
+    ("POST", "/v1/workers/nobody:drain", None, 404),
+    ("POST", "/v1/workers/bad%20id:drain", None, 422),
+    ("DELETE", "/v1/workers/nobody", None, 404),
+    ("POST", "/v1/groups", {"name": ""}, 422),
+    ("DELETE", "/v1/groups/missing", None, 404),
+    ("POST", "/v1/services", {"name": "s", "urls": []}, 422),
+    ("POST", "/v1/services", {"name": "s", "urls": ["http://h"], "timeout_s": 0}, 422),
+    ("POST", "/v1/services", {"name": "s", "urls": ["http://h"], "group": "nope"}, 422),
+    ("GET", "/v1/services/missing", None, 404),
+    ("DELETE", "/v1/plugins/missing/1.0", None, 404),
+    ("GET", "/v1/plugins/missing", None, 404),
+    ("POST", "/v1/plugins", None, 422),
+    ("GET", "/v1/blobs/not-a-sha", None, 422),
+    ("GET", "/v1/blobs/" + "a" * 64, None, 404),
+    ("GET", "/v1/nothing-here", None, 404),
+    ("PUT", "/v1/models", None, 405),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), BAD_INPUTS)
+def test_bad_inputs_are_4xx_problems(seeded: TestClient, method, path, body, status):
+    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+    r = seeded.request(method, path, headers=auth("admin"), **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["status"] == status and problem["detail"] and problem["type"].startswith("http")
