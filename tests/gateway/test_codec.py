@@ -36,7 +36,7 @@ def test_kserve_to_tf_and_back_raw(datatype):
     request = kserve.ModelInferRequest(model_name="m")
     codec.add_kserve_inputs(request, [("x", arr)])
     assert request.inputs[0].datatype == datatype
-    body, requested, _ = translate.infer_to_predict(request.SerializeToString(), "m", 3)
+    body, _, _ = translate.infer_to_predict(request.SerializeToString(), "m", 3)
     predict = predict_pb2.PredictRequest.FromString(body)
     assert predict.model_spec.version.value == 3
     back = codec.tf_to_array("x", predict.inputs["x"])
@@ -119,7 +119,7 @@ def test_json_codec_round_trip_and_errors():
                 {"name": "INPUT0", "shape": [2], "datatype": "FP32", "data": [1, 2]},
                 {"name": "s", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
             ]
-        }  # fmt: skip
+        }
     ).encode()
     tensors = codec.json_to_tensors(payload)
     assert tensors[0][1].dtype == np.float32 and tensors[1][1].tolist() == [b"hi"]

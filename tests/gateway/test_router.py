@@ -76,7 +76,7 @@ def test_version_choice_explicit_label_and_newest_by_default():
             Model(name="m", backend="triton"),
             {1: ["stable"], 2: ["canary"], 3: []},
             {1: ["a:1"], 2: ["b:1"]},
-        )  # fmt: skip
+        )
     )
     assert r.resolve("m", 1).version.version == 1
     assert r.resolve("m", label="canary").version.version == 2

@@ -271,7 +271,7 @@ def test_health_per_model_and_reflection(routed, registry):
 
 
 class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["content-length"]))
         if self.path == "/fail":
             self.send_response(400)
@@ -314,7 +314,7 @@ def test_invoke_json_codec_rest_service_and_list_models(routed, registry):
                     version_label="stable",
                     payload=payload,
                     content_type="application/json",
-                ),  # fmt: skip
+                ),
                 timeout=20,
             )
             doc = json.loads(response.payload)
