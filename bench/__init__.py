@@ -1,0 +1,1 @@
+"""Gateway vs direct-to-Triton benchmark (``python -m bench``)."""
