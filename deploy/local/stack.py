@@ -1,0 +1,839 @@
+"""The one-machine modelgate stack behind ``make up`` (and reused by ``make demo`` and tests).
+
+Started, in order: ZooKeeper (Debian's package, as a plain Java process), the manager
+(REST API with a generated tokens file), two worker agents each launching and supervising
+its own ``tritonserver`` (from the nvidia-pytriton wheel), and one gateway. Every role runs
+as ``python -m <role>`` in a process group of its own, with its output in
+``<run-dir>/logs/<process>.log``; ``start()`` returns once each process is ready (gateway
+``grpc.health.v1`` SERVING, manager ``/healthz`` 200, workers registered in ZooKeeper).
+
+State lives under the run dir (default ``.run/`` in the repository): a lock held while the
+stack runs (a second stack on the same dir is refused; the lock dies with its process, so
+it never goes stale), ``pids`` (every process group started, so a crashed run's leftovers
+are killed by the next start), ``stack.json`` (the endpoints and tokens, mode 0600) and one
+directory per process, wiped at every start.
+
+Run it with ``.venv/bin/python deploy/local/stack.py`` (``--help`` lists the ports), or use
+it from Python::
+
+    with LocalStack(run_dir=tmp, gateway_port=0, ...) as stack:
+        grpc.insecure_channel(stack.gateway_address)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script: `python deploy/local/stack.py`
+    sys.path.insert(0, str(REPO))
+
+from registry import layout  # noqa: E402
+from registry import local_zookeeper as _local_zookeeper  # noqa: E402
+from registry.local_zookeeper import LocalZooKeeper  # noqa: E402
+from registry.netutil import listening_ports  # noqa: E402
+
+log = logging.getLogger("deploy.local")
+
+DEFAULT_RUN_DIR = REPO / ".run"
+# Sub-directories and files of the run dir this stack owns (wiped at start); anything else
+# under .run/ (e.g. other tools' files) is left alone.
+_OWNED = ("logs", "zookeeper", "manager", "gateway", "workers", "pids", "stack.json")
+_MARKER = "modelgate_stack"  # `python -X modelgate_stack=<run-dir>`: finds our processes
+
+
+class StackError(RuntimeError):
+    """The stack could not start (the message says which process and why)."""
+
+
+@dataclass
+class WorkerEndpoint:
+    """One worker agent and the Triton it launched."""
+
+    name: str
+    worker_id: str
+    triton_port: int
+    status_port: int
+    model_root: Path
+    log: Path
+    pid: int = 0
+    triton_address: str = ""
+    status_url: str = ""
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class LocalStack:
+    """ZooKeeper + manager + N workers (each with its Triton) + gateway on one machine.
+
+    Ports of 0 are picked by the process and read back (ZooKeeper cannot bind 0: a free
+    random port is used instead). ``start()`` raises :class:`StackError` (with the failing
+    process's log tail) and stops whatever it started.
+    """
+
+    run_dir: Path = DEFAULT_RUN_DIR
+    host: str = "127.0.0.1"
+    zk_port: int | None = 2181
+    """ZooKeeper client port; None or 0: a random free one. A busy 2181 falls back to random."""
+    gateway_port: int = 8500
+    gateway_metrics_port: int = 8502
+    manager_port: int = 8080
+    triton_ports: tuple[int, ...] = (8001, 8011)
+    worker_status_ports: tuple[int, ...] = (9200, 9201)
+    zk_root: str = layout.DEFAULT_ROOT
+    python: str = sys.executable
+    ready_timeout: float = 120.0
+    stop_grace: float = 20.0
+    drain_seconds: float = 1.0
+    log_level: str = "INFO"
+
+    # Filled in by start().
+    zk_hosts: str = ""
+    gateway_address: str = ""
+    gateway_metrics_url: str = ""
+    manager_url: str = ""
+    admin_token: str = ""
+    internal_token: str = ""
+    tokens_file: Path = Path()
+    log_dir: Path = Path()
+    workers: list[WorkerEndpoint] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir).resolve()
+        self.log_dir = self.run_dir / "logs"
+        if len(self.triton_ports) != len(self.worker_status_ports):
+            raise ValueError("give as many triton ports as worker status ports")
+        self._procs: list[_Proc] = []
+        self._zk: LocalZooKeeper | None = None
+        self._lock: TextIO | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalStack:
+        """Start every process and wait until each one is ready."""
+        try:
+            self._prepare()
+            self._start_zookeeper()
+            self._write_tokens()
+            manager = self._spawn_manager()
+            gateway = self._spawn_gateway()
+            self._wait_manager(manager)
+            worker_procs = [self._spawn_worker(i) for i in range(len(self.triton_ports))]
+            self._wait_gateway(gateway)
+            self._wait_workers(worker_procs)
+            self._write_state()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process started (SIGTERM to each group, SIGKILL after the grace)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        try:
+            # Roles first (workers still need ZooKeeper to deregister), ZooKeeper last.
+            _terminate_groups([(p.pid, p.popen) for p in self._procs], self.stop_grace)
+            self._procs.clear()
+            if self._zk is not None:
+                self._zk.stop()
+                self._zk = None
+            # Anything still carrying our marker (e.g. a Triton stub that left its group).
+            _terminate_pids(_stack_pids(self.run_dir), grace=5.0)
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / "pids").unlink()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+            self._stopping = False
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of every running role process (group leaders), by process name."""
+        out = {p.name: p.pid for p in self._procs if p.popen.poll() is None}
+        if self._zk is not None and self._zk.proc is not None:
+            out["zookeeper"] = self._zk.proc.pid
+        return out
+
+    def dead(self) -> list[str]:
+        """Names of the processes that exited since start (for a supervisor loop)."""
+        names = [p.name for p in self._procs if p.popen.poll() is not None]
+        if self._zk is not None and not self._zk.running:
+            names.append("zookeeper")
+        return names
+
+    def triton_pid(self, index: int) -> int | None:
+        """Pid of the tritonserver launched by worker ``index`` (to kill it in a demo)."""
+        agent = self.workers[index].pid
+        for pid in _stack_pids(self.run_dir):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == agent and cmd.endswith(b"tritonserver"):
+                return pid
+        return None
+
+    # ------------------------------------------------------------------ steps
+
+    def _prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.run_dir / "stack.lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            lock.close()
+            raise StackError(
+                f"another local stack is running from {self.run_dir} (pid {owner}); "
+                "stop it first (Ctrl-C in its terminal, or kill that pid)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        self._kill_leftovers()
+        for name in _OWNED:
+            path = self.run_dir / name
+            if path.is_dir():
+                _rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.log_dir.mkdir(parents=True)
+        busy = []
+        wanted = {
+            "gateway": self.gateway_port,
+            "gateway metrics": self.gateway_metrics_port,
+            "manager": self.manager_port,
+        }
+        for i, (tp, sp) in enumerate(zip(self.triton_ports, self.worker_status_ports, strict=True)):
+            wanted[f"worker-{i + 1} triton"] = tp
+            wanted[f"worker-{i + 1} status"] = sp
+        for what, port in wanted.items():
+            if port and not _port_free(self.host, port):
+                busy.append(f"{what} port {port}")
+        if busy:
+            raise StackError(
+                "ports in use: " + ", ".join(busy) + " (another stack or service?); choose "
+                "others with the --*-port options (0 picks a free one)"
+            )
+
+    def _kill_leftovers(self) -> None:
+        """Kill what a crashed previous run left: recorded groups, then marked processes."""
+        pids_file = self.run_dir / "pids"
+        groups: list[tuple[str, int]] = []
+        if pids_file.exists():
+            for line in pids_file.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):
+                    entry = json.loads(line)
+                    # Only if that pid is still one of ours (pids get reused).
+                    if _is_ours(int(entry["pid"]), self.run_dir):
+                        groups.append((entry["name"], int(entry["pid"])))
+        if groups:
+            log.warning("killing %d leftover process group(s) of a previous run", len(groups))
+        # The roles first (they deregister through ZooKeeper), ZooKeeper last.
+        _terminate_groups([(pid, None) for name, pid in groups if name != "zookeeper"], 5.0)
+        _terminate_groups([(pid, None) for name, pid in groups if name == "zookeeper"], 5.0)
+        leftovers = _stack_pids(self.run_dir)
+        if leftovers:
+            log.warning("killing leftover processes of a previous run: %s", leftovers)
+        _terminate_pids(leftovers, grace=5.0)
+
+    def _record(self, name: str, pid: int) -> None:
+        with (self.run_dir / "pids").open("a") as f:
+            f.write(json.dumps({"name": name, "pid": pid}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _start_zookeeper(self) -> None:
+        port = self.zk_port or None
+        if port is not None and not _port_free("127.0.0.1", port):
+            log.warning("port %d is busy: ZooKeeper gets a random free port", port)
+            port = None
+        zk = LocalZooKeeper(self.run_dir / "zookeeper", port=port)
+        self._zk = zk
+        with _new_session_for_zookeeper():
+            zk.start(timeout=self.ready_timeout)
+        assert zk.proc is not None
+        self._record("zookeeper", zk.proc.pid)
+        # The log LocalZooKeeper writes, linked where the other logs are.
+        with contextlib.suppress(OSError):
+            (self.log_dir / "zookeeper.log").symlink_to(zk.log_path)
+        self.zk_hosts = zk.hosts
+
+    def _write_tokens(self) -> None:
+        self.admin_token = "mg-admin-" + secrets.token_urlsafe(24)
+        self.internal_token = "mg-internal-" + secrets.token_urlsafe(24)
+        manager_dir = self.run_dir / "manager"
+        manager_dir.mkdir(parents=True, exist_ok=True)
+        self.tokens_file = manager_dir / "tokens.toml"
+        fd = os.open(self.tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                "# Generated by deploy/local/stack.py for this run only.\n"
+                f'[[tokens]]\nname = "local-admin"\nrole = "admin"\ntoken = "{self.admin_token}"\n'
+                f'\n[[tokens]]\nname = "local-internal"\nrole = "internal"\n'
+                f'token = "{self.internal_token}"\n'
+            )
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> _Proc:
+        log_path = self.log_dir / f"{name}.log"
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        # Flags are explicit; don't let a MODELGATE_* variable of the caller's shell change
+        # what the stack runs.
+        for key in [k for k in env if k.startswith("MODELGATE_")]:
+            del env[key]
+        cmd = [self.python, "-X", f"{_MARKER}={self.run_dir}", "-m", module, *args]
+        with log_path.open("ab") as out:
+            popen = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env=env,
+                start_new_session=True,  # own process group: stopped as a whole
+            )
+        proc = _Proc(name, popen, log_path)
+        self._procs.append(proc)
+        self._record(name, popen.pid)
+        return proc
+
+    def _spawn_manager(self) -> _Proc:
+        manager_dir = self.run_dir / "manager"
+        args = [
+            "--zk", self.zk_hosts,
+            "--root", self.zk_root,
+            "--host", self.host,
+            "--port", str(self.manager_port),
+            "--blob-dir", str(manager_dir / "blobs"),
+            "--tokens-file", str(self.tokens_file),
+            "--audit-log", str(manager_dir / "audit.log"),
+            "--manager-id", "local-manager",
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        if self.manager_port:
+            args += ["--public-url", f"http://{self.host}:{self.manager_port}"]
+        return self._spawn("manager", "manager_api", args)
+
+    def _spawn_gateway(self) -> _Proc:
+        args = [
+            "--zk", self.zk_hosts,
+            "--root", self.zk_root,
+            "--host", self.host,
+            "--port", str(self.gateway_port),
+            "--metrics-port", str(self.gateway_metrics_port),
+            "--gateway-id", "local-gateway",
+            "--grace-seconds", "2",
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        if self.gateway_port:
+            args += ["--advertise-address", f"{self.host}:{self.gateway_port}"]
+        return self._spawn("gateway", "gateway", args)
+
+    def _spawn_worker(self, index: int) -> _Proc:
+        name = f"worker-{index + 1}"
+        base = self.run_dir / "workers" / name
+        model_root = base / "models"
+        model_root.mkdir(parents=True)
+        args = [
+            "--zk", self.zk_hosts,
+            "--root", self.zk_root,
+            "--worker-id", f"local-{index + 1}",
+            "--backend", "triton",
+            "--launch-triton",
+            "--triton-grpc-port", str(self.triton_ports[index]),
+            "--launch-host", self.host,
+            "--model-root", str(model_root),
+            "--work-dir", str(base / "work"),
+            "--advertise-host", self.host,
+            "--labels", f"stack=local,slot={index + 1}",
+            "--status-host", self.host,
+            "--status-port", str(self.worker_status_ports[index]),
+            "--manager-url", self.manager_url,
+            "--blob-token", self.internal_token,
+            "--drain-seconds", str(self.drain_seconds),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        proc = self._spawn(name, "worker_agent", args)
+        self.workers.append(
+            WorkerEndpoint(
+                name=name,
+                worker_id=f"local-{index + 1}",
+                triton_port=self.triton_ports[index],
+                status_port=self.worker_status_ports[index],
+                model_root=model_root,
+                log=proc.log,
+                pid=proc.pid,
+            )
+        )
+        return proc
+
+    # ------------------------------------------------------------------ readiness
+
+    def _wait(self, proc: _Proc, what: str, check: Any) -> Any:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise StackError(
+                    f"{proc.name} exited with code {proc.popen.returncode} before {what}; "
+                    f"log {proc.log}:\n{_tail(proc.log)}"
+                )
+            result = check()
+            if result:
+                return result
+            time.sleep(0.2)
+        raise StackError(
+            f"{proc.name} not {what} within {self.ready_timeout:g}s; log {proc.log}:\n"
+            f"{_tail(proc.log)}"
+        )
+
+    def _wait_manager(self, proc: _Proc) -> None:
+        import httpx
+
+        def port() -> int | None:
+            if self.manager_port:
+                return self.manager_port
+            ports = listening_ports(proc.pid)
+            return ports[0] if ports else None
+
+        p = self._wait(proc, "listening", port)
+        self.manager_url = f"http://{self.host}:{p}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{self.manager_url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self._wait(proc, "healthy (/healthz 200)", healthy)
+
+    def _wait_gateway(self, proc: _Proc) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def ports() -> tuple[int, int] | None:
+            for line in _read(proc.log).splitlines():
+                if line.startswith("GATEWAY LISTENING"):
+                    words = line.split()
+                    return int(words[2]), int(words[4])
+            return None
+
+        port, metrics_port = self._wait(proc, "listening", ports)
+        self.gateway_address = f"{self.host}:{port}"
+        self.gateway_metrics_url = f"http://{self.host}:{metrics_port}/metrics"
+
+        def serving() -> bool:
+            with grpc.insecure_channel(self.gateway_address) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=2
+                    )
+                except grpc.RpcError:
+                    return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        self._wait(proc, "SERVING (grpc.health.v1)", serving)
+
+    def _wait_workers(self, procs: list[_Proc]) -> None:
+        from registry import Registry
+        from registry.records import Worker
+
+        for proc, worker in zip(procs, self.workers, strict=True):
+
+            def ready(proc: _Proc = proc) -> tuple[str, int] | None:
+                for line in _read(proc.log).splitlines():
+                    if line.startswith("READY "):
+                        words = line.split()
+                        return words[1], int(words[2])
+                return None
+
+            worker_id, status_port = self._wait(proc, "ready", ready)
+            worker.worker_id, worker.status_port = worker_id, status_port
+            worker.status_url = f"http://{self.host}:{status_port}"
+        with Registry(self.zk_hosts, self.zk_root, connect_timeout=10) as registry:
+            for proc, worker in zip(procs, self.workers, strict=True):
+                self._wait(
+                    proc,
+                    "registered in ZooKeeper",
+                    lambda w=worker: w.worker_id in registry.children(layout.WORKERS),
+                )
+                record = registry.read(layout.worker(worker.worker_id), Worker)
+                if record is not None:
+                    worker.triton_address = record.address
+                    worker.triton_port = int(record.address.rsplit(":", 1)[1])
+
+    def _write_state(self) -> None:
+        state = {
+            "zookeeper": self.zk_hosts,
+            "zk_root": self.zk_root,
+            "gateway": self.gateway_address,
+            "gateway_metrics": self.gateway_metrics_url,
+            "manager": self.manager_url,
+            "admin_token": self.admin_token,
+            "internal_token": self.internal_token,
+            "tokens_file": str(self.tokens_file),
+            "logs": str(self.log_dir),
+            "workers": [
+                {k: str(v) if isinstance(v, Path) else v for k, v in asdict(w).items()}
+                for w in self.workers
+            ],
+            "pids": self.pids,
+        }
+        path = self.run_dir / "stack.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+
+    def summary(self) -> str:
+        """What ``make up`` prints once everything is ready."""
+        workers = "\n".join(
+            f"  {w.name:<9} id {w.worker_id:<8} triton {w.triton_address or w.triton_port}  "
+            f"status {w.status_url}/healthz  models {w.model_root}"
+            for w in self.workers
+        )
+        return f"""
+modelgate local stack is up (run dir {self.run_dir})
+
+  gateway   gRPC {self.gateway_address}  (TF-Serving, KServe v2, modelgate.v1, health)
+            metrics {self.gateway_metrics_url}
+  manager   {self.manager_url}  (OpenAPI: {self.manager_url}/docs)
+  zookeeper {self.zk_hosts}  root {self.zk_root}
+{workers}
+  logs      {self.log_dir}/<process>.log
+  state     {self.run_dir}/stack.json  (endpoints and tokens)
+
+  admin token: {self.admin_token}
+
+Try, in another terminal:
+  export MODELGATE_URL={self.manager_url} MODELGATE_TOKEN={self.admin_token}
+  curl -s -H "Authorization: Bearer $MODELGATE_TOKEN" $MODELGATE_URL/v1/workers
+  curl -s -H "Authorization: Bearer $MODELGATE_TOKEN" $MODELGATE_URL/v1/models
+  curl -s {self.gateway_metrics_url} | grep ^modelgate_
+  .venv/bin/python -c "import grpc; from grpc_health.v1 import health_pb2 as h, \\
+health_pb2_grpc as g; print(g.HealthStub(grpc.insecure_channel('{self.gateway_address}'))\\
+.Check(h.HealthCheckRequest()))"
+  tail -f {self.log_dir}/gateway.log
+  make demo        # the digits model end to end (starts its own stack: stop this one first)
+
+Ctrl-C stops everything.
+"""
+
+
+# ---------------------------------------------------------------------- process helpers
+
+
+@contextlib.contextmanager
+def _new_session_for_zookeeper() -> Iterator[None]:
+    """Start LocalZooKeeper's Java process in its own session.
+
+    NOTE: LocalZooKeeper starts Java in the caller's process group, so a Ctrl-C in the
+    terminal would kill ZooKeeper before the workers deregister (their drain then waits on
+    ZooKeeper). It has no option for that; until it does, its module's ``subprocess`` is
+    swapped for one whose Popen adds ``start_new_session=True`` while it starts.
+    """
+
+    class _Subprocess:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            kwargs.setdefault("start_new_session", True)
+            return subprocess.Popen(*args, **kwargs)
+
+    original = _local_zookeeper.subprocess
+    _local_zookeeper.subprocess = _Subprocess()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _local_zookeeper.subprocess = original
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _is_ours(pid: int, run_dir: Path) -> bool:
+    """True if ``pid`` runs with a command line that names ``run_dir``."""
+    prefix = str(run_dir)
+    return any(a == prefix or prefix + "/" in a or a.endswith("=" + prefix) for a in _cmdline(pid))
+
+
+def _stack_pids(run_dir: Path) -> list[int]:
+    """Every live process whose command line names ``run_dir`` (other than this one)."""
+    skip = _ancestors()  # e.g. `timeout 60 python stack.py --run-dir X` names X too
+    found = []
+    for entry in Path("/proc").iterdir():
+        if (
+            entry.name.isdigit()
+            and int(entry.name) not in skip
+            and _is_ours(int(entry.name), run_dir)
+        ):
+            if not _is_zombie(int(entry.name)):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def stack_pids(run_dir: Path | str = DEFAULT_RUN_DIR) -> list[int]:
+    """Pids of the live processes of the stack using ``run_dir`` (for tests and scripts)."""
+    return _stack_pids(Path(run_dir).resolve())
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left (reaped by whoever started them) count as gone.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _terminate_groups(
+    groups: list[tuple[int, subprocess.Popen[bytes] | None]], grace: float
+) -> None:
+    """Stop process groups: SIGTERM to each leader (every role stops its own children, e.g.
+    the agent its Triton), SIGTERM to what is left of a group once its leader is gone or
+    ``grace`` s have passed, and SIGKILL to anything still there 3 s later.
+    """
+
+    def leader_alive(pid: int, popen: subprocess.Popen[bytes] | None) -> bool:
+        if popen is not None:
+            return popen.poll() is None
+        return not _is_zombie(pid)
+
+    for pgid, _ in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(leader_alive(*g) for g in groups):
+        time.sleep(0.1)
+    for pgid, _ in groups:
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and any(_group_alive(g) for g, _ in groups):
+        time.sleep(0.1)
+    for pgid, popen in groups:
+        if _group_alive(pgid):
+            log.warning("process group %d did not stop within %gs: SIGKILL", pgid, grace)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5)
+
+
+def _terminate_pids(pids: list[int], grace: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(not _is_zombie(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if not _is_zombie(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(_read(path).splitlines()[-lines:]) or "(empty log)"
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------- make up
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port")
+    return port
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="deploy/local/stack.py",
+        description="Run modelgate on this machine: ZooKeeper, the manager, two worker "
+        "agents each with its own Triton, and a gateway, until Ctrl-C or SIGTERM. "
+        "A port of 0 is picked by the process.",
+    )
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="state and logs")
+    parser.add_argument("--host", default="127.0.0.1", help="address every role binds to")
+    parser.add_argument("--zk-port", type=_port, default=2181, help="ZooKeeper (busy: random)")
+    parser.add_argument("--gateway-port", type=_port, default=8500)
+    parser.add_argument("--gateway-metrics-port", type=_port, default=8502)
+    parser.add_argument("--manager-port", type=_port, default=8080)
+    parser.add_argument(
+        "--triton-ports", type=_port, nargs="+", default=[8001, 8011], help="one per worker"
+    )
+    parser.add_argument(
+        "--worker-status-ports", type=_port, nargs="+", default=[9200, 9201], help="one per worker"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--log-level", default="INFO", help="of every role")
+    return parser.parse_args(argv)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("deploy.local", "registry.local_zookeeper"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    # This process's own short ZooKeeper session (the readiness check) is not news.
+    logging.getLogger("registry.zk").setLevel(logging.ERROR)
+    stack = LocalStack(
+        run_dir=args.run_dir,
+        host=args.host,
+        zk_port=args.zk_port,
+        gateway_port=args.gateway_port,
+        gateway_metrics_port=args.gateway_metrics_port,
+        manager_port=args.manager_port,
+        triton_ports=tuple(args.triton_ports),
+        worker_status_ports=tuple(args.worker_status_ports),
+        ready_timeout=args.ready_timeout,
+        log_level=args.log_level,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            stop.set()
+            raise _Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    code = 0
+    try:
+        print(f"starting the local stack in {stack.run_dir} (logs: {stack.log_dir})", flush=True)
+        stack.start()
+        print(stack.summary(), flush=True)
+        reported: set[str] = set()
+        while not stop.wait(1.0):
+            for name in set(stack.dead()) - reported:
+                reported.add(name)
+                print(f"WARNING: {name} exited; see {stack.log_dir}/{name}.log", flush=True)
+    except _Interrupted as sig:
+        print(f"\n{sig}: stopping the local stack ...", flush=True)
+    except StackError as err:
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        # Signals during the stop are ignored: it always runs to the end (SIGKILL at worst).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        stack.stop()
+        left = _stack_pids(stack.run_dir)
+        if left:
+            print(f"ERROR: processes left running: {left}", file=sys.stderr, flush=True)
+            code = 1
+        else:
+            print("local stack stopped; nothing left running", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
