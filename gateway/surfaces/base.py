@@ -84,6 +84,9 @@ class Core:
         self.default_timeout = default_timeout
         self.version = version
         self.clock = router.clock
+        #: Metric children per (model, version, surface, code): labels() costs a lock and
+        #: a dict lookup per metric per call otherwise.
+        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, Any, Any, Any]] = {}
 
     # -- wrappers -----------------------------------------------------------------------
 
@@ -133,13 +136,25 @@ class Core:
         return grpc.stream_stream_rpc_method_handler(call)
 
     def _observe(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
-        m = self.metrics
-        m.requests.labels(info.model, info.version, surface, code.name).inc()
-        m.latency.labels("total", info.model, surface).observe(total)
+        key = (info.model, info.version, surface, code)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = self._children[key] = (
+                m.requests.labels(info.model, info.version, surface, code.name),
+                m.latency.labels("total", info.model, surface),
+                m.latency.labels("route", info.model, surface),
+                m.latency.labels("backend", info.model, surface),
+            )
+            if len(self._children) > 10_000:  # NOTE: bound the cache (label churn)
+                self._children.clear()
+        requests, total_h, route_h, backend_h = children
+        requests.inc()
+        total_h.observe(total)
         if info.route_s:
-            m.latency.labels("route", info.model, surface).observe(info.route_s)
+            route_h.observe(info.route_s)
         if info.backend_s:
-            m.latency.labels("backend", info.model, surface).observe(info.backend_s)
+            backend_h.observe(info.backend_s)
 
     # -- helpers ------------------------------------------------------------------------
 
