@@ -164,8 +164,8 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process started (SIGTERM to each group, SIGKILL after the grace)."""
-        if self._stopping:
-            return
+        if self._stopping or self._lock is None:
+            return  # never started, or refused (the dir belongs to another stack)
         self._stopping = True
         try:
             # Roles first (workers still need ZooKeeper to deregister), ZooKeeper last.
@@ -179,9 +179,8 @@ class LocalStack:
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / "pids").unlink()
         finally:
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
+            self._lock.close()
+            self._lock = None
             self._stopping = False
 
     @property

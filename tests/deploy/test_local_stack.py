@@ -1,0 +1,133 @@
+"""The one-machine stack (``make up``): it starts, answers health checks, and stops clean."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.local.stack import LocalStack, StackError, stack_pids
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _free_ports() -> dict[str, object]:
+    return {
+        "zk_port": 0,
+        "gateway_port": 0,
+        "gateway_metrics_port": 0,
+        "manager_port": 0,
+        "triton_ports": (0, 0),
+        "worker_status_ports": (0, 0),
+        "ready_timeout": 60.0,
+    }
+
+
+def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    stack = LocalStack(run_dir=run_dir, **_free_ports())  # type: ignore[arg-type]
+    try:
+        stack.start()
+        pids = dict(stack.pids)
+        assert set(pids) == {"zookeeper", "manager", "gateway", "worker-1", "worker-2"}
+        tritons = [stack.triton_pid(i) for i in range(2)]
+        assert all(tritons), f"each worker launched a tritonserver: {tritons}"
+        every = set(stack_pids(run_dir))
+        assert set(pids.values()) | set(tritons) <= every  # type: ignore[arg-type]
+
+        with grpc.insecure_channel(stack.gateway_address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        health = httpx.get(f"{stack.manager_url}/healthz", timeout=5)
+        assert health.status_code == 200, health.text
+        assert health.json()["zookeeper"] is True
+
+        auth = {"Authorization": f"Bearer {stack.admin_token}"}
+        workers = httpx.get(f"{stack.manager_url}/v1/workers", headers=auth, timeout=5).json()
+        assert sorted(w["worker_id"] for w in workers) == ["local-1", "local-2"]
+        assert httpx.get(f"{stack.manager_url}/v1/workers", timeout=5).status_code == 401
+
+        assert (run_dir / "logs" / "gateway.log").stat().st_size > 0
+        assert os.stat(run_dir / "stack.json").st_mode & 0o077 == 0
+    finally:
+        stack.stop()
+
+    left = [pid for pid in every if _alive(pid)]
+    assert left == [], f"processes of the stack still running after stop(): {left}"
+    assert stack_pids(run_dir) == []
+    assert not (run_dir / "pids").exists()
+
+
+def test_second_stack_on_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    # Only the lock is exercised: the first stack holds it without starting anything.
+    first = LocalStack(run_dir=tmp_path, **_free_ports())  # type: ignore[arg-type]
+    first._prepare()
+    try:
+        second = LocalStack(run_dir=tmp_path, **_free_ports())  # type: ignore[arg-type]
+        with pytest.raises(StackError, match="another local stack is running"):
+            second.start()
+    finally:
+        first.stop()
+    # Once the first one is gone, the dir is usable again (no stale lock).
+    again = LocalStack(run_dir=tmp_path, **_free_ports())  # type: ignore[arg-type]
+    again._prepare()
+    again.stop()
+
+
+def test_leftovers_of_a_crashed_run_are_killed_by_the_next_start(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deploy.local.stack import REPO
+
+    run_dir = tmp_path / "run"
+    args = ["--run-dir", str(run_dir), "--zk-port", "0", "--gateway-port", "0"]
+    args += ["--gateway-metrics-port", "0", "--manager-port", "0", "--ready-timeout", "60"]
+    args += ["--triton-ports", "0", "0", "--worker-status-ports", "0", "0"]
+    script = subprocess.Popen(
+        [sys.executable, str(REPO / "deploy" / "local" / "stack.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert script.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in script.stdout:
+            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+                break
+        state = json.loads((run_dir / "stack.json").read_text())
+        old = set(stack_pids(run_dir))
+        assert set(state["pids"].values()) <= old
+    finally:
+        script.send_signal(signal.SIGKILL)  # a crash: no clean-up runs
+        script.wait(timeout=10)
+    assert any(_alive(pid) for pid in old), "the crash left the stack's processes running"
+
+    # The next start takes the lock (the crashed process's flock died with it) and kills
+    # the leftovers before wiping the state.
+    nxt = LocalStack(run_dir=run_dir, **_free_ports())  # type: ignore[arg-type]
+    nxt._prepare()
+    try:
+        assert [pid for pid in old if _alive(pid)] == []
+        assert not (run_dir / "stack.json").exists()
+    finally:
+        nxt.stop()
