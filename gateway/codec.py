@@ -7,6 +7,7 @@ Any dtype outside the table below is refused with INVALID_ARGUMENT naming it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -80,11 +81,18 @@ def _unsupported(name: str, dtype: object) -> InvalidArgumentError:
     )
 
 
+#: Most elements a single broadcast value may fill (a bad shape must not exhaust memory).
+MAX_BROADCAST = 1 << 24
+
+
 def _shape(name: str, values: np.ndarray, shape: list[int]) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(f"tensor {name!r}: negative dimension in shape {shape}")
+    count = math.prod(shape)
     if values.size == count:
         return values.reshape(shape)
-    if values.size == 1:  # NOTE: TF-Serving broadcasts a single typed value to the shape
+    if values.size == 1 and count <= MAX_BROADCAST:
+        # NOTE: TF-Serving broadcasts a single typed value to the whole shape
         return np.full(shape, values.reshape(())[()], dtype=values.dtype)
     raise InvalidArgumentError(
         f"tensor {name!r}: {values.size} values do not fill shape {list(shape)}"
@@ -222,8 +230,6 @@ def tf_to_array(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
         arr = np.asarray(list(values), dtype=np.uint16).view(np.float16)
     else:
         arr = np.asarray(list(values), dtype=dtype)
-    if arr.size == 0 and int(np.prod(shape) if shape else 1) == 0:
-        return arr.reshape(shape)
     return _shape(name, arr, shape)
 
 

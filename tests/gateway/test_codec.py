@@ -110,6 +110,11 @@ def test_unsupported_dtypes_are_named():
         codec.tf_to_array("z", tensor)
     with pytest.raises(InvalidArgumentError, match="3 values do not fill shape"):
         codec._shape("x", np.zeros(3), [2, 2])
+    # a single value with an absurd shape is refused, not broadcast into memory
+    with pytest.raises(InvalidArgumentError, match="1 values do not fill shape"):
+        codec._shape("x", np.zeros(1), [1 << 20, 1 << 20])
+    with pytest.raises(InvalidArgumentError, match="negative dimension"):
+        codec._shape("x", np.zeros(1), [-1])
 
 
 def test_json_codec_round_trip_and_errors():
