@@ -1,0 +1,247 @@
+"""End to end: ``python -m manager_api`` + two ``python -m worker_agent`` in front of two real
+Triton servers, driven with the ``modelgate`` CLI.
+
+create model -> upload version (blob store) -> replicas placed -> routes appear -> :offline
+-> routes gone and models unloaded -> :online -> back; then a worker killed -> its replica
+re-placed on the other worker by the reconcile loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from registry import Registry, layout
+from registry.netutil import listening_ports
+from tests.manager_api.conftest import TOKENS, TOKENS_TOML
+from tests.servers.models import write_add_one
+from tests.servers.zk import wait_for
+from worker_agent.tritonserver import TritonServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TritonServer]]:
+    servers = []
+    try:
+        for i in range(2):
+            workdir = tmp_path_factory.mktemp(f"e2e-triton-{i}")
+            server = TritonServer(workdir / "models", workdir)
+            server.start()
+            servers.append(server)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+class Proc:
+    """A child process whose output goes to a log file (printed if the test fails)."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for proc in started:
+            print(f"\n----- {proc.name} ({proc.log}) -----\n{proc.tail()}")
+
+
+def add_one_archive(tmp: Path) -> Path:
+    repo = tmp / "src"
+    write_add_one(repo, "add", 1, 1.0)
+    vdir = repo / "add" / "1"
+    (vdir / "config.pbtxt").write_text((repo / "add" / "config.pbtxt").read_text())
+    archive = tmp / "add-1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for f in sorted(vdir.iterdir()):
+            tf.add(f, f.name)
+    return archive
+
+
+def routes(registry: Registry) -> set[str]:
+    return set(registry.children(layout.version_routes("add", 1)))
+
+
+def ready_on(triton: TritonServer) -> bool:
+    client = triton_grpc.InferenceServerClient(triton.address)
+    try:
+        return bool(client.is_model_ready("add", "1"))
+    finally:
+        client.close()
+
+
+def infer(address: str) -> list[float]:
+    client = triton_grpc.InferenceServerClient(address)
+    try:
+        x = np.array([1.0, 2.0], dtype=np.float32)
+        inp = triton_grpc.InferInput("INPUT0", [2], "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("add", [inp], model_version="1", client_timeout=10)
+        return [float(v) for v in result.as_numpy("OUTPUT0")]
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(240)
+def test_deploy_offline_online_and_failover(
+    zookeeper, zk_root, registry: Registry, tritons, procs, tmp_path: Path
+):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(TOKENS_TOML)
+    manager = Proc(
+        "manager",
+        [
+            sys.executable,
+            "-m",
+            "manager_api",
+            "--zk",
+            zookeeper.hosts,
+            "--root",
+            zk_root,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--blob-dir",
+            str(tmp_path / "blobs"),
+            "--tokens-file",
+            str(tokens),
+            "--audit-log",
+            str(tmp_path / "audit.jsonl"),
+        ],
+        tmp_path / "manager.log",
+        {**env, "MODELGATE_MANAGER_RECONCILE_INTERVAL_S": "1"},
+    )
+    procs.append(manager)
+    port = wait_for(
+        lambda: listening_ports(manager.popen.pid), timeout=60, what="the manager's port"
+    )[0]
+    url = f"http://127.0.0.1:{port}"
+
+    agents = {}
+    for worker_id, triton in zip(("wa", "wb"), tritons, strict=True):
+        agent = Proc(
+            worker_id,
+            [
+                sys.executable,
+                "-m",
+                "worker_agent",
+                "--zk",
+                zookeeper.hosts,
+                "--root",
+                zk_root,
+                "--worker-id",
+                worker_id,
+                "--backend",
+                "triton",
+                "--backend-address",
+                triton.address,
+                "--model-root",
+                str(triton.model_repository),
+                "--advertise-host",
+                "127.0.0.1",
+                "--status-host",
+                "127.0.0.1",
+                "--status-port",
+                "0",
+                "--heartbeat-interval",
+                "0.5",
+                "--drain-seconds",
+                "0.2",
+                "--zk-session-timeout",
+                "4",
+                "--manager-url",
+                url,
+                "--blob-token",
+                TOKENS["internal"],
+            ],
+            tmp_path / f"{worker_id}.log",
+            env,
+        )
+        procs.append(agent)
+        agents[worker_id] = agent
+    wait_for(
+        lambda: set(registry.children(layout.WORKERS)) == {"wa", "wb"},
+        timeout=90,
+        what="both workers registered",
+    )
+
+    def mg(*args: str) -> str:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "manager_api.cli",
+                "--manager",
+                url,
+                "--token",
+                TOKENS["admin"],
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    mg("models", "create", "add", "--backend", "triton", "--replicas", "2")
+    mg("models", "deploy", "add", "--file", str(add_one_archive(tmp_path)), "--label", "stable")
+    wait_for(lambda: routes(registry) == {"wa", "wb"}, timeout=90, what="routes on both workers")
+    assert infer(tritons[0].address) == [2.0, 3.0] == infer(tritons[1].address)
+    status = json.loads(mg("models", "status", "add", "--json"))
+    assert status["ready"] == 2 and status["message"] == "ok"
+
+    mg("models", "offline", "add")
+    wait_for(lambda: routes(registry) == set(), timeout=60, what="routes gone")
+    wait_for(
+        lambda: not ready_on(tritons[0]) and not ready_on(tritons[1]),
+        timeout=60,
+        what="the model unloaded from both Tritons",
+    )
+    mg("models", "online", "add")
+    wait_for(lambda: routes(registry) == {"wa", "wb"}, timeout=90, what="routes back")
+
+    # one replica; kill its worker: the reconcile loop re-places it on the other one
+    mg("models", "update", "add", "--replicas", "1")
+    wait_for(lambda: len(routes(registry)) == 1, timeout=60, what="one route left")
+    (holder,) = routes(registry)
+    other = ({"wa", "wb"} - {holder}).pop()
+    agents[holder].stop(signal.SIGKILL)
+    wait_for(lambda: routes(registry) == {other}, timeout=90, what=f"the replica on {other}")
+    assert infer(tritons[0 if other == "wa" else 1].address) == [2.0, 3.0]
