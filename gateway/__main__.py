@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+from gateway import logs
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
@@ -36,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
             default=None,
             help=f"{field.description} (default: {field.default})",
         )
+    parser.add_argument(
+        "--log-json",
+        dest="log_json",
+        action="store_true",
+        default=None,
+        help=GatewaySettings.model_fields["log_json"].description,
+    )
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
 
@@ -57,10 +65,7 @@ async def run(settings: GatewaySettings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = GatewaySettings(**parse_args(argv))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_json)
     asyncio.run(run(settings))
 
 

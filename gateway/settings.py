@@ -53,6 +53,8 @@ class GatewaySettings(BaseSettings):
     """Seconds to wait for ZooKeeper at start-up before giving up."""
     log_level: str = "INFO"
     """Python logging level of the gateway's loggers."""
+    log_json: bool = False
+    """Log JSON lines (with model, version and request id of the call) instead of text."""
 
     def node_id(self, port: int) -> str:
         return self.gateway_id or f"{socket.gethostname()}:{port}"

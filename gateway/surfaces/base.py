@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from gateway.backends.channels import ChannelPool, Metadata
 from gateway.backends.rest import RestBackend
 from gateway.errors import InvalidArgumentError, status_of
+from gateway.logs import set_call
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router, Target
 from gateway.table import Instance
@@ -186,8 +187,10 @@ class Core:
     def resolve(self, info: CallInfo, name: str, version: int | None, label: str | None) -> Target:
         start = time.perf_counter()
         info.model = name
+        set_call(name, str(version or label or ""))
         target = self.router.resolve(name, version, label)
         info.version = str(target.version.version)
+        set_call(name, info.version)
         info.route_s = time.perf_counter() - start
         return target
 

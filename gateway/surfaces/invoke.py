@@ -11,6 +11,7 @@ from gateway import codec
 from gateway.backends import tfserving, triton
 from gateway.errors import InvalidArgumentError
 from gateway.flow import flow_for
+from gateway.logs import set_call
 from gateway.surfaces.base import CallInfo, Core, parse, split_version
 from gateway.table import Instance
 from protos.modelgate.v1 import gateway_pb2
@@ -71,6 +72,7 @@ class GatewaySurface:
         target = self.core.resolve(info, req.model, version, label or req.version_label or None)
         name, v = target.model.name, target.version.version
         request_id = req.request_id or uuid.uuid4().hex
+        set_call(name, str(v), request_id)
         md = self.core.forward_metadata(context)
 
         if target.model.kind == "rest":
