@@ -116,6 +116,26 @@ def infer(address: str) -> list[float]:
         client.close()
 
 
+REQUEST = json.dumps(
+    {"inputs": [{"name": "INPUT0", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+)
+
+
+def infer_via_gateway(address: str) -> list[float] | None:
+    """``modelgate infer`` through the gateway; None while it does not answer yet."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "manager_api.cli", "infer", "add", "--gateway", address,
+         "--data", REQUEST, "--json", "--timeout", "10"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    answer = json.loads(proc.stdout)
+    assert answer["model"] == "add" and answer["version"] == "1"
+    outputs = json.loads(answer["payload"])["outputs"]
+    return [float(v) for v in outputs[0]["data"]]
+
+
 @pytest.mark.timeout(240)
 def test_deploy_offline_online_and_failover(
     zookeeper, zk_root, registry: Registry, tritons, procs, tmp_path: Path
@@ -201,6 +221,26 @@ def test_deploy_offline_online_and_failover(
         what="both workers registered",
     )
 
+    gateway = Proc(
+        "gateway",
+        [
+            sys.executable, "-m", "gateway",
+            "--zk", zookeeper.hosts, "--root", zk_root,
+            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+        ],
+        tmp_path / "gateway.log",
+        env,
+    )  # fmt: skip
+    procs.append(gateway)
+
+    def gateway_port() -> int | None:
+        for line in gateway.log.read_text(errors="replace").splitlines():
+            if line.startswith("GATEWAY LISTENING "):
+                return int(line.split()[2])
+        return None
+
+    gw_address = f"127.0.0.1:{wait_for(gateway_port, timeout=60, what='the gateway port')}"
+
     def mg(*args: str) -> str:
         proc = subprocess.run(
             [
@@ -224,6 +264,17 @@ def test_deploy_offline_online_and_failover(
     mg("models", "deploy", "add", "--file", str(add_one_archive(tmp_path)), "--label", "stable")
     wait_for(lambda: routes(registry) == {"wa", "wb"}, timeout=90, what="routes on both workers")
     assert infer(tritons[0].address) == [2.0, 3.0] == infer(tritons[1].address)
+    # one call through the gateway with the CLI (modelgate.v1.Gateway/Invoke, JSON codec)
+    assert wait_for(lambda: infer_via_gateway(gw_address), timeout=60, what="gateway answer") == [
+        2.0,
+        3.0,
+    ]
+    unknown = subprocess.run(
+        [sys.executable, "-m", "manager_api.cli", "infer", "nope", "--gateway", gw_address,
+         "--data", REQUEST],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
     status = json.loads(mg("models", "status", "add", "--json"))
     assert status["ready"] == 2 and status["message"] == "ok"
 
@@ -245,3 +296,7 @@ def test_deploy_offline_online_and_failover(
     agents[holder].stop(signal.SIGKILL)
     wait_for(lambda: routes(registry) == {other}, timeout=90, what=f"the replica on {other}")
     assert infer(tritons[0 if other == "wa" else 1].address) == [2.0, 3.0]
+    assert wait_for(lambda: infer_via_gateway(gw_address), timeout=60, what="gateway answer") == [
+        2.0,
+        3.0,
+    ]
