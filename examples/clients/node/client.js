@@ -5,11 +5,11 @@
 // ("kserve add_one [2, 3, 4]") and exits 1 on the first error, naming its gRPC code.
 //
 //   npm ci
+//   npm run descriptors        # ../build/services.pb, with the repo's .venv (or $PYTHON)
 //   node client.js --address 127.0.0.1:8500 --model add_one
 //
-// The service definitions come from a descriptor set exported by
-// ../export_descriptors.py (no third-party .proto file is committed); --descriptors
-// points at it.
+// The service definitions come from a descriptor set exported by ../export_descriptors.py
+// (no third-party .proto file is committed); --descriptors points at another one.
 'use strict';
 
 const fs = require('fs');
@@ -53,8 +53,8 @@ function parseArgs(argv) {
 function loadServices(file) {
   if (!fs.existsSync(file)) {
     throw new Error(
-      `descriptor set ${file} is missing; export it with: ` +
-        '.venv/bin/python examples/clients/export_descriptors.py examples/clients/build/services.pb',
+      `descriptor set ${file} is missing; export it with \`npm run descriptors\` ` +
+        '(or: .venv/bin/python examples/clients/export_descriptors.py examples/clients/build/services.pb)',
     );
   }
   const definition = protoLoader.loadFileDescriptorSetFromBuffer(fs.readFileSync(file), {
