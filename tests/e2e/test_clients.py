@@ -15,11 +15,14 @@ are exercised from each language. The Java and Node toolchains come from
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +149,33 @@ def _run(cmd: list[str], timeout: float, cwd: Path = REPO) -> subprocess.Complet
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A gRPC server whose every method never answers (until the test ends)."""
+    release = threading.Event()
+
+    def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+        release.wait(60)
+        return b""
+
+    handler = grpc.unary_unary_rpc_method_handler(hang)
+    methods = {
+        "inference.GRPCInferenceService": "ModelInfer",
+        "tensorflow.serving.PredictionService": "Predict",
+        "modelgate.v1.Gateway": "Invoke",
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    for service, method in methods.items():
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {method: handler}),)
+        )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    release.set()
+    server.stop(None)
+
+
 # -- Java ------------------------------------------------------------------------------
 
 
@@ -156,7 +186,11 @@ def java_client() -> list[str]:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed; run {SETUP}")
     java = CLIENTS / "java"
-    build = _run(["make", "-s", "-C", str(java), "build", f"PYTHON={sys.executable}"], 600)
+    (java / "build").mkdir(exist_ok=True)
+    # NOTE: the build directory is shared by every checkout user; one build at a time.
+    with open(java / "build" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build = _run(["make", "-s", "-C", str(java), "build", f"PYTHON={sys.executable}"], 600)
     if build.returncode != 0:
         pytest.fail(
             f"building the Java client failed (install the toolchain with {SETUP}):\n"
@@ -183,6 +217,15 @@ def test_java_client_exits_non_zero_with_the_grpc_code(java_client, gateway) -> 
     assert result.returncode == 1
     assert result.stdout == ""
     assert "NOT_FOUND" in result.stderr and "no_such_model" in result.stderr
+
+
+@pytest.mark.parametrize("call", ["kserve", "tfserving", "invoke"])
+def test_java_client_gives_every_call_a_deadline(java_client, silent_server, call: str) -> None:
+    args = ["--address", silent_server, "--calls", call, "--timeout-ms", "500"]
+    result = _run([*java_client, *args], 60)
+
+    assert result.returncode == 1
+    assert "DEADLINE_EXCEEDED" in result.stderr
 
 
 # -- Node ------------------------------------------------------------------------------
@@ -217,6 +260,15 @@ def test_node_client_exits_non_zero_with_the_grpc_code(node_client, gateway) -> 
     assert result.returncode == 1
     assert result.stdout == ""
     assert "NOT_FOUND" in result.stderr and "no_such_model" in result.stderr
+
+
+@pytest.mark.parametrize("call", ["kserve", "tfserving", "invoke"])
+def test_node_client_gives_every_call_a_deadline(node_client, silent_server, call: str) -> None:
+    args = ["--address", silent_server, "--calls", call, "--timeout-ms", "500"]
+    result = _run([*node_client, *args], 60)
+
+    assert result.returncode == 1
+    assert "DEADLINE_EXCEEDED" in result.stderr
 
 
 # -- Python ----------------------------------------------------------------------------
