@@ -265,6 +265,9 @@ class WorkerAgent:
             except ZooKeeperUnavailableError as err:
                 self.metrics.heartbeat_failures.inc()
                 zlog.warning("heartbeat not written (next one catches up): %s", err)
+            except Exception:  # a bug must not end the heartbeat
+                self.metrics.heartbeat_failures.inc()
+                zlog.exception("heartbeat not written")
 
     async def _heartbeat(self) -> None:
         assert self.backend is not None and self.reconciler is not None

@@ -49,6 +49,8 @@ class Slot:
     assignment: Assignment | None = None
     #: The assignment whose bring-up failed (not retried unless transient or changed).
     failed_for: Assignment | None = None
+    #: The backend generation the failed attempt ran against (a restart allows a retry).
+    failed_generation: int = 0
     retry_at: float | None = None
     retries: int = 0
     #: The backend was asked to load it (and not to unload it since).
@@ -106,6 +108,8 @@ class Reconciler:
         self.desired: dict[str, Assignment] = {}
         #: False while draining: no route is published, existing ones are withdrawn.
         self.routes_enabled = True
+        #: Bumped whenever the model server restarts.
+        self.generation = 0
         self._stopping = False
 
     # -- inputs ----------------------------------------------------------------------------
@@ -148,10 +152,10 @@ class Reconciler:
     def backend_restarted(self) -> None:
         """The model server came back empty: reload everything wanted."""
         self.backend.forget_all()
+        self.generation += 1
         for slot in list(self.slots.values()):
             slot.loaded = False
             slot.needs_reload = True
-            slot.failed_for = None
             self._kick(slot)
 
     # -- state -----------------------------------------------------------------------------
@@ -222,14 +226,18 @@ class Reconciler:
     async def _bring_up(self, slot: Slot, want: Assignment) -> None:
         if want.backend != self.backend.kind:
             await self._bring_down(slot, remove_files=False)
-            slot.failed_for = want
+            slot.failed_for, slot.failed_generation = want, self.generation
             self._set(
                 slot,
                 "FAILED",
                 f"assigned for backend {want.backend!r} but this worker runs {self.backend.kind!r}",
             )
             return
-        if slot.failed_for is not None and _same_artifact(slot.failed_for, want):
+        if (
+            slot.failed_for is not None
+            and _same_artifact(slot.failed_for, want)
+            and slot.failed_generation == self.generation
+        ):
             if slot.retry_at is None or time.monotonic() < slot.retry_at:
                 return  # a permanent failure, or a transient one not yet due for retry
         if (
@@ -251,24 +259,27 @@ class Reconciler:
         if slot.route is not None:  # reloading: the old instance is not serving any more
             await self._withdraw_route(slot)
         self._set(slot, "LOADING")
+        generation = self.generation
         try:
             pulled = await self._pull(slot, want)
             if pulled or not slot.loaded or slot.needs_reload or not await self._ready(slot):
                 await self._load(slot)
         except (ArtifactUnavailableError, ZooKeeperUnavailableError) as err:
-            self._fail(slot, want, str(err), transient=True)
+            self._fail(slot, want, generation, str(err), transient=True)
             return
         except ModelgateError as err:
             transient = not isinstance(err, ArtifactError | BackendError)
-            self._fail(slot, want, str(err), transient=transient)
+            self._fail(slot, want, generation, str(err), transient=transient)
             return
         slot.assignment, slot.failed_for, slot.retry_at, slot.retries = want, None, None, 0
         slot.needs_reload = False
         self._set(slot, "READY")
         await self._sync_route(slot)
 
-    def _fail(self, slot: Slot, want: Assignment, error: str, *, transient: bool) -> None:
-        slot.failed_for = want
+    def _fail(
+        self, slot: Slot, want: Assignment, generation: int, error: str, *, transient: bool
+    ) -> None:
+        slot.failed_for, slot.failed_generation = want, generation
         if transient:
             slot.retries += 1
             slot.retry_at = time.monotonic() + min(_RETRY_MAX, _RETRY_MIN * 2 ** (slot.retries - 1))

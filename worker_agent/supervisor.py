@@ -52,8 +52,8 @@ class TritonLauncher:
 
     @property
     def address(self) -> str:
-        assert self.server is not None and self.server.port is not None
-        return f"{self.host}:{self.server.port}"
+        port = (self.server.port if self.server else None) or self.port
+        return f"{self.host}:{port}"
 
     @property
     def running(self) -> bool:

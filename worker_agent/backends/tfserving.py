@@ -46,10 +46,14 @@ class TFServingController(BackendController):
         self._lock = asyncio.Lock()
         self._channel: grpc.aio.Channel | None = None
         self._channel_address: str | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.reloads = 0
 
     def _stub(self) -> model_service_pb2_grpc.ModelServiceStub:
         if self._channel is None or self._channel_address != self.address:
+            if self._channel is not None:
+                old = self._channel
+                self._closing.add(asyncio.get_running_loop().create_task(old.close()))
             self._channel = grpc.aio.insecure_channel(self.address)
             self._channel_address = self.address
         return model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -166,8 +170,11 @@ class TFServingController(BackendController):
 
     def forget_all(self) -> None:
         self._versions.clear()
+        # NOTE: a channel to a dead server sits in reconnect backoff; start afresh.
+        self._channel_address = None
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

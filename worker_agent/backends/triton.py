@@ -29,6 +29,14 @@ log = logging.getLogger("worker_agent.backend.triton")
 _GONE = ("UNAVAILABLE", "")
 
 
+def _error(err: InferenceServerException, what: str) -> BackendError | BackendUnavailableError:
+    """A refusal is a BackendError; a server that cannot be reached is transient."""
+    status = str(err.status() or "")
+    if status.endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return BackendUnavailableError(f"{what}: {err.message()}")
+    return BackendError(f"{what}: {err.message()}")
+
+
 class TritonController(BackendController):
     kind = "triton"
     protocol = "kserve"
@@ -40,9 +48,13 @@ class TritonController(BackendController):
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._client: InferenceServerClient | None = None
         self._client_address: str | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _conn(self) -> InferenceServerClient:
         if self._client is None or self._client_address != self.address:
+            if self._client is not None:
+                old = self._client
+                self._closing.add(asyncio.get_running_loop().create_task(old.close()))
             self._client = InferenceServerClient(self.address)
             self._client_address = self.address
         return self._client
@@ -97,9 +109,8 @@ class TritonController(BackendController):
                 self._write_config(model)
                 await self._conn().load_model(model, client_timeout=wait_s)
             except InferenceServerException as err:
-                raise BackendError(
-                    f"Triton could not load {model}@{version}: {err.message()}"
-                ) from None
+                self._versions[model].discard(version)
+                raise _error(err, f"Triton could not load {model}@{version}") from None
             except BackendError:
                 self._versions[model].discard(version)
                 raise
@@ -120,9 +131,7 @@ class TritonController(BackendController):
                 else:
                     await self._conn().unload_model(model, client_timeout=wait_s)
             except InferenceServerException as err:
-                raise BackendError(
-                    f"Triton could not unload {model}@{version}: {err.message()}"
-                ) from None
+                raise _error(err, f"Triton could not unload {model}@{version}") from None
             # NOTE: Triton answers unload before the model is gone; poll the index.
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
@@ -138,8 +147,11 @@ class TritonController(BackendController):
 
     def forget_all(self) -> None:
         self._versions.clear()
+        # NOTE: a channel to a dead server sits in reconnect backoff; start afresh.
+        self._client_address = None
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
             self._client = None
