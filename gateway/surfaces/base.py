@@ -7,6 +7,7 @@ gateway's one place that maps exceptions to gRPC statuses (via :func:`gateway.er
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -108,6 +109,12 @@ class Core:
             in_flight.inc()
             try:
                 return await handler(request, context, info)
+            except asyncio.CancelledError:
+                # NOTE: the caller went away or its deadline passed; grpc cancels the task
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                raise
             except Exception as err:
                 code, message = status_of(err, where=f"{surface} {info.model}")
                 await context.abort(code, message)

@@ -81,3 +81,23 @@ def test_route_removed_then_added_without_restart(registry, two_instances, trito
     assert inference_count(triton_b.address, ADD_ONE, "1") == before_b + 10
     assert inference_count(triton_a.address, ADD_ONE, "1") == before_a
     client.close()
+
+
+def test_sticky_policy_keeps_a_user_on_one_instance(registry, two_instances, triton_a, triton_b):
+    put_model(registry, ADD_ONE, policy="sticky", sticky_header="x-user")
+    wait_for(
+        lambda: two_instances.app.router.table.models[ADD_ONE].record.policy == "sticky",
+        what="the sticky policy",
+    )
+    client = triton_grpc.InferenceServerClient(two_instances.address)
+    x = triton_grpc.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    for user in ("alice", "bob", "carol"):
+        before = (inference_count(triton_a.address, ADD_ONE, "1"),
+                  inference_count(triton_b.address, ADD_ONE, "1"))  # fmt: skip
+        for _ in range(6):
+            client.infer(ADD_ONE, [x], model_version="1", headers={"x-user": user})
+        delta = (inference_count(triton_a.address, ADD_ONE, "1") - before[0],
+                 inference_count(triton_b.address, ADD_ONE, "1") - before[1])  # fmt: skip
+        assert sorted(delta) == [0, 6], (user, delta)
+    client.close()
