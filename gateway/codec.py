@@ -74,6 +74,18 @@ _KSERVE_FIELDS = {
 SUPPORTED = ", ".join(KSERVE_DTYPES)
 
 
+def kserve_datatype_of_tf(enum: int) -> str:
+    """KServe datatype of a TF DataType enum value ("" when unsupported)."""
+    spec = TF_DTYPES.get(enum)
+    return _NP_TO_KSERVE.get(spec[0], "") if spec else ""
+
+
+def tf_dtype_of_kserve(datatype: str) -> int:
+    """TF DataType enum value of a KServe datatype (0, DT_INVALID, when unsupported)."""
+    dtype = KSERVE_DTYPES.get(datatype)
+    return _NP_TO_TF.get(dtype, 0) if dtype is not None else 0
+
+
 def _unsupported(name: str, dtype: object) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"tensor {name!r}: datatype {dtype} is not supported by the gateway (supported: "

@@ -1,4 +1,5 @@
-"""Protocol translation: TF-Serving Predict <-> KServe v2 ModelInfer (tensors both ways)."""
+"""Protocol translation: TF-Serving Predict <-> KServe v2 ModelInfer (tensors both ways), and
+model metadata (TF SignatureDef <-> KServe tensor metadata)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from tritonclient.grpc import service_pb2 as kserve
 from gateway import codec
 from gateway.errors import InvalidArgumentError
 from gateway.surfaces.base import parse
-from protos.tfs.tensorflow_serving.apis import predict_pb2
+from protos.tfs.tensorflow.core.protobuf import meta_graph_pb2
+from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 
 def infer_to_predict(request: bytes, name: str, version: int) -> tuple[bytes, list[str], str]:
@@ -58,4 +60,63 @@ def infer_response_to_predict(response: bytes, name: str, version: int, signatur
     out.model_spec.signature_name = signature or "serving_default"
     for tensor_name, arr in codec.kserve_response_outputs(resp):
         out.outputs[tensor_name].CopyFrom(codec.array_to_tf(tensor_name, arr))
+    return out.SerializeToString()
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def metadata_request_to_tf(name: str, version: int) -> bytes:
+    req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    req.model_spec.name = name
+    req.model_spec.version.value = version
+    return req.SerializeToString()
+
+
+def tf_metadata_to_kserve(response: bytes, name: str, version: int) -> bytes:
+    """GetModelMetadataResponse (serving_default signature) -> ModelMetadataResponse."""
+    resp = parse(get_model_metadata_pb2.GetModelMetadataResponse, response, "metadata")
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    if "signature_def" in resp.metadata:
+        resp.metadata["signature_def"].Unpack(sigmap)
+    out = kserve.ModelMetadataResponse(
+        name=name, versions=[str(version)], platform="tensorflow_savedmodel"
+    )
+    sigs = sigmap.signature_def
+    sig = sigs.get("serving_default") or (sigs[sorted(sigs)[0]] if sigs else None)
+    if sig is not None:
+        for key, info in sorted(sig.inputs.items()):
+            out.inputs.add(
+                name=key, datatype=codec.kserve_datatype_of_tf(info.dtype), shape=_dims(info)
+            )
+        for key, info in sorted(sig.outputs.items()):
+            out.outputs.add(
+                name=key, datatype=codec.kserve_datatype_of_tf(info.dtype), shape=_dims(info)
+            )
+    return out.SerializeToString()
+
+
+def _dims(info: meta_graph_pb2.TensorInfo) -> list[int]:
+    if not info.HasField("tensor_shape") or info.tensor_shape.unknown_rank:
+        return [-1]
+    return [d.size for d in info.tensor_shape.dim]
+
+
+def kserve_metadata_to_tf(response: bytes, name: str, version: int) -> bytes:
+    """ModelMetadataResponse -> GetModelMetadataResponse with one serving_default signature."""
+    resp = parse(kserve.ModelMetadataResponse, response, "metadata")
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for tensors, target in ((resp.inputs, sig.inputs), (resp.outputs, sig.outputs)):
+        for t in tensors:
+            info = target[t.name]
+            info.name = t.name
+            info.dtype = codec.tf_dtype_of_kserve(t.datatype)
+            for d in t.shape:
+                info.tensor_shape.dim.add(size=d)
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    sigmap.signature_def["serving_default"].CopyFrom(sig)
+    out = get_model_metadata_pb2.GetModelMetadataResponse()
+    out.model_spec.name = name
+    out.model_spec.version.value = version
+    out.metadata["signature_def"].Pack(sigmap)
     return out.SerializeToString()

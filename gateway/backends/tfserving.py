@@ -14,6 +14,7 @@ def method(name: str) -> str:
 
 
 PREDICT = method("Predict")
+GET_MODEL_METADATA = method("GetModelMetadata")
 
 
 @lru_cache(maxsize=1024)

@@ -115,6 +115,16 @@ class KServeSurface:
             md = self.core.forward_metadata(context)
 
             async def attempt(instance: Instance, budget: float) -> bytes:
+                if instance.protocol == "tfserving" and method == triton.MODEL_METADATA:
+                    name = target.model.name
+                    response = await self.core.pool.call(
+                        instance.address,
+                        tfserving.GET_MODEL_METADATA,
+                        translate.metadata_request_to_tf(name, v),
+                        budget,
+                        md,
+                    )
+                    return translate.tf_metadata_to_kserve(response, name, v)
                 if instance.protocol != "kserve":
                     raise UnimplementedError(
                         f"model {target.model.name!r} is served by TF-Serving: "

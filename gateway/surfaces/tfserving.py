@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from tritonclient.grpc import service_pb2 as kserve
 
 from gateway import translate
 from gateway.backends import tfserving, triton
@@ -92,6 +93,14 @@ class TFServingSurface:
             md = self.core.forward_metadata(context)
 
             async def attempt(instance: Instance, budget: float) -> bytes:
+                if instance.protocol == "kserve" and method_name == "GetModelMetadata":
+                    name = target.model.name
+                    request = kserve.ModelMetadataRequest(name=name, version=str(v))
+                    response = await self.core.pool.call(
+                        instance.address, triton.MODEL_METADATA, request.SerializeToString(),
+                        budget, md,
+                    )  # fmt: skip
+                    return translate.kserve_metadata_to_tf(response, name, v)
                 if instance.protocol != "tfserving":
                     raise self._not_tfserving(target, method_name)
                 return await self.core.pool.call(instance.address, method, payload, budget, md)

@@ -79,18 +79,23 @@ def test_official_tfserving_client_predict_passthrough_and_translation(routed):
             # TF-Serving Predict -> the TF-Serving double (passthrough)
             {"model": DOUBLE_MODEL, "inputs": {"x": [1.5, 3.0]}},
             {"model": DOUBLE_MODEL, "method": "GetModelMetadata"},
+            {"model": ADD_ONE, "method": "GetModelMetadata", "version": 1},
             {"model": "nope", "inputs": {"x": [1.0]}},
             {"model": ADD_ONE, "label": "beta", "inputs": {"INPUT0": [1.0]}},
         ],
     )
-    canary, v1, newest, dbl, meta, unknown, bad_label = results
+    canary, v1, newest, dbl, meta, triton_meta, unknown, bad_label = results
     assert canary["code"] == "OK" and canary["outputs"]["OUTPUT0"] == [11.0, 12.0]
     assert canary["version"] == 2
     assert v1["outputs"]["OUTPUT0"] == [2.0, 3.0] and v1["version"] == 1
     assert newest["outputs"]["OUTPUT0"] == [15.0] and newest["version"] == 2
     assert dbl["code"] == "OK" and dbl["outputs"]["y"] == [3.0, 6.0]
     assert dbl["outputs"]["served_by"] == ["double-a"]
-    assert meta["code"] == "OK"
+    assert meta["code"] == "OK" and meta["outputs"]["inputs"] == {"x": "float32"}
+    # TF-Serving GetModelMetadata of a Triton model: translated from KServe metadata
+    assert triton_meta["code"] == "OK" and triton_meta["version"] == 1
+    assert triton_meta["outputs"] == {"inputs": {"INPUT0": "float32"},
+                                      "outputs": {"OUTPUT0": "float32"}}  # fmt: skip
     assert unknown["code"] == "NOT_FOUND" and "'nope'" in unknown["details"]
     assert bad_label["code"] == "NOT_FOUND" and "'beta'" in bad_label["details"]
 
@@ -110,6 +115,9 @@ def test_kserve_infer_to_tfserving_double_is_translated(routed):
     result = client.infer(DOUBLE_MODEL, [x64], outputs=[out], client_timeout=20)
     assert result.as_numpy("y").tolist() == [6, 10]
     assert result.as_numpy("served_by") is None  # only what was asked for
+    metadata = client.get_model_metadata(DOUBLE_MODEL)  # translated from the SignatureDef
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP32", [-1])]
+    assert metadata.platform == "tensorflow_savedmodel" and metadata.versions == ["1"]
     client.close()
 
 

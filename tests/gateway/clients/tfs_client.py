@@ -45,6 +45,16 @@ def main() -> None:
                 results.append({"code": err.code().name, "details": err.details()})
                 continue
             outputs = {}
+            if call.get("method") == "GetModelMetadata":
+                sigmap = get_model_metadata_pb2.SignatureDefMap()
+                response.metadata["signature_def"].Unpack(sigmap)
+                sig = sigmap.signature_def["serving_default"]
+                outputs = {
+                    "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
+                    "outputs": {
+                        k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.outputs.items()
+                    },
+                }
             for name, tensor in getattr(response, "outputs", {}).items():
                 arr = tf.make_ndarray(tensor)
                 outputs[name] = [x.decode() if isinstance(x, bytes) else x for x in arr.tolist()]
