@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from manager_api.app import create_app
+from manager_api.auth import TokenStore
 from manager_api.settings import ManagerSettings
 from registry import Registry
 from registry.errors import ModelgateError
@@ -37,12 +39,24 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = ManagerSettings(**parse_args(argv))
+    try:
+        settings = ManagerSettings(**parse_args(argv))
+    except ValidationError as err:
+        print(f"invalid settings:\n{err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger("manager_api")
+    if settings.tokens_file is None:
+        log.error("no tokens file: set --tokens-file or MODELGATE_MANAGER_TOKENS_FILE")
+        return 2
+    try:
+        tokens = TokenStore.load(settings.tokens_file)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
     try:
         registry = Registry(
             settings.zk, settings.root, connect_timeout=settings.zk_connect_timeout_s
@@ -50,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelgateError as err:
         log.error("%s", err)
         return 2
-    try:
-        app = create_app(settings, registry)
-    except ValueError as err:
-        log.error("%s", err)
-        registry.stop()
-        return 2
+    app = create_app(settings, registry, tokens=tokens)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )

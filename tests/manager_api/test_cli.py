@@ -194,3 +194,16 @@ def test_console_script_is_installed():
     assert script.exists()
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "models" in proc.stdout and "infer" in proc.stdout
+
+
+def test_manager_refuses_to_start_without_a_valid_tokens_file(tmp_path: Path):
+    bad = tmp_path / "tokens.toml"
+    bad.write_text('[[tokens]]\nname = "x"\nrole = "root"\ntoken = "12345678"\n')
+    for args in (["--tokens-file", str(bad)], ["--tokens-file", str(tmp_path / "missing")]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "manager_api", "--zk", "127.0.0.1:1", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and "tokens file" in proc.stderr, proc.stderr
