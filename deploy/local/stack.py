@@ -546,16 +546,16 @@ modelgate local stack is up (run dir {self.run_dir})
 
   admin token: {self.admin_token}
 
-Try, in another terminal:
-  export MODELGATE_URL={self.manager_url} MODELGATE_TOKEN={self.admin_token}
-  curl -s -H "Authorization: Bearer $MODELGATE_TOKEN" $MODELGATE_URL/v1/workers
-  curl -s -H "Authorization: Bearer $MODELGATE_TOKEN" $MODELGATE_URL/v1/models
+Try, in another terminal (the admin CLI reads these variables):
+  export MODELGATE_MANAGER_URL={self.manager_url} MODELGATE_TOKEN={self.admin_token} \\
+         MODELGATE_GATEWAY={self.gateway_address}
+  .venv/bin/modelgate workers list
+  .venv/bin/modelgate gateways list
+  .venv/bin/modelgate models list
+  curl -s -H "Authorization: Bearer $MODELGATE_TOKEN" $MODELGATE_MANAGER_URL/v1/workers
   curl -s {self.gateway_metrics_url} | grep ^modelgate_
-  .venv/bin/python -c "import grpc; from grpc_health.v1 import health_pb2 as h, \\
-health_pb2_grpc as g; print(g.HealthStub(grpc.insecure_channel('{self.gateway_address}'))\\
-.Check(h.HealthCheckRequest()))"
   tail -f {self.log_dir}/gateway.log
-  make demo        # the digits model end to end (starts its own stack: stop this one first)
+  make demo    # the digits model end to end (runs its own stack: stop this one first)
 
 Ctrl-C stops everything.
 """
