@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from manager_api.auth import AuditLog, Principal, TokenStore
 from manager_api.blobs import BlobStore
 from manager_api.context import Manager
-from manager_api.errors import install_error_handlers
+from manager_api.errors import install_error_handlers, problem
 from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
 from manager_api.routes import catalog, cluster, models, plugins, system
@@ -23,6 +23,27 @@ from registry import Registry, layout
 from registry.records import Group
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+#: Largest JSON body accepted. NOTE: a record over ZooKeeper's 1 MiB node limit would make
+#: the server drop the session, so oversized bodies are refused before they get near it.
+MAX_JSON_BODY = 256 * 1024
+
+
+def _too_large(request: Request) -> Response | None:
+    """413 for a non-upload body over MAX_JSON_BODY (uploads have their own limits)."""
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        return None
+    try:
+        length = int(request.headers.get("content-length", "0"))
+    except ValueError:
+        return problem(400, "Bad request", "invalid Content-Length header")
+    if length > MAX_JSON_BODY:
+        return problem(
+            413,
+            "Payload too large",
+            f"request body of {length} bytes is over the limit of {MAX_JSON_BODY} bytes",
+        )
+    return None
+
 
 DESCRIPTION = """\
 Admin API of modelgate: models, versions, traffic, online/offline, status, workers,
@@ -101,7 +122,7 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.monotonic()
-        response = await call_next(request)
+        response = _too_large(request) or await call_next(request)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
         metrics.requests.labels(request.method, template, str(response.status_code)).inc()

@@ -356,3 +356,12 @@ def test_zookeeper_down_is_503(client: TestClient, registry: Registry, monkeypat
 
     monkeypatch.setattr(registry, "read_children", down)
     assert "unavailable" in problem(client.get("/v1/groups", headers=auth("viewer")), 503)["detail"]
+
+
+def test_oversized_json_body_is_413(client: TestClient, registry: Registry):
+    body = {"name": "big", "backend": "triton", "plugin_config": {"blob": "x" * 300_000}}
+    assert (
+        "over the limit"
+        in problem(client.post("/v1/models", json=body, headers=auth("admin")), 413)["detail"]
+    )
+    assert not registry.exists(layout.model("big"))
