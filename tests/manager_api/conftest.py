@@ -23,6 +23,7 @@ from manager_api.settings import ManagerSettings
 from registry import Registry, layout
 from registry.local_zookeeper import LocalZooKeeper
 from registry.records import Group, Worker
+from tests.servers.zk import wait_for
 
 TOKENS = {
     "admin": "admin-token-123",
@@ -137,8 +138,6 @@ class LiveManager:
 
     def __enter__(self) -> LiveManager:
         self.thread.start()
-        from tests.servers.zk import wait_for
-
         wait_for(lambda: self.server.started, timeout=30, what="uvicorn to start")
         return self
 
