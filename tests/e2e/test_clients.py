@@ -141,8 +141,15 @@ def gateway(zookeeper, triton, tfs_double: TFServingDouble) -> Iterator[GatewayP
     finally:
         process.stop()
         registry.stop()
-        if process.proc.returncode not in (0, None):
-            print(f"----- gateway log -----\n{process.log_tail()}")
+
+
+@pytest.fixture(autouse=True)
+def _gateway_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if "gateway" in request.fixturenames and report is not None and report.failed:
+        process: GatewayProcess = request.getfixturevalue("gateway")
+        print(f"\n----- gateway log (tail) -----\n{process.log_tail()}")
 
 
 def _run(cmd: list[str], timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
