@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import layout
 from registry.records import Gateway
 from tests.gateway.conftest import ADD_ONE, load_add_one, put_model, put_route, put_version
-from tests.servers.zk import wait_for
+from tests.servers.zk import expire_session, wait_for
 from worker_agent.tritonserver import TritonServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,3 +158,16 @@ def test_python_m_gateway_registers_serves_and_drains_on_sigterm(zookeeper, zk_r
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_session_expiry_re_registers_and_resyncs(registry, gateway, triton_a, triton_b):
+    put_model(registry, ADD_ONE)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="one route")
+    expire_session(gateway.app.registry)
+    wait_for(lambda: registry.exists(layout.gateway("gw-test")), what="re-registration")
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    assert increment(client) == 1.0
+    put_route(registry, ADD_ONE, 1, "worker-b", triton_b.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="changes seen after the new session")
+    client.close()
