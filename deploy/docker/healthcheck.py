@@ -47,6 +47,25 @@ def port_of(role: str, argv: list[str], env: dict[str, str]) -> int:
     return int(env.get(prefix + setting, default))
 
 
+def probe(role: str, port: int, host: str = "127.0.0.1") -> tuple[bool, str]:
+    """Ask the role listening on ``port`` whether it is healthy: (healthy, what it said)."""
+    try:
+        if ROLES[role][4] == "grpc":
+            import grpc
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            with grpc.insecure_channel(f"{host}:{port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=3
+                )
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING, status
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=3) as r:
+            return r.status == 200, f"HTTP {r.status}"
+    except Exception as err:  # any failure to answer is "unhealthy"
+        return False, str(err)
+
+
 def main() -> int:
     found = find_role()
     if found is None:
@@ -54,23 +73,8 @@ def main() -> int:
         return 1
     role, argv, env = found
     port = port_of(role, argv, env)
-    try:
-        if ROLES[role][4] == "grpc":
-            import grpc
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=3
-                )
-            ok = reply.status == health_pb2.HealthCheckResponse.SERVING
-        else:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
-                ok = r.status == 200
-    except Exception as err:  # any failure to answer is "unhealthy"
-        print(f"{role} on port {port}: {err}")
-        return 1
-    print(f"{role} on port {port}: {'healthy' if ok else 'NOT healthy'}")
+    ok, said = probe(role, port)
+    print(f"{role} on port {port}: {'healthy' if ok else 'NOT healthy'} ({said})")
     return 0 if ok else 1
 
 

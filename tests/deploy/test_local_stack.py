@@ -23,6 +23,33 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _healthcheck_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    from deploy.local.stack import REPO
+
+    spec = importlib.util.spec_from_file_location("hc", REPO / "deploy/docker/healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_healthcheck_reads_the_port_from_flags_then_env_then_default() -> None:
+    hc = _healthcheck_module()
+    assert hc.port_of("gateway", ["python", "-m", "gateway"], {}) == 8500
+    env = {"MODELGATE_GATEWAY_PORT": "9000", "MODELGATE_WORKER_STATUS_PORT": "9300"}
+    assert hc.port_of("gateway", ["python", "-m", "gateway"], env) == 9000
+    assert hc.port_of("gateway", ["python", "-m", "gateway", "--port", "9100"], env) == 9100
+    assert hc.port_of("gateway", ["python", "-m", "gateway", "--port=9101"], env) == 9101
+    assert hc.port_of("worker_agent", ["python", "-m", "worker_agent"], env) == 9300
+    assert hc.port_of("manager_api", ["python", "-m", "manager_api"], env) == 8080
+
+
 def _free_ports() -> dict[str, object]:
     return {
         "zk_port": 0,
@@ -61,6 +88,13 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
         workers = httpx.get(f"{stack.manager_url}/v1/workers", headers=auth, timeout=5).json()
         assert sorted(w["worker_id"] for w in workers) == ["local-1", "local-2"]
         assert httpx.get(f"{stack.manager_url}/v1/workers", timeout=5).status_code == 401
+
+        # The container image's HEALTHCHECK probes speak to the real roles.
+        healthcheck = _healthcheck_module()
+        assert healthcheck.probe("gateway", _port(stack.gateway_address)) == (True, "SERVING")
+        assert healthcheck.probe("manager_api", _port(stack.manager_url))[0]
+        assert healthcheck.probe("worker_agent", stack.workers[0].status_port)[0]
+        assert not healthcheck.probe("manager_api", stack.workers[0].triton_port)[0]
 
         assert (run_dir / "logs" / "gateway.log").stat().st_size > 0
         assert os.stat(run_dir / "stack.json").st_mode & 0o077 == 0
