@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import signal
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-worker-agent", action="store_true", help="write the route by hand")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("registry").setLevel(logging.ERROR)  # our own session's teardown
 
     with tempfile.TemporaryDirectory(prefix="modelgate-bench-") as tmp:
         stack = Stack(Path(tmp), use_agent=not args.no_worker_agent)
