@@ -99,7 +99,11 @@ class WorkerAgent:
             self.backend = TFServingController(
                 address, self.model_root, server_model_root=s.server_model_root
             )
-        await self._wait_backend_live()
+        if isinstance(self.launcher, CommandLauncher):
+            await self._wait_backend_live()
+        else:
+            self.backend_live = await self.backend.live()
+            self.metrics.backend_live.set(1 if self.backend_live else 0)
 
         self.worker_id = s.worker_id or f"{s.advertise_host}:{address.rsplit(':', 1)[1]}"
         layout.check_node_id("worker", self.worker_id)

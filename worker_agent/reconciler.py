@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from registry import EphemeralNode, Registry, layout
-from registry.errors import ModelgateError, ZooKeeperUnavailableError
+from registry.errors import ModelgateError, UnavailableError, ZooKeeperUnavailableError
 from registry.records import Assignment, ModelHealth, ModelState, Route
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
@@ -116,22 +116,26 @@ class Reconciler:
 
     async def start(self) -> None:
         """Adopt what is already on disk and loaded in the backend."""
-        loaded = await self.backend.discover()
+        try:
+            loaded = await self.backend.discover()
+        except UnavailableError as err:  # nothing can be adopted from a server that is down
+            log.warning("backend not reachable at start-up (%s); assuming nothing is loaded", err)
+            loaded = set()
         on_disk = await asyncio.to_thread(self.store.installed_versions)
         for model, version in sorted(set(loaded) | set(on_disk)):
             slot = self._slot(model, version)
             slot.loaded = (model, version) in loaded
         if loaded:
             log.info("adopted %d loaded model versions: %s", len(loaded), sorted(loaded))
-        await self.backend.sync()
+        try:
+            await self.backend.sync()
+        except UnavailableError as err:
+            log.warning("could not push the model config at start-up: %s", err)
 
     def set_desired(self, desired: dict[str, Assignment]) -> None:
         """The assignments now wanted on this worker, keyed ``model@version``."""
-        changed = {
-            k for k in set(desired) | set(self.desired) if desired.get(k) != self.desired.get(k)
-        }
         self.desired = dict(desired)
-        for key in sorted(changed | set(self.slots) | set(desired)):
+        for key in sorted(set(self.slots) | set(desired)):
             slot = self.slots.get(key)
             want = desired.get(key)
             if slot is None and want is None:
@@ -444,7 +448,8 @@ class Reconciler:
         had_routes = False
         for slot in list(self.slots.values()):
             had_routes |= await self._withdraw_route(slot)
-        loaded = [s for s in self.slots.values() if s.loaded]
+        # NOTE: a load cancelled half-way may have reached the server: unload it too.
+        loaded = [s for s in self.slots.values() if s.loaded or s.state == "LOADING"]
         for slot in loaded:
             self._set(slot, "UNLOADING")
         if had_routes and self.drain_seconds:

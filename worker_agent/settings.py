@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from registry import layout
+from registry.errors import InvalidArgumentError
 
 
 def _parse_labels(value: Any) -> Any:
@@ -117,7 +118,10 @@ class WorkerSettings(BaseSettings):
         if not self.launch_triton and not self.backend_address:
             raise ValueError("--backend-address is required unless --launch-triton is given")
         if self.worker_id is not None:
-            layout.check_node_id("worker", self.worker_id)
+            try:
+                layout.check_node_id("worker", self.worker_id)
+            except InvalidArgumentError as err:
+                raise ValueError(str(err)) from None
         return self
 
     @classmethod

@@ -64,7 +64,7 @@ def test_assignment_pulls_loads_routes_then_unloads_after_the_route_is_gone(
 
 
 def test_two_versions_of_one_model_are_live_at_once(
-    registry: Registry, start_agent: AgentFactory, tmp_path: Path
+    registry: Registry, start_agent: AgentFactory, agent_triton: TritonServer, tmp_path: Path
 ) -> None:
     start_agent()
     v1 = add_one_archive(tmp_path, "pair", 1.0)
@@ -82,6 +82,8 @@ def test_two_versions_of_one_model_are_live_at_once(
     )
     assert infer_add_one(r1.address, "pair", 1, [1.0]) == [2.0]
     assert infer_add_one(r2.address, "pair", 2, [1.0]) == [101.0]
+    config = (agent_triton.model_repository / "pair" / "config.pbtxt").read_text()
+    assert "specific" in config and "versions: 1" in config and "versions: 2" in config
 
 
 def test_rejected_artifacts_fail_in_the_worker_record_and_leave_nothing(
@@ -177,3 +179,33 @@ def test_a_restarted_agent_adopts_models_without_pulling_or_reloading(
     assert metric(second.agent, "modelgate_worker_pulls_total", {"result": "ok"}) == 0
     assert metric(second.agent, "modelgate_worker_loads_total", {"result": "ok"}) == 0
     assert model_state(registry, "w1", "sticky@1") == "READY"
+
+
+def test_admin_cordon_and_drain_states_and_a_wrong_backend(
+    registry: Registry, start_agent: AgentFactory, agent_triton: TritonServer, tmp_path: Path
+) -> None:
+    from registry.records import WorkerSpec
+
+    start_agent()
+    archive = add_one_archive(tmp_path, "admin", 1.0)
+    assign(registry, "w1", "admin", 1, archive.as_uri())
+    assign(registry, "w1", "other", 1, archive.as_uri(), backend="tfserving")
+    wait_for(lambda: route(registry, "admin", 1, "w1"), what="route admin@1")
+    wait_for(lambda: model_state(registry, "w1", "other@1") == "FAILED", what="other@1 FAILED")
+    record = worker(registry, "w1")
+    assert record is not None
+    assert "assigned for backend 'tfserving'" in (record.models["other@1"].error or "")
+    assert not (agent_triton.model_repository / "other").exists()
+
+    registry.put(layout.assignments("w1"), WorkerSpec(cordoned=True))
+    wait_for(lambda: worker(registry, "w1").state == "cordoned", what="state cordoned")
+    assert route(registry, "admin", 1, "w1") is not None  # cordoned: no new work, still serving
+
+    registry.put(layout.assignments("w1"), WorkerSpec(draining=True))
+    wait_for(lambda: worker(registry, "w1").state == "draining", what="state draining")
+    wait_for(lambda: route(registry, "admin", 1, "w1") is None, what="routes withdrawn")
+    assert triton_ready(agent_triton, "admin", 1)  # kept loaded until unassigned
+
+    registry.put(layout.assignments("w1"), WorkerSpec())
+    wait_for(lambda: worker(registry, "w1").state == "ready", what="state ready")
+    wait_for(lambda: route(registry, "admin", 1, "w1"), what="route back")
