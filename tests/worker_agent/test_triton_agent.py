@@ -209,3 +209,26 @@ def test_admin_cordon_and_drain_states_and_a_wrong_backend(
     registry.put(layout.assignments("w1"), WorkerSpec())
     wait_for(lambda: worker(registry, "w1").state == "ready", what="state ready")
     wait_for(lambda: route(registry, "admin", 1, "w1"), what="route back")
+
+
+def test_a_changed_artifact_for_the_same_version_is_pulled_and_reloaded(
+    registry: Registry, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent()
+    old = add_one_archive(tmp_path, "swap", 1.0)
+    assign(registry, "w1", "swap", 1, old.as_uri())
+    found = wait_for(lambda: route(registry, "swap", 1, "w1"), what="route swap@1")
+    assert infer_add_one(found.address, "swap", 1, [0.0]) == [1.0]
+
+    new = add_one_archive(tmp_path, "swap", 50.0, kind="zip")
+    assign(registry, "w1", "swap", 1, new.as_uri(), sha256(new))
+
+    def answers_new() -> bool:
+        r = route(registry, "swap", 1, "w1")
+        try:
+            return r is not None and infer_add_one(r.address, "swap", 1, [0.0]) == [50.0]
+        except Exception:  # the route may go between the read and the call
+            return False
+
+    wait_for(answers_new, what="the new artifact to serve")
+    assert metric(agent.agent, "modelgate_worker_pulls_total", {"result": "ok"}) == 2
