@@ -96,6 +96,10 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
         assert healthcheck.probe("worker_agent", stack.workers[0].status_port)[0]
         assert not healthcheck.probe("manager_api", stack.workers[0].triton_port)[0]
 
+        for pid in every:  # tokens travel in the environment, never on a command line
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            assert stack.internal_token not in cmdline and stack.admin_token not in cmdline
+
         assert (run_dir / "logs" / "gateway.log").stat().st_size > 0
         assert os.stat(run_dir / "stack.json").st_mode & 0o077 == 0
     finally:
