@@ -36,6 +36,10 @@ _HOP_HEADERS = frozenset(
 )  # fmt: skip
 
 
+#: Metrics label of calls naming a model the gateway does not know.
+UNKNOWN_MODEL = "_unknown"
+
+
 @dataclass
 class CallInfo:
     """Filled in by a handler as it learns what the call is about (for metrics)."""
@@ -120,7 +124,7 @@ class Core:
                 await context.abort(code, message)
             finally:
                 in_flight.dec()
-                self._observe(surface, info, code, time.perf_counter() - start)
+                self.observe(surface, info, code, time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=deserializer, response_serializer=serializer
@@ -143,7 +147,10 @@ class Core:
 
         return grpc.stream_stream_rpc_method_handler(call)
 
-    def _observe(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
+    def observe(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
+        if info.model and info.model not in self.router.table.models:
+            # NOTE: names come from callers; unknown ones share a label (bounded cardinality)
+            info.model, info.version = UNKNOWN_MODEL, ""
         key = (info.model, info.version, surface, code)
         children = self._children.get(key)
         if children is None:

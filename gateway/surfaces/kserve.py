@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -182,6 +183,7 @@ class KServeSurface:
         async for request in requests:
             info = CallInfo()
             code = grpc.StatusCode.UNKNOWN
+            start = time.perf_counter()
             try:
                 target, asked = self._target(request, info, "ModelInferRequest")
                 response = await self._infer(request, target, asked, context, info)
@@ -191,6 +193,4 @@ class KServeSurface:
                 code, message = status_of(err, where="ModelStreamInfer")
                 yield length_delimited(1, message.encode())  # .error_message
             finally:
-                self.core.metrics.requests.labels(
-                    info.model, info.version, SURFACE + "_stream", code.name
-                ).inc()
+                self.core.observe(SURFACE + "_stream", info, code, time.perf_counter() - start)

@@ -202,7 +202,7 @@ def test_errors_have_codes_and_actionable_messages(routed):
     assert (
         routed.metric(
             "modelgate_gateway_requests_total",
-            {"model": "nope", "version": "", "surface": "kserve", "code": "NOT_FOUND"},
+            {"model": "_unknown", "version": "", "surface": "kserve", "code": "NOT_FOUND"},
         )
         == 1
     )
