@@ -6,17 +6,21 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
+
+from pydantic import ValidationError
 
 from gateway import logs
 from gateway.settings import GatewaySettings
+from registry.errors import ModelgateError
 
 log = logging.getLogger("gateway")
 
 FLAGS = (
     "zk", "root", "host", "port", "metrics_port", "max_message_bytes", "default_timeout",
     "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
-    "tls_client_ca", "gateway_id", "advertise_address", "log_level",
+    "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "log_level",
 )  # fmt: skip
 
 
@@ -63,11 +67,20 @@ async def run(settings: GatewaySettings) -> None:
     await app.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = GatewaySettings(**parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = GatewaySettings(**parse_args(argv))
+    except ValidationError as err:
+        print(f"invalid settings:\n{err}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except ModelgateError as err:  # e.g. ZooKeeper unreachable at start-up
+        log.error("%s", err)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -171,3 +171,13 @@ def test_session_expiry_re_registers_and_resyncs(registry, gateway, triton_a, tr
     put_route(registry, ADD_ONE, 1, "worker-b", triton_b.address)
     wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="changes seen after the new session")
     client.close()
+
+
+def test_python_m_gateway_exits_with_a_clear_error_without_zookeeper():
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--zk", "127.0.0.1:1", "--zk-connect-timeout", "1",
+         "--port", "0", "--metrics-port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "could not connect to ZooKeeper at 127.0.0.1:1" in out.stderr
