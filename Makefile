@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev] and ZooKeeper (idempotent)
+setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, Java/Node client tools (idempotent)
 	@if [ ! -f /usr/share/java/zookeeper.jar ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's zookeeper package"; \
@@ -24,6 +24,7 @@ setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev] and ZooKeep
 	    exit 1; \
 	  fi; \
 	fi
+	@bash examples/clients/setup.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
