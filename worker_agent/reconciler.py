@@ -34,6 +34,9 @@ log = logging.getLogger("worker_agent.reconciler")
 
 _RETRY_MIN = 2.0
 _RETRY_MAX = 60.0
+#: How long to retry deleting a route while ZooKeeper is unreachable; longer than any
+#: sane session timeout, after which the server has dropped the ephemeral node anyway.
+_ROUTE_DELETE_PATIENCE = 60.0
 
 
 @dataclass(eq=False)
@@ -394,11 +397,17 @@ class Reconciler:
         node = slot.route
         if node is None:
             return False
+        deadline = time.monotonic() + _ROUTE_DELETE_PATIENCE
         while True:
             try:
                 await asyncio.to_thread(node.remove)
                 break
             except ZooKeeperUnavailableError as err:
+                if time.monotonic() > deadline:
+                    # NOTE: by now the session has expired on the server, and with it the
+                    # ephemeral route; the node is not re-created (remove() marked it).
+                    log.error("route %s not deleted, ZooKeeper unreachable: %s", node.path, err)
+                    break
                 log.warning("route %s not deleted yet, retrying: %s", node.path, err)
                 await asyncio.sleep(0.5)
         slot.route = None
@@ -425,7 +434,10 @@ class Reconciler:
             ready = await self._ready(slot)
             if slot.busy:
                 continue
-            if ready and slot.state != "READY" and _same_artifact(slot.assignment, want):
+            current = slot.assignment or slot.failed_for
+            if ready and slot.state != "READY" and _same_artifact(current, want):
+                # e.g. ready after all, later than --load-timeout
+                slot.assignment, slot.failed_for, slot.retry_at = want, None, None
                 self._set(slot, "READY")
                 await self._sync_route(slot)
             elif ready and slot.state == "READY":
