@@ -56,7 +56,8 @@ DEFAULT_RUN_DIR = REPO / ".run"
 # Sub-directories and files of the run dir this stack owns (wiped at start); anything else
 # under .run/ (e.g. other tools' files) is left alone.
 _OWNED = ("logs", "zookeeper", "manager", "gateway", "workers", "pids", "stack.json")
-_MARKER = "modelgate_stack"  # `python -X modelgate_stack=<run-dir>`: finds our processes
+_MARKER = "modelgate_stack"  # `python -X modelgate_stack=<run-dir>`: visible in `ps`
+_ENV_MARKER = "MODELGATE_LOCAL_STACK"  # inherited by everything the roles start
 
 
 class StackError(RuntimeError):
@@ -231,6 +232,7 @@ class LocalStack:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         self._lock = lock
+        self.workers = []
         self._kill_leftovers()
         for name in _OWNED:
             path = self.run_dir / name
@@ -326,6 +328,7 @@ class LocalStack:
         for key in [k for k in env if k.startswith("MODELGATE_")]:
             del env[key]
         env.update(secrets_env or {})  # tokens: in the environment, not in `ps` output
+        env[_ENV_MARKER] = str(self.run_dir)
         cmd = [self.python, "-X", f"{_MARKER}={self.run_dir}", "-m", module, *args]
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
@@ -616,9 +619,21 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _is_ours(pid: int, run_dir: Path) -> bool:
-    """True if ``pid`` runs with a command line that names ``run_dir``."""
-    prefix = str(run_dir)
-    return any(a == prefix or prefix + "/" in a or a.endswith("=" + prefix) for a in _cmdline(pid))
+    """True if ``pid`` belongs to the stack of ``run_dir``.
+
+    Its processes carry ``MODELGATE_LOCAL_STACK=<run-dir>`` in their environment (the
+    roles, and what they start: Triton and its stubs), or are its ZooKeeper. A process
+    that merely names a file in the run dir (``tail -f .run/logs/...``) is not ours.
+    """
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's
+        return False
+    if f"{_ENV_MARKER}={run_dir}".encode() in environ:
+        return True
+    args = _cmdline(pid)
+    zoo_cfg = str(run_dir / "zookeeper" / "zoo.cfg")
+    return "org.apache.zookeeper.server.quorum.QuorumPeerMain" in args and zoo_cfg in args
 
 
 def _stack_pids(run_dir: Path) -> list[int]:

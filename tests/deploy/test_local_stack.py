@@ -23,6 +23,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _naming(run_dir: Path) -> list[int]:
+    """Live processes (other than this one) whose command line names ``run_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and _alive(int(entry.name)):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(run_dir) in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
@@ -73,6 +87,7 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
         assert all(tritons), f"each worker launched a tritonserver: {tritons}"
         every = set(stack_pids(run_dir))
         assert set(pids.values()) | set(tritons) <= every  # type: ignore[arg-type]
+        assert every <= set(_naming(run_dir)), "every process names the run dir"
 
         with grpc.insecure_channel(stack.gateway_address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -97,7 +112,10 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
         assert not healthcheck.probe("manager_api", stack.workers[0].triton_port)[0]
 
         for pid in every:  # tokens travel in the environment, never on a command line
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # exited meanwhile
             assert stack.internal_token not in cmdline and stack.admin_token not in cmdline
 
         assert (run_dir / "logs" / "gateway.log").stat().st_size > 0
@@ -108,6 +126,7 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
     left = [pid for pid in every if _alive(pid)]
     assert left == [], f"processes of the stack still running after stop(): {left}"
     assert stack_pids(run_dir) == []
+    assert _naming(run_dir) == [], "a process still names the stack's run dir"
     assert not (run_dir / "pids").exists()
 
 
