@@ -53,7 +53,7 @@ up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager loc
 	@echo "make up: not implemented yet (see the local-stack issue)"; exit 1
 
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
-	@echo "make bench: not implemented yet (see the gateway issue)"; exit 1
+	$(PY) -m bench
 
 clean: ## remove the virtualenv, generated code and local state
 	rm -rf $(VENV) .run protos/tfs protos/descriptors build *.egg-info

@@ -124,6 +124,7 @@ class Registry:
         self.hosts = hosts
         self.root = root
         self.connect_timeout = connect_timeout
+        self.operation_timeout = operation_timeout
         self._client = KazooClient(
             hosts=hosts,
             timeout=session_timeout,
@@ -149,10 +150,10 @@ class Registry:
                 f"{self.connect_timeout:g}s; is it running and reachable?"
             ) from None
         if self.root != "/":
-            self._client.retry(self._client.ensure_path, self.root)
+            self._op(self._client.ensure_path_async, self.root)
             self._client.chroot = self.root
         for path in layout.TOP_LEVEL:
-            self._client.retry(self._client.ensure_path, path)
+            self._op(self._client.ensure_path_async, path)
         log.info("connected to ZooKeeper at %s (root %s)", self.hosts, self.root)
         return self
 
@@ -203,6 +204,24 @@ class Registry:
         for listener in self._state_listeners:
             listener(mapped)
 
+    def _op(self, call_async: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one kazoo ``*_async`` call under ``client.retry``, each try bounded in time.
+
+        NOTE: kazoo's blocking calls wait without limit while the client is disconnected
+        (requests queue until it reconnects); waiting on the async result with a timeout
+        turns an outage into ZooKeeperUnavailableError instead of a hang.
+        """
+        timeout = self.operation_timeout
+        return self._client.retry(lambda: call_async(*args, **kwargs).get(timeout=timeout))
+
+    def _delete_tree(self, path: str) -> None:
+        for child in self._op(self._client.get_children_async, path):
+            try:
+                self._delete_tree(posixpath.join(path, child))
+            except NoNodeError:
+                pass
+        self._op(self._client.delete_async, path)
+
     # -- reads ---------------------------------------------------------------------------
 
     @contextmanager
@@ -218,13 +237,13 @@ class Registry:
 
     def exists(self, path: str) -> bool:
         with self._zk(path):
-            return self._client.retry(self._client.exists, path) is not None
+            return self._op(self._client.exists_async, path) is not None
 
     def get(self, path: str, record_type: type[R]) -> tuple[R, int]:
         """Return the record at ``path`` and its data version; NotFoundError if missing."""
         with self._zk(path):
             try:
-                data, stat = self._client.retry(self._client.get, path)
+                data, stat = self._op(self._client.get_async, path)
             except NoNodeError:
                 raise NotFoundError(f"{path} does not exist") from None
         return record_type.from_bytes(path, data), stat.version
@@ -240,7 +259,7 @@ class Registry:
         """Names of the children of ``path`` (sorted); [] if the node does not exist."""
         with self._zk(path):
             try:
-                return sorted(self._client.retry(self._client.get_children, path))
+                return sorted(self._op(self._client.get_children_async, path))
             except NoNodeError:
                 return []
 
@@ -260,6 +279,7 @@ class Registry:
         """
         result: dict[str, bytes] = {}
         frontier = [path]
+        timeout = self.operation_timeout
         with self._zk(path):
             while frontier:
                 kids = [(p, self._client.get_children_async(p)) for p in frontier]
@@ -267,12 +287,12 @@ class Registry:
                 frontier = []
                 for p, req in kids:
                     try:
-                        frontier.extend(posixpath.join(p, k) for k in req.get())
+                        frontier.extend(posixpath.join(p, k) for k in req.get(timeout=timeout))
                     except NoNodeError:
                         pass
                 for p, req in datas:
                     try:
-                        result[p] = req.get()[0]
+                        result[p] = req.get(timeout=timeout)[0]
                     except NoNodeError:
                         pass
         return result
@@ -284,7 +304,7 @@ class Registry:
         data = record.to_bytes(path)
         with self._zk(path):
             try:
-                self._client.retry(self._client.create, path, data, makepath=True)
+                self._op(self._client.create_async, path, data, makepath=True)
             except NodeExistsError:
                 raise ConflictError(f"{path} already exists") from None
 
@@ -293,9 +313,9 @@ class Registry:
         data = record.to_bytes(path)
         with self._zk(path):
             try:
-                self._client.retry(self._client.create, path, data, makepath=True)
+                self._op(self._client.create_async, path, data, makepath=True)
             except NodeExistsError:
-                self._client.retry(self._client.set, path, data)
+                self._op(self._client.set_async, path, data)
 
     def update(self, path: str, record: Record, version: int) -> int:
         """Compare-and-set: write only if the node is still at ``version``; return the new one.
@@ -306,7 +326,7 @@ class Registry:
         data = record.to_bytes(path)
         with self._zk(path):
             try:
-                stat = self._client.retry(self._client.set, path, data, version=version)
+                stat = self._op(self._client.set_async, path, data, version=version)
             except BadVersionError:
                 raise ConflictError(
                     f"{path} changed since it was read (expected version {version}); "
@@ -324,7 +344,10 @@ class Registry:
         """
         with self._zk(path):
             try:
-                self._client.retry(self._client.delete, path, version=version, recursive=recursive)
+                if recursive:
+                    self._delete_tree(path)
+                else:
+                    self._op(self._client.delete_async, path, version=version)
             except NoNodeError:
                 return False
             except BadVersionError:
@@ -338,7 +361,7 @@ class Registry:
     def ensure_path(self, path: str) -> None:
         """Create ``path`` and its parents as empty persistent nodes if missing."""
         with self._zk(path):
-            self._client.retry(self._client.ensure_path, path)
+            self._op(self._client.ensure_path_async, path)
 
     def register_ephemeral(self, path: str, record: Record) -> EphemeralNode:
         """Create an ephemeral node that is re-created whenever the session is lost.
@@ -482,28 +505,28 @@ class EphemeralNode:
         return self._record
 
     def _create(self) -> None:
-        client = self.registry.kazoo
+        reg, client = self.registry, self.registry.kazoo
         with self._lock:
             if self._removed:
                 return
-            with self.registry._zk(self.path):
+            with reg._zk(self.path):
                 try:
-                    client.retry(
-                        client.create, self.path, self._data, ephemeral=True, makepath=True
+                    reg._op(
+                        client.create_async, self.path, self._data, ephemeral=True, makepath=True
                     )
                     return
                 except NodeExistsError:
                     pass
-                _, stat = client.retry(client.get, self.path)
-                if stat.owner_session_id == self.registry.session_id:
-                    client.retry(client.set, self.path, self._data)
+                _, stat = reg._op(client.get_async, self.path)
+                if stat.owner_session_id == reg.session_id:
+                    reg._op(client.set_async, self.path, self._data)
                     return
                 log.warning("replacing %s left by an earlier session", self.path)
                 try:
-                    client.retry(client.delete, self.path)
+                    reg._op(client.delete_async, self.path)
                 except NoNodeError:
                     pass
-                client.retry(client.create, self.path, self._data, ephemeral=True, makepath=True)
+                reg._op(client.create_async, self.path, self._data, ephemeral=True, makepath=True)
 
     def _on_state(self, state: ConnectionState) -> None:
         if state == "lost":
@@ -530,10 +553,10 @@ class EphemeralNode:
         data = record.to_bytes(self.path)
         with self._lock:
             self._record, self._data = record, data
-        client = self.registry.kazoo
-        with self.registry._zk(self.path):
+        reg = self.registry
+        with reg._zk(self.path):
             try:
-                client.retry(client.set, self.path, data)
+                reg._op(reg.kazoo.set_async, self.path, data)
             except NoNodeError:
                 self._create()
 

@@ -207,3 +207,25 @@ def test_connect_to_dead_address_fails_clearly():
 def test_bad_root_is_refused():
     with pytest.raises(ValueError, match="absolute path"):
         Registry("127.0.0.1:1", "modelgate")
+
+
+def test_operations_fail_instead_of_hanging_while_zookeeper_is_down(zookeeper, zk_root):
+    reg = Registry(zookeeper.hosts, zk_root, operation_timeout=1.0).start()
+    node = reg.register_ephemeral(layout.worker("w1"), _worker())
+    zookeeper.stop()
+    try:
+        wait_for(lambda: not reg.connected, what="client to notice the outage")
+        with pytest.raises(ZooKeeperUnavailableError, match="/workers/w1"):
+            node.remove()
+        with pytest.raises(ZooKeeperUnavailableError, match="/models/m"):
+            reg.put(layout.model("m"), Model(name="m", backend="triton"))
+    finally:
+        zookeeper.start()
+    reg.stop()
+
+
+def test_recursive_delete(registry: Registry):
+    for v, worker in [(1, "w1"), (1, "w2"), (2, "w1")]:
+        registry.put(layout.route("m", v, worker), Route(model="m", version=v, worker_id=worker, address="a:1", protocol="kserve"))
+    assert registry.delete(layout.model_routes("m"), recursive=True) is True
+    assert registry.children(layout.ROUTES) == []
