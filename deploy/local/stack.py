@@ -176,8 +176,9 @@ class LocalStack:
                 self._zk = None
             # Anything still carrying our marker (e.g. a Triton stub that left its group).
             _terminate_pids(_stack_pids(self.run_dir), grace=5.0)
-            with contextlib.suppress(FileNotFoundError):
-                (self.run_dir / "pids").unlink()
+            for name in ("pids", "stack.json"):  # the logs stay, for a post-mortem
+                with contextlib.suppress(FileNotFoundError):
+                    (self.run_dir / name).unlink()
         finally:
             self._lock.close()
             self._lock = None

@@ -127,7 +127,7 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
     assert left == [], f"processes of the stack still running after stop(): {left}"
     assert stack_pids(run_dir) == []
     assert _naming(run_dir) == [], "a process still names the stack's run dir"
-    assert not (run_dir / "pids").exists()
+    assert not (run_dir / "pids").exists() and not (run_dir / "stack.json").exists()
 
 
 def test_second_stack_on_the_same_run_dir_is_refused(tmp_path: Path) -> None:
