@@ -219,3 +219,54 @@ def test_no_secret_values_in_deploy_files() -> None:
             for match in re.finditer(r"(?i)^\s*token\s*=\s*\"([^\"]*)\"", text, re.M):
                 assert match.group(1).startswith("REPLACE-"), f"{path}: {match.group(0)}"
             assert "mg-admin-" not in text, path
+
+
+def test_example_overlay_builds_with_kustomize_and_the_output_validates(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (with its built-in kustomize) is not installed; install kubectl")
+    # The overlay's Secrets come from git-ignored files: build a copy with stand-ins.
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("tokens.toml", "internal-token.txt"))
+    overlay = copy / "overlays" / "example"
+    shutil.copy(overlay / "tokens.example.toml", overlay / "tokens.toml")
+    (overlay / "internal-token.txt").write_text("stand-in-token")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    out_file = tmp_path / "built.yaml"
+    out_file.write_text(built.stdout)
+    docs = documents(out_file)
+    result = subprocess.run(
+        [_kubernetes_validate(), "--strict", str(out_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(docs), result.stdout
+
+    by_key = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    secrets = {n for k, n in by_key if k == "Secret"}
+    assert {s.rsplit("-", 1)[0] for s in secrets} == {
+        "modelgate-tokens",
+        "modelgate-internal-token",
+    }
+    for (kind, name), doc in by_key.items():
+        if kind != "Namespace":
+            assert doc["metadata"].get("namespace") == "modelgate", (kind, name)
+    assert by_key[("Deployment", "gateway")]["spec"]["replicas"] == 3
+    assert by_key[("HorizontalPodAutoscaler", "gateway")]["spec"]["minReplicas"] == 3
+    for kind, name in (
+        ("Deployment", "gateway"),
+        ("Deployment", "manager"),
+        ("StatefulSet", "worker-triton"),
+    ):
+        pod = by_key[(kind, name)]["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "modelgate"  # scraping
+        images = {c["image"] for c in pod["spec"]["containers"] if role_of(c.get("command"))}
+        assert images == {"registry.example.com/modelgate:0.1.0"}, (name, images)
+    # Secret references follow the generated (hashed) names.
+    manager = by_key[("Deployment", "manager")]["spec"]["template"]["spec"]
+    assert {v["secret"]["secretName"] for v in manager["volumes"] if "secret" in v} <= secrets
