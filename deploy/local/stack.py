@@ -294,8 +294,11 @@ class LocalStack:
             port = None
         zk = LocalZooKeeper(self.run_dir / "zookeeper", port=port)
         self._zk = zk
-        with _new_session_for_zookeeper():
-            zk.start(timeout=self.ready_timeout)
+        try:
+            with _new_session_for_zookeeper():
+                zk.start(timeout=self.ready_timeout)
+        except RuntimeError as err:  # not installed (says how to install), or did not start
+            raise StackError(f"ZooKeeper: {err}") from None
         assert zk.proc is not None
         self._record("zookeeper", zk.proc.pid)
         # The log LocalZooKeeper writes, linked where the other logs are.
