@@ -188,3 +188,18 @@ def test_leftovers_of_a_crashed_run_are_killed_by_the_next_start(tmp_path: Path)
         assert not (run_dir / "stack.json").exists()
     finally:
         nxt.stop()
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {**_free_ports(), "gateway_port": port}
+        stack = LocalStack(run_dir=tmp_path / "run", **ports)  # type: ignore[arg-type]
+        with pytest.raises(StackError, match=f"gateway port {port}"):
+            stack.start()
+    assert stack_pids(tmp_path / "run") == []
+    assert _naming(tmp_path / "run") == []
