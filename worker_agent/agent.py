@@ -117,6 +117,7 @@ class WorkerAgent:
             s.root,
             connect_timeout=s.zk_connect_timeout,
             session_timeout=s.zk_session_timeout,
+            operation_timeout=s.zk_operation_timeout,
         )
         await asyncio.to_thread(self.registry.start)
         self.registry.add_state_listener(self._on_zk_state, loop)

@@ -98,6 +98,8 @@ class WorkerSettings(BaseSettings):
     """Seconds to wait for ZooKeeper at start-up."""
     zk_session_timeout: float = Field(default=10.0, gt=0)
     """ZooKeeper session timeout in seconds."""
+    zk_operation_timeout: float = Field(default=10.0, gt=0)
+    """Seconds one ZooKeeper write (e.g. a heartbeat) is retried before it counts as failed."""
     restart_backoff_min: float = Field(default=1.0, gt=0)
     """First wait before restarting a launched model server that died, in seconds."""
     restart_backoff_max: float = Field(default=30.0, gt=0)

@@ -52,7 +52,7 @@ def test_session_expiry_recreates_the_worker_node_and_its_routes(
 def test_a_short_zookeeper_outage_loses_no_route_and_the_heartbeat_catches_up(
     zookeeper: LocalZooKeeper, registry: Registry, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    agent = start_agent()
+    agent = start_agent(zk_operation_timeout=0.5)
     archive = add_one_archive(tmp_path, "outage", 1.0)
     assign(registry, "w1", "outage", 1, archive.as_uri())
     wait_for(lambda: route(registry, "outage", 1, "w1"), what="route outage@1")
@@ -65,7 +65,12 @@ def test_a_short_zookeeper_outage_loses_no_route_and_the_heartbeat_catches_up(
         lambda: metric(agent.agent, "modelgate_worker_zk_connected") == 0,
         what="the agent to notice the outage",
     )
-    time.sleep(2.0)  # the outage lasts a few seconds (well under the session timeout)
+    failures = metric(agent.agent, "modelgate_worker_heartbeat_failures_total")
+    wait_for(
+        lambda: metric(agent.agent, "modelgate_worker_heartbeat_failures_total") > failures,
+        what="the heartbeat to go on (and fail) during the outage",
+    )
+    time.sleep(1.0)  # the outage lasts a few seconds (well under the session timeout)
     back = time.time()
     zookeeper.start()
     wait_for(lambda: registry.connected and zk.connected, what="both clients to reconnect")
