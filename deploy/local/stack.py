@@ -379,19 +379,18 @@ class LocalStack:
         ]  # fmt: skip
         if self.gateway_port:
             args += ["--advertise-address", f"{self.host}:{self.gateway_port}"]
-        # NOTE: the gateway has no settings for fetching plugin packages from the manager
-        # yet; when it gets them (names below), the stack passes them without a change here.
+        # Plugin packages come from the manager's blob store with the internal token.
+        # NOTE: only passed when the gateway has the setting (it is being added right now).
         from gateway.settings import GatewaySettings
 
         optional = {
-            "manager_url": self.manager_url,
             "blob_token": self.internal_token,
-            "plugin_cache_dir": str(self.run_dir / "gateway" / "plugins"),
+            "plugin_dir": str(self.run_dir / "gateway" / "plugins"),
         }
         env = {
             f"MODELGATE_GATEWAY_{key.upper()}": value
             for key, value in optional.items()
-            if key in GatewaySettings.model_fields and value
+            if key in GatewaySettings.model_fields
         }
         return self._spawn("gateway", "gateway", args, env)
 
