@@ -270,3 +270,14 @@ def test_example_overlay_builds_with_kustomize_and_the_output_validates(tmp_path
     # Secret references follow the generated (hashed) names.
     manager = by_key[("Deployment", "manager")]["spec"]["template"]["spec"]
     assert {v["secret"]["secretName"] for v in manager["volumes"] if "secret" in v} <= secrets
+
+
+def test_dashboard_json_is_what_its_generator_writes() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dash", DEPLOY / "grafana" / "dashboard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    on_disk = (DEPLOY / "grafana" / "dashboards" / "modelgate.json").read_text()
+    assert on_disk == module.render(), "run: .venv/bin/python deploy/grafana/dashboard.py"
