@@ -29,14 +29,18 @@ AgentFactory = Callable[..., AgentThread]
 
 @pytest.fixture
 def start_agent(
-    zookeeper: LocalZooKeeper, zk_root: str, agent_triton: TritonServer
+    zookeeper: LocalZooKeeper, zk_root: str, request: pytest.FixtureRequest
 ) -> Iterator[AgentFactory]:
-    """Start an agent in this test's chroot, on the module's Triton by default."""
+    """Start an agent in this test's chroot, on the module's Triton unless told otherwise."""
     agents: list[AgentThread] = []
 
     def start(**overrides: Any) -> AgentThread:
-        model_root = overrides.pop("model_root", agent_triton.model_repository)
-        address = overrides.pop("backend_address", agent_triton.address)
+        if "model_root" not in overrides or "backend_address" not in overrides:
+            triton: TritonServer = request.getfixturevalue("agent_triton")
+            overrides.setdefault("model_root", triton.model_repository)
+            overrides.setdefault("backend_address", triton.address)
+        model_root = overrides.pop("model_root")
+        address = overrides.pop("backend_address")
         settings = settings_for(zookeeper.hosts, zk_root, Path(model_root), address, **overrides)
         thread = AgentThread(settings)
         agents.append(thread)
