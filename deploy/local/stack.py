@@ -807,8 +807,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(BaseException):
+    """A stop signal; a BaseException like KeyboardInterrupt, so no ``except Exception``
+    swallows it."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -837,8 +838,8 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             raise _Interrupted(signal.Signals(signum).name)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     code = 0
     try:
         print(f"starting the local stack in {stack.run_dir} (logs: {stack.log_dir})", flush=True)
@@ -849,15 +850,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in set(stack.dead()) - reported:
                 reported.add(name)
                 print(f"WARNING: {name} exited; see {stack.log_dir}/{name}.log", flush=True)
-    except _Interrupted as sig:
-        print(f"\n{sig}: stopping the local stack ...", flush=True)
+    except _Interrupted as why:
+        print(f"\n{why}: stopping the local stack ...", flush=True)
     except StackError as err:
         print(f"ERROR: {err}", file=sys.stderr, flush=True)
         code = 1
     finally:
         # Signals during the stop are ignored: it always runs to the end (SIGKILL at worst).
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         stack.stop()
         left = _stack_pids(stack.run_dir)
         if left:
