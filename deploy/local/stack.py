@@ -417,6 +417,8 @@ class LocalStack:
             "--drain-seconds", str(self.drain_seconds),
             "--log-level", self.log_level,
         ]  # fmt: skip
+        # The Triton this agent launches logs into its work dir: linked beside the others.
+        (self.log_dir / f"triton-{index + 1}.log").symlink_to(base / "work" / "tritonserver.log")
         secret = {"MODELGATE_WORKER_BLOB_TOKEN": self.internal_token}
         proc = self._spawn(name, "worker_agent", args, secret)
         self.workers.append(
@@ -563,7 +565,7 @@ modelgate local stack is up (run dir {self.run_dir})
   manager   {self.manager_url}  (OpenAPI: {self.manager_url}/docs)
   zookeeper {self.zk_hosts}  root {self.zk_root}
 {workers}
-  logs      {self.log_dir}/<process>.log
+  logs      {self.log_dir}/<process>.log  (zookeeper, manager, gateway, worker-N, triton-N)
   state     {self.run_dir}/stack.json  (endpoints and tokens)
 
   admin token: {self.admin_token}

@@ -118,7 +118,9 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
                 continue  # exited meanwhile
             assert stack.internal_token not in cmdline and stack.admin_token not in cmdline
 
-        assert (run_dir / "logs" / "gateway.log").stat().st_size > 0
+        logs = run_dir / "logs"
+        for name in ("zookeeper", "manager", "gateway", "worker-1", "worker-2", "triton-1"):
+            assert (logs / f"{name}.log").stat().st_size > 0, name
         assert os.stat(run_dir / "stack.json").st_mode & 0o077 == 0
     finally:
         stack.stop()
