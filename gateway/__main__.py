@@ -20,7 +20,8 @@ log = logging.getLogger("gateway")
 FLAGS = (
     "zk", "root", "host", "port", "metrics_port", "max_message_bytes", "default_timeout",
     "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
-    "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "log_level",
+    "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "plugin_dir",
+    "blob_token", "plugin_threads", "plugin_processes", "log_level",
 )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from gateway.backends.channels import ChannelPool
 from gateway.backends.rest import RestBackend
 from gateway.httpserver import MetricsServer
 from gateway.metrics import GatewayMetrics
+from gateway.plugins import PluginHost
 from gateway.router import Router
 from gateway.settings import GatewaySettings
 from gateway.surfaces import invoke, kserve, tfserving
@@ -26,7 +27,9 @@ from gateway.watcher import TableWatcher
 # NOTE: imported for their descriptors, so that reflection can describe these services.
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2  # noqa: F401
 from registry import EphemeralNode, Registry, layout
+from registry.errors import ModelgateError
 from registry.records import Gateway as GatewayRecord
+from registry.records import GatewayPluginStatus
 
 log = logging.getLogger("gateway.app")
 
@@ -56,18 +59,11 @@ class GatewayApp:
         )
         self.pool = ChannelPool(settings.max_message_bytes)
         self.rest = RestBackend()
-        self.core = Core(
-            self.router,
-            self.pool,
-            self.rest,
-            self.metrics,
-            default_timeout=settings.default_timeout,
-            version=VERSION,
-        )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = MetricsServer(self.metrics.registry, self._healthz)
         self.watcher: TableWatcher | None = None
+        self.plugins: PluginHost | None = None
         self.node: EphemeralNode | None = None
         self.port = 0
         self.metrics_port = 0
@@ -82,6 +78,24 @@ class GatewayApp:
         if self.registry is None:
             self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout)
             await asyncio.to_thread(self.registry.start)
+        self.plugins = PluginHost(
+            self.registry,
+            self.metrics,
+            cache_dir=s.plugin_dir,
+            blob_token=s.blob_token,
+            threads=s.plugin_threads,
+            processes=s.plugin_processes,
+            on_change=self._on_plugins,
+        )
+        core = Core(
+            self.router,
+            self.pool,
+            self.rest,
+            self.metrics,
+            self.plugins,
+            default_timeout=s.default_timeout,
+            version=VERSION,
+        )
         self.watcher = TableWatcher(self.registry, self.metrics, self._on_table)
         await self.watcher.start()
 
@@ -92,9 +106,9 @@ class GatewayApp:
         self.server = grpc.aio.server(options=limits)
         self.server.add_generic_rpc_handlers(
             (
-                tfserving.TFServingSurface(self.core).handler(),
-                kserve.KServeSurface(self.core).handler(),
-                invoke.GatewaySurface(self.core).handler(),
+                tfserving.TFServingSurface(core).handler(),
+                kserve.KServeSurface(core).handler(),
+                invoke.GatewaySurface(core).handler(),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -118,7 +132,10 @@ class GatewayApp:
         self.metrics_port = await self.http.start(s.host, s.metrics_port)
         await self.health.set("", SERVING)
         record = GatewayRecord(
-            gateway_id=s.node_id(self.port), address=s.address(self.port), version=VERSION
+            gateway_id=s.node_id(self.port),
+            address=s.address(self.port),
+            version=VERSION,
+            plugins=self.plugins.status(),
         )
         self.node = await asyncio.to_thread(
             self.registry.register_ephemeral, layout.gateway(record.gateway_id), record
@@ -147,6 +164,8 @@ class GatewayApp:
         if self.watcher is not None:
             self.watcher.close()
         await self.http.stop()
+        if self.plugins is not None:
+            await self.plugins.close()
         await self.pool.close()
         await self.rest.close()
         if self._own_registry and self.registry is not None:
@@ -161,6 +180,8 @@ class GatewayApp:
 
     def _on_table(self, table: RoutingTable) -> None:
         self.router.set_table(table)
+        if self.plugins is not None:
+            self.plugins.sync(table.models)
         counts = table.describe()
         for name, ready in counts.items():
             self.metrics.routes.labels(name).set(ready)
@@ -181,6 +202,23 @@ class GatewayApp:
             await self.health.set(f"model/{name}", NOT_SERVING)
         self._model_health |= set(counts)
         await self.pool.forget(live)
+
+    def _on_plugins(self, status: dict[str, GatewayPluginStatus]) -> None:
+        """Publish plugin status (serving version, load errors) in /gateways/<id>."""
+        if self.node is None or self._stopping:
+            return
+        record = self.node.record.model_copy(update={"plugins": status})
+        assert isinstance(record, GatewayRecord)
+        task = asyncio.ensure_future(self._update_node(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _update_node(self, record: GatewayRecord) -> None:
+        assert self.node is not None
+        try:
+            await asyncio.to_thread(self.node.update, record)
+        except ModelgateError as err:  # kept; written when the node is re-created
+            log.warning("could not publish plugin status: %s", err)
 
     def _healthz(self) -> tuple[bool, str]:
         if self._stopping:

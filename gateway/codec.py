@@ -309,3 +309,16 @@ def tensors_to_json(model: str, version: str, tensors: Named) -> bytes:
             data = arr.reshape(-1).tolist()
         outputs.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data})
     return json.dumps({"model_name": model, "model_version": version, "outputs": outputs}).encode()
+
+
+def select(tensors: dict[str, np.ndarray], names: list[str]) -> Named:
+    """The tensors a caller asked for, in its order (all, sorted by name, when it asked for
+    none); INVALID_ARGUMENT naming an output that is not there."""
+    if not names:
+        return sorted(tensors.items())
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise InvalidArgumentError(
+            f"output {missing[0]!r} was requested but the model returned {sorted(tensors)}"
+        )
+    return [(n, tensors[n]) for n in names]

@@ -1,49 +1,99 @@
-"""How ``Invoke`` turns a payload into tensors and back: the pre/post-processing seam.
+"""Pre/post-processing around a backend call: the JSON codec, or the model's UDL plugin.
 
-Today every model without a plugin uses :class:`JsonCodecFlow`. NOTE: this is where UDL
-plugins plug in (the UDL issue): :func:`flow_for` will return a flow that runs the model's
-plugin ``preprocess``/``postprocess`` around the same backend call.
+A flow turns the caller's :class:`udl.Request` into input tensors (``preprocess``) and the
+backend's output tensors into the caller's answer (``postprocess``):
+
+- :class:`JsonCodecFlow` -- ``Invoke`` on a model without a plugin:
+  ``{"inputs": [{"name", "shape", "datatype", "data"}]}`` in, same style out;
+- :class:`PluginFlow` -- any surface on a model with a plugin (``Invoke`` payloads, or
+  KServe/TF-Serving tensors), timed and counted per plugin and stage.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
+import grpc
+
 from gateway import codec
-from gateway.errors import InvalidArgumentError, UnimplementedError
-from gateway.table import ModelEntry
+from gateway.errors import InvalidArgumentError
+from gateway.metrics import GatewayMetrics
+from registry.errors import ModelgateError
+from udl import Request, Response
+from udl.loader import LoadedPlugin, PluginFailedError
 
 JSON = "application/json"
 
 
 class Flow(Protocol):
-    def preprocess(self, payload: bytes, content_type: str) -> codec.Named: ...
+    async def preprocess(self, request: Request) -> Request: ...
 
-    def postprocess(self, model: str, version: int, outputs: codec.Named) -> tuple[bytes, str]: ...
+    async def postprocess(self, response: Response, request: Request) -> Response: ...
 
 
 class JsonCodecFlow:
     """``{"inputs": [{"name", "shape", "datatype", "data"}]}`` in, same style out."""
 
-    def preprocess(self, payload: bytes, content_type: str) -> codec.Named:
-        if content_type and content_type.split(";")[0].strip().lower() != JSON:
+    async def preprocess(self, request: Request) -> Request:
+        ctype = request.content_type.split(";")[0].strip().lower()
+        if ctype and ctype != JSON:
             raise InvalidArgumentError(
-                f"content type {content_type!r} needs a plugin; models without one accept "
-                f"{JSON} tensors"
+                f"content type {request.content_type!r} needs a plugin; model "
+                f"{request.model!r} has none and accepts {JSON} tensors"
             )
-        return codec.json_to_tensors(payload)
+        request.tensors = dict(codec.json_to_tensors(request.payload))
+        return request
 
-    def postprocess(self, model: str, version: int, outputs: codec.Named) -> tuple[bytes, str]:
-        return codec.tensors_to_json(model, str(version), outputs), JSON
-
-
-_JSON_FLOW = JsonCodecFlow()
-
-
-def flow_for(entry: ModelEntry) -> Flow:
-    if entry.record.plugin:
-        raise UnimplementedError(
-            f"model {entry.name!r} uses plugin {entry.record.plugin}; plugin flows are not "
-            "available in this gateway version"
+    async def postprocess(self, response: Response, request: Request) -> Response:
+        response.payload = codec.tensors_to_json(
+            response.model, str(response.version), list(response.tensors.items())
         )
-    return _JSON_FLOW
+        response.content_type = JSON
+        return response
+
+
+JSON_FLOW = JsonCodecFlow()
+
+
+class PluginFlow:
+    """Runs one loaded plugin version's hooks, with per-stage metrics."""
+
+    def __init__(self, plugin: LoadedPlugin, metrics: GatewayMetrics) -> None:
+        self.plugin = plugin
+        self.metrics = metrics
+
+    async def preprocess(self, request: Request) -> Request:
+        start = time.perf_counter()
+        try:
+            request = await self.plugin.preprocess(request)
+            if not request.tensors:
+                raise PluginFailedError(
+                    f"plugin {self.plugin.key} preprocess produced no input tensors "
+                    f"(request {request.request_id})"
+                )
+            return request
+        except Exception as err:
+            self._count_error("preprocess", err)
+            raise
+        finally:
+            self._observe("preprocess", start)
+
+    async def postprocess(self, response: Response, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            return await self.plugin.postprocess(response, request)
+        except Exception as err:
+            self._count_error("postprocess", err)
+            raise
+        finally:
+            self._observe("postprocess", start)
+
+    def _observe(self, stage: str, start: float) -> None:
+        self.metrics.plugin_seconds.labels(self.plugin.key, stage).observe(
+            time.perf_counter() - start
+        )
+
+    def _count_error(self, stage: str, err: Exception) -> None:
+        code = type(err).grpc_code if isinstance(err, ModelgateError) else grpc.StatusCode.INTERNAL
+        self.metrics.plugin_errors.labels(self.plugin.key, stage, code.name).inc()

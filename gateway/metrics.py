@@ -22,7 +22,7 @@ class GatewayMetrics:
         )
         self.latency = Histogram(
             "modelgate_gateway_latency_seconds",
-            "Time spent per stage (route, backend, total).",
+            "Time spent per stage (preprocess, route, backend, postprocess, total).",
             ["stage", "model", "surface"],
             buckets=_BUCKETS,
             registry=registry,
@@ -60,6 +60,25 @@ class GatewayMetrics:
         self.zk_connected = Gauge(
             "modelgate_gateway_zk_connected",
             "1 while the gateway's ZooKeeper session is connected, else 0.",
+            registry=registry,
+        )
+        self.plugin_seconds = Histogram(
+            "modelgate_gateway_plugin_seconds",
+            "Time in plugin hooks, by plugin (name@version) and stage.",
+            ["plugin", "stage"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.plugin_errors = Counter(
+            "modelgate_gateway_plugin_errors",
+            "Plugin hook failures, by plugin, stage and gRPC code.",
+            ["plugin", "stage", "code"],
+            registry=registry,
+        )
+        self.plugin_loads = Counter(
+            "modelgate_gateway_plugin_loads",
+            "Plugin versions loaded for a model, by plugin and outcome (loaded/failed).",
+            ["plugin", "outcome"],
             registry=registry,
         )
         self.table_swaps = Counter(

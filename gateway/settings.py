@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,15 @@ class GatewaySettings(BaseSettings):
     """Address registered in ZooKeeper (default "<hostname>:<port>")."""
     zk_connect_timeout: float = Field(default=10.0, gt=0)
     """Seconds to wait for ZooKeeper at start-up before giving up."""
+    plugin_dir: Path | None = None
+    """Where plugin packages are cached and unpacked (default: a temporary directory)."""
+    blob_token: str | None = None
+    """Bearer token for fetching plugin packages from the manager's blob store (the
+    manager's ``internal`` role)."""
+    plugin_threads: int = Field(default=8, ge=1, le=256)
+    """Threads running the hooks of ``thread`` plugins (shared by all plugins)."""
+    plugin_processes: int = Field(default=2, ge=1, le=64)
+    """Worker processes per loaded ``process`` plugin."""
     log_level: str = "INFO"
     """Python logging level of the gateway's loggers."""
     log_json: bool = False

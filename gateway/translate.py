@@ -6,8 +6,8 @@ from __future__ import annotations
 from tritonclient.grpc import service_pb2 as kserve
 
 from gateway import codec
+from gateway.backends.wire import parse
 from gateway.errors import InvalidArgumentError
-from gateway.surfaces.base import parse
 from protos.tfs.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 

@@ -101,7 +101,7 @@ class WorkerSpec(Record):
 
 
 class GatewayPluginStatus(BaseModel):
-    """A plugin as one gateway sees it: the version serving and the last load error."""
+    """A model's plugin as one gateway sees it: the version serving and the last load error."""
 
     serving: str | None = None
     error: str | None = None
@@ -114,7 +114,7 @@ class Gateway(Record):
     address: str
     version: str
     started: float = Field(default_factory=now)
-    #: Keyed by plugin name.
+    #: Plugin state per model name: the ``name@version`` serving it and the last load error.
     plugins: dict[str, GatewayPluginStatus] = Field(default_factory=dict)
 
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
+import udl
+from gateway import codec
+from gateway.backends import tensors
 from gateway.backends.channels import ChannelPool, Metadata
 from gateway.backends.rest import RestBackend
-from gateway.errors import InvalidArgumentError, status_of
+from gateway.errors import status_of
 from gateway.logs import set_call
 from gateway.metrics import GatewayMetrics
+from gateway.plugins import PluginHost
 from gateway.router import Router, Target
 from gateway.table import Instance
 
@@ -48,17 +51,11 @@ class CallInfo:
     version: str = ""
     route_s: float = 0.0
     backend_s: float = 0.0
+    preprocess_s: float = 0.0
+    postprocess_s: float = 0.0
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext, CallInfo], Awaitable[Any]]
-
-
-def parse(cls: Any, data: bytes, what: str) -> Any:
-    """Parse ``data`` as ``cls``; INVALID_ARGUMENT naming ``what`` if it does not parse."""
-    try:
-        return cls.FromString(data)
-    except (DecodeError, ValueError) as err:
-        raise InvalidArgumentError(f"{what} does not parse as protobuf: {err}") from None
 
 
 def split_version(text: str) -> tuple[int | None, str | None]:
@@ -79,6 +76,7 @@ class Core:
         pool: ChannelPool,
         rest: RestBackend,
         metrics: GatewayMetrics,
+        plugins: PluginHost,
         *,
         default_timeout: float,
         version: str,
@@ -87,12 +85,13 @@ class Core:
         self.pool = pool
         self.rest = rest
         self.metrics = metrics
+        self.plugins = plugins
         self.default_timeout = default_timeout
         self.version = version
         self.clock = router.clock
         #: Metric children per (model, version, surface, code): labels() costs a lock and
         #: a dict lookup per metric per call otherwise.
-        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, ...]] = {}
 
     # -- wrappers -----------------------------------------------------------------------
 
@@ -160,16 +159,22 @@ class Core:
                 m.latency.labels("total", info.model, surface),
                 m.latency.labels("route", info.model, surface),
                 m.latency.labels("backend", info.model, surface),
+                m.latency.labels("preprocess", info.model, surface),
+                m.latency.labels("postprocess", info.model, surface),
             )
             if len(self._children) > 10_000:  # NOTE: bound the cache (label churn)
                 self._children.clear()
-        requests, total_h, route_h, backend_h = children
+        requests, total_h, route_h, backend_h, pre_h, post_h = children
         requests.inc()
         total_h.observe(total)
         if info.route_s:
             route_h.observe(info.route_s)
         if info.backend_s:
             backend_h.observe(info.backend_s)
+        if info.preprocess_s:
+            pre_h.observe(info.preprocess_s)
+        if info.postprocess_s:
+            post_h.observe(info.postprocess_s)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -227,3 +232,42 @@ class Core:
         return await self.router.call(
             target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
         )
+
+    async def infer_flow(
+        self,
+        target: Target,
+        request: udl.Request,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+        *,
+        outputs: Sequence[str] = (),
+    ) -> udl.Response:
+        """preprocess -> backend (routed, with failover) -> postprocess, on decoded tensors.
+
+        The flow is the model's plugin, or the JSON codec for ``Invoke`` without one.
+        """
+        name, v = target.model.name, target.version.version
+        request.version = v
+        md = self.forward_metadata(context)
+        wait_s = self.deadline(context) - self.clock()
+        async with self.plugins.flow(target.model, wait_s) as flow:
+            start = time.perf_counter()
+            try:
+                request = await flow.preprocess(request)
+            finally:
+                info.preprocess_s = time.perf_counter() - start
+            inputs = list(request.tensors.items())
+
+            async def attempt(instance: Instance, budget: float) -> codec.Named:
+                return await tensors.infer(
+                    self.pool, instance, name, v, inputs,
+                    request_id=request.request_id, budget=budget, metadata=md, outputs=outputs,
+                )  # fmt: skip
+
+            result = await self.call(target, attempt, context, info)
+            response = udl.Response(model=name, version=v, tensors=dict(result))
+            start = time.perf_counter()
+            try:
+                return await flow.postprocess(response, request)
+            finally:
+                info.postprocess_s = time.perf_counter() - start

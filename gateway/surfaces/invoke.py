@@ -1,21 +1,20 @@
-"""``modelgate.v1.Gateway``: Invoke (JSON tensor codec, REST services) and ListModels."""
+"""``modelgate.v1.Gateway``: Invoke (plugin models, the JSON tensor codec, REST services) and
+ListModels."""
 
 from __future__ import annotations
 
 import uuid
 
 import grpc
-from tritonclient.grpc import service_pb2 as kserve
 
-from gateway import codec
-from gateway.backends import tfserving, triton
+import udl
+from gateway.backends.wire import parse
 from gateway.errors import InvalidArgumentError
-from gateway.flow import flow_for
+from gateway.flow import JSON_FLOW
 from gateway.logs import set_call
-from gateway.surfaces.base import CallInfo, Core, parse, split_version
+from gateway.surfaces.base import CallInfo, Core, split_version
 from gateway.table import Instance
 from protos.modelgate.v1 import gateway_pb2
-from protos.tfs.tensorflow_serving.apis import predict_pb2
 
 SURFACE = "invoke"
 SERVICE = "modelgate.v1.Gateway"
@@ -93,36 +92,27 @@ class GatewaySurface:
                 request_id=request_id,
             )
 
-        flow = flow_for(target.model)
-        inputs = flow.preprocess(req.payload, req.content_type)
-
-        async def attempt(instance: Instance, budget: float) -> codec.Named:
-            if instance.protocol == "tfserving":
-                preq = predict_pb2.PredictRequest()
-                preq.model_spec.name = name
-                preq.model_spec.version.value = v
-                for tensor_name, arr in inputs:
-                    preq.inputs[tensor_name].CopyFrom(codec.array_to_tf(tensor_name, arr))
-                data = await self.core.pool.call(
-                    instance.address, tfserving.PREDICT, preq.SerializeToString(), budget, md
-                )
-                presp = parse(predict_pb2.PredictResponse, data, "PredictResponse")
-                return [(k, codec.tf_to_array(k, t)) for k, t in sorted(presp.outputs.items())]
-            kreq = kserve.ModelInferRequest(model_name=name, model_version=str(v), id=request_id)
-            codec.add_kserve_inputs(kreq, inputs)
-            data = await self.core.pool.call(
-                instance.address, triton.MODEL_INFER, kreq.SerializeToString(), budget, md
-            )
-            kresp = parse(kserve.ModelInferResponse, data, "ModelInferResponse")
-            return codec.kserve_response_outputs(kresp)
-
-        outputs = await self.core.call(target, attempt, context, info)
-        payload, content_type = flow.postprocess(name, v, outputs)
+        response = await self.core.infer_flow(
+            target,
+            udl.Request(
+                model=name,
+                payload=req.payload,
+                content_type=req.content_type,
+                parameters=dict(req.parameters),
+                metadata={k: v for k, v in md or () if isinstance(v, str)},
+                request_id=request_id,
+            ),
+            context,
+            info,
+        )
+        if not response.payload and response.tensors:
+            # NOTE: a plugin that only preprocesses still answers, in the JSON codec
+            response = await JSON_FLOW.postprocess(response, udl.Request(model=name))
         return gateway_pb2.InvokeResponse(
             model=name,
             version=str(v),
-            payload=payload,
-            content_type=content_type,
+            payload=response.payload,
+            content_type=response.content_type,
             request_id=request_id,
         )
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 from tritonclient.grpc import service_pb2 as kserve
 
-from gateway import translate
+import udl
+from gateway import codec, translate
 from gateway.backends import tfserving, triton
-from gateway.backends.wire import length_delimited
+from gateway.backends.wire import length_delimited, parse
 from gateway.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -19,7 +21,7 @@ from gateway.errors import (
     status_of,
 )
 from gateway.router import Target
-from gateway.surfaces.base import CallInfo, Core, Handler, parse, split_version
+from gateway.surfaces.base import CallInfo, Core, Handler, split_version
 from gateway.surfaces.partial import KServeRequest
 from gateway.table import Instance
 
@@ -151,6 +153,8 @@ class KServeSurface:
         context: grpc.aio.ServicerContext,
         info: CallInfo,
     ) -> bytes:
+        if target.model.record.plugin:
+            return await self._infer_with_plugin(request, target, context, info)
         name, v = target.model.name, target.version.version
         md = self.core.forward_metadata(context)
         translated: tuple[bytes, list[str], str] | None = None
@@ -176,6 +180,28 @@ class KServeSurface:
 
         return await self.core.call(target, attempt, context, info)
 
+    async def _infer_with_plugin(
+        self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo
+    ) -> bytes:
+        """Decode the tensors, run the model's plugin around the backend call, re-encode."""
+        req = parse(kserve.ModelInferRequest, request, "ModelInferRequest")
+        response = await self.core.infer_flow(
+            target,
+            udl.Request(
+                model=target.model.name,
+                tensors=dict(codec.kserve_request_inputs(req)),
+                parameters={k: _param_text(p) for k, p in req.parameters.items()},
+                request_id=req.id or uuid.uuid4().hex,
+            ),
+            context,
+            info,
+        )
+        out = kserve.ModelInferResponse(
+            model_name=target.model.name, model_version=str(response.version), id=req.id
+        )
+        codec.add_kserve_outputs(out, codec.select(response.tensors, [o.name for o in req.outputs]))
+        return out.SerializeToString()
+
     async def stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
@@ -194,3 +220,8 @@ class KServeSurface:
                 yield length_delimited(1, message.encode())  # .error_message
             finally:
                 self.core.observe(SURFACE + "_stream", info, code, time.perf_counter() - start)
+
+
+def _param_text(param: kserve.InferParameter) -> str:
+    kind = param.WhichOneof("parameter_choice")
+    return "" if kind is None else str(getattr(param, kind))

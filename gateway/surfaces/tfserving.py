@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 from tritonclient.grpc import service_pb2 as kserve
 
-from gateway import translate
+import udl
+from gateway import codec, translate
 from gateway.backends import tfserving, triton
+from gateway.backends.wire import parse
 from gateway.errors import FailedPreconditionError, InvalidArgumentError, UnimplementedError
 from gateway.router import Target
-from gateway.surfaces.base import CallInfo, Core, Handler, parse
+from gateway.surfaces.base import CallInfo, Core, Handler
 from gateway.surfaces.partial import TfsMultiRequest, TfsRequest
 from gateway.table import Instance
-from protos.tfs.tensorflow_serving.apis import inference_pb2
+from protos.tfs.tensorflow_serving.apis import inference_pb2, predict_pb2
 
 SURFACE = "tfserving"
 
@@ -57,6 +61,8 @@ class TFServingSurface:
     ) -> bytes:
         head = parse(TfsRequest, request, "PredictRequest")
         target, asked = self._target(head.model_spec, info, "PredictRequest")
+        if target.model.record.plugin:
+            return await self._predict_with_plugin(request, target, context, info)
         name, v = target.model.name, target.version.version
         payload = request if asked == v else request + tfserving.version_suffix(v)
         md = self.core.forward_metadata(context)
@@ -79,6 +85,29 @@ class TFServingSurface:
             raise self._not_tfserving(target, "Predict")
 
         return await self.core.call(target, attempt, context, info)
+
+    async def _predict_with_plugin(
+        self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo
+    ) -> bytes:
+        """Decode the tensors, run the model's plugin around the backend call, re-encode."""
+        req = parse(predict_pb2.PredictRequest, request, "PredictRequest")
+        response = await self.core.infer_flow(
+            target,
+            udl.Request(
+                model=target.model.name,
+                tensors={k: codec.tf_to_array(k, t) for k, t in sorted(req.inputs.items())},
+                request_id=uuid.uuid4().hex,
+            ),
+            context,
+            info,
+        )
+        out = predict_pb2.PredictResponse()
+        out.model_spec.name = target.model.name
+        out.model_spec.version.value = int(response.version or 0)
+        out.model_spec.signature_name = req.model_spec.signature_name or "serving_default"
+        for name, arr in codec.select(response.tensors, list(req.output_filter)):
+            out.outputs[name].CopyFrom(codec.array_to_tf(name, arr))
+        return out.SerializeToString()
 
     def passthrough(self, method_name: str) -> Handler:
         method = tfserving.method(method_name)
