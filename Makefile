@@ -47,7 +47,7 @@ test: setup ## run the whole test suite (real ZooKeeper and Triton, started by t
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup ## the one-machine stack with the digits example, end to end
-	@echo "make demo: not implemented yet (see the local-stack issue)"; exit 1
+	$(PY) deploy/local/demo.py
 
 up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager locally
 	@echo "make up: not implemented yet (see the local-stack issue)"; exit 1

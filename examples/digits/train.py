@@ -8,12 +8,16 @@ Data: scikit-learn's bundled 8x8 digits (1,797 images, no download). Model: a sm
     <out>/digits/1/weights.npz
 
 Run: ``python examples/digits/train.py --out /tmp/repo`` — prints the held-out accuracy.
+``--archive digits.tar.gz`` also writes the version as an archive for ``modelgate models
+deploy --file`` (its top level is the version directory plus ``config.pbtxt``).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +101,21 @@ def write_model(
     return model_dir
 
 
+def write_archive(weights: dict[str, np.ndarray], archive: Path) -> Path:
+    """Write the model version as a .tar.gz artifact: model.py, weights.npz, config.pbtxt."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_model(Path(tmp), weights)
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(model_dir / "config.pbtxt", arcname="config.pbtxt")
+            for path in sorted((model_dir / "1").iterdir()):
+                tar.add(path, arcname=path.name)
+    return archive
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="Triton model repository")
+    parser.add_argument("--archive", type=Path, help="also write the version as a .tar.gz")
     parser.add_argument("--name", default="digits")
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args()
@@ -108,6 +124,8 @@ def main() -> None:
     model_dir = write_model(args.out, weights, args.name, args.version)
     print(f"held-out accuracy {accuracy(weights, x_test, y_test):.4f} on {len(y_test)} images")
     print(f"wrote {model_dir}")
+    if args.archive:
+        print(f"wrote {write_archive(weights, args.archive)}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from tests.examples.digits_helpers import DIGITS, load_train_module, render, serve_files
+from examples.digits import train as train_module
+from examples.digits.images import render
+from tests.examples.digits_helpers import DIGITS, serve_files
 from udl import InvalidInput, Request, Response
 from udl.loader import load_plugin
 from udl.package import pack
-
-train_module = load_train_module()
 
 
 @pytest.fixture(scope="module")

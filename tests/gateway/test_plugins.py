@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from examples.digits import train
+from examples.digits.images import render
 from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from registry import Registry, layout
 from registry.records import Gateway, Plugin
-from tests.examples.digits_helpers import DIGITS, load_train_module, render, serve_files
+from tests.examples.digits_helpers import DIGITS, serve_files
 from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, put_model, put_route, put_version
 from tests.servers.zk import wait_for
 from udl.package import pack
@@ -286,12 +288,11 @@ def test_unregistered_plugin_is_a_clear_error(gateway, registry, triton_a):
 
 @pytest.fixture(scope="module")
 def digits_split():
-    return load_train_module().split()
+    return train.split()
 
 
 @pytest.fixture(scope="module")
 def digits_on_triton(triton_a, digits_split):
-    train = load_train_module()
     x_train, _, y_train, _ = digits_split
     train.write_model(triton_a.model_repository, train.train(x_train, y_train), name="digits_gw")
     client = triton_grpc.InferenceServerClient(triton_a.address)

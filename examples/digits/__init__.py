@@ -1,0 +1,1 @@
+"""The digits example: model training (train.py), test images (images.py), plugin (plugin/)."""
