@@ -50,7 +50,7 @@ demo: setup ## the one-machine stack with the digits example, end to end
 	$(PY) deploy/local/demo.py
 
 up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager locally
-	@echo "make up: not implemented yet (see the local-stack issue)"; exit 1
+	$(PY) deploy/local/stack.py
 
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
 	$(PY) -m bench
