@@ -8,6 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 GENERATED := protos/modelgate/v1/gateway_pb2.py protos/tfs/tensorflow_serving/apis/prediction_service_pb2_grpc.py
 PYTEST_ARGS ?=
+UP_ARGS ?=
 
 .PHONY: help setup generate lint test demo up bench clean
 
@@ -50,7 +51,7 @@ demo: setup ## the one-machine stack with the digits example, end to end
 	$(PY) deploy/local/demo.py
 
 up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager locally
-	$(PY) deploy/local/stack.py
+	$(PY) deploy/local/stack.py $(UP_ARGS)
 
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
 	$(PY) -m bench

@@ -40,10 +40,15 @@ def four_letter(host: str, port: int, command: str, timeout: float = 1.0) -> str
 class LocalZooKeeper:
     """One standalone ZooKeeper server on 127.0.0.1."""
 
-    def __init__(self, workdir: Path, port: int | None = None, heap_mb: int = 256) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, heap_mb: int = 256, new_session: bool = False
+    ) -> None:
+        """``new_session``: run Java in a session of its own, so a Ctrl-C in the caller's
+        terminal does not reach it (a supervisor then stops it last, after its clients)."""
         self.workdir = Path(workdir)
         self.port = port
         self.heap_mb = heap_mb
+        self.new_session = new_session
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "zookeeper.log"
 

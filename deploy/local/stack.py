@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -46,7 +45,6 @@ if str(REPO) not in sys.path:  # run as a script: `python deploy/local/stack.py`
     sys.path.insert(0, str(REPO))
 
 from registry import layout  # noqa: E402
-from registry import local_zookeeper as _local_zookeeper  # noqa: E402
 from registry.local_zookeeper import LocalZooKeeper  # noqa: E402
 from registry.netutil import listening_ports  # noqa: E402
 
@@ -292,11 +290,12 @@ class LocalStack:
         if port is not None and not _port_free("127.0.0.1", port):
             log.warning("port %d is busy: ZooKeeper gets a random free port", port)
             port = None
-        zk = LocalZooKeeper(self.run_dir / "zookeeper", port=port)
+        # NOTE: a session of its own, so a Ctrl-C in the terminal does not kill ZooKeeper
+        # before the workers have deregistered (their drain needs it); it is stopped last.
+        zk = LocalZooKeeper(self.run_dir / "zookeeper", port=port, new_session=True)
         self._zk = zk
         try:
-            with _new_session_for_zookeeper():
-                zk.start(timeout=self.ready_timeout)
+            zk.start(timeout=self.ready_timeout)
         except RuntimeError as err:  # not installed (says how to install), or did not start
             raise StackError(f"ZooKeeper: {err}") from None
         assert zk.proc is not None
@@ -380,17 +379,9 @@ class LocalStack:
         if self.gateway_port:
             args += ["--advertise-address", f"{self.host}:{self.gateway_port}"]
         # Plugin packages come from the manager's blob store with the internal token.
-        # NOTE: only passed when the gateway has the setting (it is being added right now).
-        from gateway.settings import GatewaySettings
-
-        optional = {
-            "blob_token": self.internal_token,
-            "plugin_dir": str(self.run_dir / "gateway" / "plugins"),
-        }
         env = {
-            f"MODELGATE_GATEWAY_{key.upper()}": value
-            for key, value in optional.items()
-            if key in GatewaySettings.model_fields
+            "MODELGATE_GATEWAY_BLOB_TOKEN": self.internal_token,
+            "MODELGATE_GATEWAY_PLUGIN_DIR": str(self.run_dir / "gateway" / "plugins"),
         }
         return self._spawn("gateway", "gateway", args, env)
 
@@ -586,33 +577,6 @@ Ctrl-C stops everything.
 
 
 # ---------------------------------------------------------------------- process helpers
-
-
-@contextlib.contextmanager
-def _new_session_for_zookeeper() -> Iterator[None]:
-    """Start LocalZooKeeper's Java process in its own session.
-
-    NOTE: LocalZooKeeper starts Java in the caller's process group, so a Ctrl-C in the
-    terminal would kill ZooKeeper before the workers deregister (their drain then waits on
-    ZooKeeper). It has no option for that; until it does, its module's ``subprocess`` is
-    swapped for one whose Popen adds ``start_new_session=True`` while it starts.
-    """
-
-    class _Subprocess:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-            kwargs.setdefault("start_new_session", True)
-            return subprocess.Popen(*args, **kwargs)
-
-    original = _local_zookeeper.subprocess
-    _local_zookeeper.subprocess = _Subprocess()  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        _local_zookeeper.subprocess = original
 
 
 def _cmdline(pid: int) -> list[str]:
