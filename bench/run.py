@@ -30,6 +30,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kserve
 
 from bench.loadgen import Result, drive
+from examples.models import write_add_one, write_add_one_artifact
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2
 from registry import Registry, layout
@@ -41,28 +42,6 @@ RESULTS = REPO / "bench" / "results"
 MODEL = "bench_add"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-CONFIG = """\
-name: "{name}"
-backend: "python"
-max_batch_size: 0
-input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-"""
-MODEL_PY = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + 1)]))
-        return out
-"""
-
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -70,11 +49,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def write_artifact(root: Path) -> Path:
-    artifact = root / "artifact"
-    artifact.mkdir(parents=True, exist_ok=True)
-    (artifact / "config.pbtxt").write_text(CONFIG.format(name=MODEL))
-    (artifact / "model.py").write_text(MODEL_PY)
-    return artifact
+    return write_add_one_artifact(root / "artifact", MODEL)
 
 
 def wait_line(proc: subprocess.Popen[str], prefix: str, what: str, timeout: float = 120) -> str:
@@ -175,9 +150,7 @@ class Stack:
         from worker_agent.tritonserver import TritonServer
 
         repo = self.workdir / "triton-models"
-        (repo / MODEL / "1").mkdir(parents=True, exist_ok=True)
-        (repo / MODEL / "config.pbtxt").write_text(CONFIG.format(name=MODEL))
-        (repo / MODEL / "1" / "model.py").write_text(MODEL_PY)
+        write_add_one(repo, MODEL)
         self.triton = TritonServer(repo, self.workdir / "triton")
         self.triton.start()
         import tritonclient.grpc as triton_grpc

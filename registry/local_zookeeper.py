@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from registry.netutil import terminate
+
 log = logging.getLogger("registry.local_zookeeper")
 
 CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
@@ -121,12 +123,7 @@ class LocalZooKeeper:
         """Stop the server (its data is kept, so :meth:`start` restarts it with its state)."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     @property

@@ -1,8 +1,10 @@
-"""Find the TCP ports a local process listens on (to read back a port-0 bind)."""
+"""Local processes: the TCP ports one listens on (to read back a port-0 bind), and stopping
+one politely."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 _LISTEN = "0A"
@@ -30,3 +32,15 @@ def listening_ports(pid: int) -> list[int]:
             if fields[3] == _LISTEN and fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return sorted(ports)
+
+
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM ``proc``, wait up to ``grace`` seconds, then SIGKILL; always reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.netutil import listening_ports
+from registry.netutil import listening_ports, terminate
 
 log = logging.getLogger("worker_agent.tritonserver")
 
@@ -159,13 +159,7 @@ class TritonServer:
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, grace)
         self.proc = None
 
     def kill(self) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from examples.models import write_add_one
 from modelgate_client import GatewayClient, NotFoundError, RetryPolicy, UnavailableError
 from protos.tfs.tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -40,7 +41,6 @@ from protos.tfs.tensorflow_serving.apis import (
 from registry import Registry, layout
 from registry.records import Model, ModelVersion, Route
 from tests.e2e.clients.gateway_process import GatewayProcess
-from tests.servers.models import write_add_one
 from tests.servers.tfserving import TFServingDouble, write_double_model
 from tests.servers.zk import wait_for
 

@@ -16,6 +16,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client import CollectorRegistry
 
+from examples.models import write_add_one
 from gateway.app import GatewayApp
 from gateway.settings import GatewaySettings
 from protos.tfs.tensorflow_serving.apis import (
@@ -25,7 +26,6 @@ from protos.tfs.tensorflow_serving.apis import (
 )
 from registry import Registry, layout
 from registry.records import Model, ModelVersion, Route
-from tests.servers.models import write_add_one
 from tests.servers.tfserving import TFServingDouble, write_double_model
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer

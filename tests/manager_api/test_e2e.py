@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from examples.models import write_add_one
 from registry import Registry, layout
 from registry.netutil import listening_ports
 from tests.manager_api.conftest import TOKENS, TOKENS_TOML
-from tests.servers.models import write_add_one
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 

@@ -226,6 +226,9 @@ def test_operations_fail_instead_of_hanging_while_zookeeper_is_down(zookeeper, z
 
 def test_recursive_delete(registry: Registry):
     for v, worker in [(1, "w1"), (1, "w2"), (2, "w1")]:
-        registry.put(layout.route("m", v, worker), Route(model="m", version=v, worker_id=worker, address="a:1", protocol="kserve"))
+        registry.put(
+            layout.route("m", v, worker),
+            Route(model="m", version=v, worker_id=worker, address="a:1", protocol="kserve"),
+        )
     assert registry.delete(layout.model_routes("m"), recursive=True) is True
     assert registry.children(layout.ROUTES) == []

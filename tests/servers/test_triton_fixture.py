@@ -3,7 +3,7 @@
 import numpy as np
 import tritonclient.grpc as triton_grpc
 
-from tests.servers.models import write_add_one
+from examples.models import write_add_one
 
 
 def test_add_one_on_real_triton(triton):

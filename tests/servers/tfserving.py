@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from registry.netutil import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,10 +59,4 @@ class TFServingDouble:
         self.address = f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)

@@ -16,9 +16,9 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from prometheus_client import CollectorRegistry
 
+from examples.models import write_add_one
 from registry import Registry, layout
 from registry.records import Assignment, Route, Worker
-from tests.servers.models import write_add_one
 from worker_agent.agent import WorkerAgent
 from worker_agent.settings import WorkerSettings
 

@@ -1,4 +1,4 @@
-"""Small Triton Python-backend models for tests (written into a model repository)."""
+"""Small Triton Python-backend example models, used by the tests and the benchmark."""
 
 from __future__ import annotations
 
@@ -39,3 +39,12 @@ def write_add_one(
     (model_dir / "config.pbtxt").write_text(ADD_ONE_CONFIG.format(name=name))
     (model_dir / str(version) / "model.py").write_text(ADD_ONE_MODEL.format(increment=increment))
     return model_dir
+
+
+def write_add_one_artifact(folder: Path, name: str = "add_one", increment: float = 1.0) -> Path:
+    """An ``add_one`` version as a worker agent pulls it: ``model.py`` and ``config.pbtxt``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(ADD_ONE_CONFIG.format(name=name))
+    (folder / "model.py").write_text(ADD_ONE_MODEL.format(increment=increment))
+    return folder
