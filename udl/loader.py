@@ -8,8 +8,8 @@ inside a function, no longer finds the plugin's folder on ``sys.path``.
 
 Execution: whether a hook is a coroutine is decided once, at load. ``async`` and coroutine
 hooks run on the event loop, ``thread`` hooks in the gateway's bounded thread pool, and
-``process`` plugins in a process pool of their own whose workers import and ``load`` the
-plugin themselves (so CPU-heavy hooks do not hold the gateway's GIL).
+``process`` plugins in a process pool of their own whose workers (started with ``spawn``)
+import and ``load`` the plugin themselves (so CPU-heavy hooks do not hold the gateway's GIL).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
@@ -287,6 +288,8 @@ async def load_plugin(
         if manifest.executor == "process":
             pool = ProcessPoolExecutor(
                 max_workers=process_workers,
+                # NOTE: spawn, not fork: forking a process that runs gRPC's threads is unsafe.
+                mp_context=multiprocessing.get_context("spawn"),
                 initializer=_child_init,
                 initargs=(str(directory), manifest.model_dump_json(), alias, config),
             )
