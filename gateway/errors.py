@@ -12,11 +12,14 @@ from typing import ClassVar
 import grpc
 
 from registry.errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     ModelgateError,
     NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
+    UnimplementedError,
 )
 
 log = logging.getLogger("gateway.errors")
@@ -43,30 +46,6 @@ class ModelNotFoundError(NotFoundError):
 
 class ModelUnavailableError(UnavailableError):
     """The model is known but has no ready instance (or every attempt failed)."""
-
-
-class DeadlineExceededError(ModelgateError):
-    """The caller's deadline passed before a backend answered."""
-
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    http_status = 504
-    title = "Deadline exceeded"
-
-
-class ResourceExhaustedError(ModelgateError):
-    """A message is over a configured limit."""
-
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 413
-    title = "Resource exhausted"
-
-
-class UnimplementedError(ModelgateError):
-    """The gateway does not offer this operation (the message says where to go instead)."""
-
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    http_status = 501
-    title = "Unimplemented"
 
 
 class BackendStatusError(ModelgateError):

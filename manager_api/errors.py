@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.errors import InvalidArgumentError, ModelgateError
+from registry.errors import InvalidArgumentError, ModelgateError, ResourceExhaustedError
 
 log = logging.getLogger("manager_api.errors")
 
@@ -39,11 +39,9 @@ class ForbiddenError(ModelgateError):
     title = "Forbidden"
 
 
-class PayloadTooLargeError(ModelgateError):
+class PayloadTooLargeError(ResourceExhaustedError):
     """An upload is bigger than the configured limit."""
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 413
     title = "Payload too large"
 
 

@@ -60,6 +60,30 @@ class UnavailableError(ModelgateError):
     title = "Unavailable"
 
 
+class DeadlineExceededError(ModelgateError):
+    """The time allowed ran out (the caller's deadline, or a stage timeout)."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    title = "Deadline exceeded"
+
+
+class ResourceExhaustedError(ModelgateError):
+    """A message or upload is over a configured limit (the message names it)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+    title = "Resource exhausted"
+
+
+class UnimplementedError(ModelgateError):
+    """This operation is not offered here (the message says where to go instead)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+    title = "Unimplemented"
+
+
 class ZooKeeperUnavailableError(UnavailableError):
     """ZooKeeper could not be reached; the message names the hosts and the timeout."""
 

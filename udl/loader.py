@@ -29,12 +29,12 @@ import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import httpx
 
-from registry.errors import InvalidArgumentError
+from registry.errors import DeadlineExceededError, InvalidArgumentError
 from udl.package import PluginManifest, Stage, unpack
 from udl.sdk import InvalidInput, Plugin, PluginError, Request, Response
 
@@ -50,11 +50,8 @@ class PluginLoadError(PluginError):
     http_status = 409
 
 
-class PluginTimeoutError(PluginError):
+class PluginTimeoutError(PluginError, DeadlineExceededError):
     """A hook ran past its stage timeout."""
-
-    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.DEADLINE_EXCEEDED
-    http_status = 504
 
 
 class PluginFailedError(PluginError):
