@@ -714,7 +714,13 @@ def _terminate_pids(pids: list[int], grace: float) -> None:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """True unless something listens on ``port``.
+
+    NOTE: SO_REUSEADDR as the servers themselves bind: connections of a previous run in
+    TIME_WAIT do not make the port busy, a listener does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
