@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--audit-log", type=Path, help="append the audit log (JSON lines) here")
     parser.add_argument("--public-url", help="base URL workers use to fetch blobs")
     parser.add_argument("--manager-id", help="identifier in the leader election")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key matching --tls-cert")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
     args = vars(parser.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
@@ -66,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(settings, registry, tokens=tokens)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     server = uvicorn.Server(config)
     try:

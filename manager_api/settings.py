@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry import layout
@@ -61,5 +61,17 @@ class ManagerSettings(BaseSettings):
     zk_connect_timeout_s: float = Field(default=10.0, gt=0)
     """How long to retry the first ZooKeeper connection before giving up."""
 
+    tls_cert: Path | None = None
+    """PEM certificate chain file; with ``tls_key`` the REST port serves HTTPS."""
+
+    tls_key: Path | None = None
+    """PEM private key file matching ``tls_cert``."""
+
     log_level: str = "INFO"
     """Level of the ``manager_api`` loggers."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ManagerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key, or neither")
+        return self

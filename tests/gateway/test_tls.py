@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import grpc
 import pytest
 from tritonclient.grpc import service_pb2 as kserve
 
 from tests.gateway.conftest import RunningGateway
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+from tests.servers.tls import self_signed
 
 
 def test_tls_port(gateway_settings, registry, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     gw = RunningGateway(
         gateway_settings.model_copy(update={"tls_cert": str(cert), "tls_key": str(key)})
     )
