@@ -311,14 +311,14 @@ def tensors_to_json(model: str, version: str, tensors: Named) -> bytes:
     return json.dumps({"model_name": model, "model_version": version, "outputs": outputs}).encode()
 
 
-def select(tensors: dict[str, np.ndarray], names: list[str]) -> Named:
-    """The tensors a caller asked for, in its order (all, sorted by name, when it asked for
-    none); INVALID_ARGUMENT naming an output that is not there."""
+def select(model: str, tensors: dict[str, np.ndarray], names: list[str]) -> Named:
+    """The outputs a caller asked for, in its order (all, sorted by name, when it asked for
+    none); INVALID_ARGUMENT naming the model and an output it did not return."""
     if not names:
         return sorted(tensors.items())
     missing = [n for n in names if n not in tensors]
     if missing:
         raise InvalidArgumentError(
-            f"output {missing[0]!r} was requested but the model returned {sorted(tensors)}"
+            f"model {model!r} has no output {missing[0]!r} (it returned {sorted(tensors)})"
         )
     return [(n, tensors[n]) for n in names]

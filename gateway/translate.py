@@ -7,7 +7,6 @@ from tritonclient.grpc import service_pb2 as kserve
 
 from gateway import codec
 from gateway.backends.wire import parse
-from gateway.errors import InvalidArgumentError
 from protos.tfs.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
@@ -30,13 +29,8 @@ def predict_response_to_infer(
 ) -> bytes:
     resp = parse(predict_pb2.PredictResponse, response, "PredictResponse from the backend")
     out = kserve.ModelInferResponse(model_name=name, model_version=str(version), id=request_id)
-    names = requested or sorted(resp.outputs)
-    tensors = []
-    for tensor_name in names:
-        if tensor_name not in resp.outputs:
-            raise InvalidArgumentError(f"model {name!r} has no output {tensor_name!r}")
-        tensors.append((tensor_name, codec.tf_to_array(tensor_name, resp.outputs[tensor_name])))
-    codec.add_kserve_outputs(out, tensors)
+    outputs = {k: codec.tf_to_array(k, t) for k, t in resp.outputs.items()}
+    codec.add_kserve_outputs(out, codec.select(name, outputs, requested))
     return out.SerializeToString()
 
 

@@ -14,7 +14,7 @@ from gateway import codec
 from gateway.backends import tfserving, triton
 from gateway.backends.channels import ChannelPool, Metadata
 from gateway.backends.wire import parse
-from gateway.errors import FailedPreconditionError, InvalidArgumentError
+from gateway.errors import FailedPreconditionError
 from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import predict_pb2
 
@@ -46,11 +46,8 @@ async def infer(
             instance.address, tfserving.PREDICT, preq.SerializeToString(), budget, metadata
         )
         presp = parse(predict_pb2.PredictResponse, data, "PredictResponse from the backend")
-        names = list(outputs) or sorted(presp.outputs)
-        missing = [n for n in names if n not in presp.outputs]
-        if missing:
-            raise InvalidArgumentError(f"model {model!r} has no output {missing[0]!r}")
-        return [(n, codec.tf_to_array(n, presp.outputs[n])) for n in names]
+        arrays = {k: codec.tf_to_array(k, t) for k, t in presp.outputs.items()}
+        return codec.select(model, arrays, list(outputs))
     if instance.protocol == "kserve":
         kreq = kserve.ModelInferRequest(model_name=model, model_version=str(version), id=request_id)
         codec.add_kserve_inputs(kreq, inputs)

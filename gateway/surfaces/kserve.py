@@ -199,7 +199,9 @@ class KServeSurface:
         out = kserve.ModelInferResponse(
             model_name=target.model.name, model_version=str(response.version), id=req.id
         )
-        codec.add_kserve_outputs(out, codec.select(response.tensors, [o.name for o in req.outputs]))
+        codec.add_kserve_outputs(
+            out, codec.select(target.model.name, response.tensors, [o.name for o in req.outputs])
+        )
         return out.SerializeToString()
 
     async def stream_infer(

@@ -105,7 +105,7 @@ class TFServingSurface:
         out.model_spec.name = target.model.name
         out.model_spec.version.value = int(response.version or 0)
         out.model_spec.signature_name = req.model_spec.signature_name or "serving_default"
-        for name, arr in codec.select(response.tensors, list(req.output_filter)):
+        for name, arr in codec.select(target.model.name, response.tensors, list(req.output_filter)):
             out.outputs[name].CopyFrom(codec.array_to_tf(name, arr))
         return out.SerializeToString()
 
