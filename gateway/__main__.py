@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from gateway import logs
 from gateway.settings import GatewaySettings
+from registry import readyfile
 from registry.errors import ModelgateError
 
 log = logging.getLogger("gateway")
@@ -21,7 +22,7 @@ FLAGS = (
     "zk", "root", "host", "port", "metrics_port", "max_message_bytes", "default_timeout",
     "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
     "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "plugin_dir",
-    "blob_token", "plugin_threads", "plugin_processes", "log_level",
+    "blob_token", "plugin_threads", "plugin_processes", "log_level", "ready_file",
 )  # fmt: skip
 
 
@@ -62,7 +63,8 @@ async def run(settings: GatewaySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"GATEWAY LISTENING {app.port} METRICS {app.metrics_port}", flush=True)
+    if settings.ready_file is not None:
+        readyfile.write(settings.ready_file, {"grpc": app.port, "metrics": app.metrics_port})
     await stop.wait()
     log.info("signal received: draining")
     await app.stop()

@@ -65,6 +65,9 @@ class GatewaySettings(BaseSettings):
     """Python logging level of the gateway's loggers."""
     log_json: bool = False
     """Log JSON lines (with model, version and request id of the call) instead of text."""
+    ready_file: Path | None = None
+    """Write a JSON file with the pid and bound ports here once serving (for supervisors and
+    tests)."""
 
     def node_id(self, port: int) -> str:
         return self.gateway_id or f"{socket.gethostname()}:{port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from manager_api.app import create_app
 from manager_api.auth import TokenStore
 from manager_api.settings import ManagerSettings
-from registry import Registry
+from registry import Registry, readyfile
 from registry.errors import ModelgateError
 
 
@@ -36,8 +37,23 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key matching --tls-cert")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
+    parser.add_argument("--ready-file", type=Path, help="write pid and port here once serving")
     args = vars(parser.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that writes the ready file once its socket is bound (so port 0 works)."""
+
+    def __init__(self, config: uvicorn.Config, ready_file: Path | None) -> None:
+        super().__init__(config)
+        self.ready_file = ready_file
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.ready_file is not None:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            readyfile.write(self.ready_file, {"http": port})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, settings.ready_file)
     try:
         server.run()
     finally:

@@ -70,6 +70,10 @@ class ManagerSettings(BaseSettings):
     log_level: str = "INFO"
     """Level of the ``manager_api`` loggers."""
 
+    ready_file: Path | None = None
+    """Write a JSON file with the pid and bound ports here once serving (for supervisors and
+    tests)."""
+
     @model_validator(mode="after")
     def _tls_pair(self) -> ManagerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -6,6 +6,8 @@
   other's nodes.
 - ``triton`` (session): the tritonserver from the nvidia-pytriton wheel, explicit model
   control, gRPC on a free port, with an empty model repository at ``triton.model_repository``.
+- ``tfs_double`` (session): the TF-Serving double (named ``double-a``) serving version 1 of
+  ``DOUBLE_MODEL``: ``y = 2 * x``.
 
 When a test that used ZooKeeper fails, the tail of the ZooKeeper log is printed.
 """
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry
-from registry.local_zookeeper import LocalZooKeeper
+from tests.servers.tfserving import DOUBLE_MODEL, TFServingDouble, write_double_model
 from worker_agent.tritonserver import TritonServer
 
 
@@ -73,3 +76,15 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tfs_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TFServingDouble]:
+    base = tmp_path_factory.mktemp("double") / DOUBLE_MODEL
+    write_double_model(base, 1, op="mul", value=2.0)
+    server = TFServingDouble(name="double-a", load_delay=0.0)
+    try:
+        server.serve(DOUBLE_MODEL, base, 1)
+        yield server
+    finally:
+        server.stop()

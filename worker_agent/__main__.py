@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from registry import readyfile
 from registry.errors import ModelgateError
 from worker_agent import logs
 from worker_agent.agent import WorkerAgent
@@ -34,7 +35,10 @@ async def run(settings: WorkerSettings) -> None:
     log.info(
         "worker %s running (status port %s)", agent.worker_id, agent.status and agent.status.port
     )
-    print(f"READY {agent.worker_id} {agent.status.port if agent.status else 0}", flush=True)
+    if settings.ready_file is not None:
+        assert agent.status is not None and agent.status.port is not None  # started
+        ports = {"status": agent.status.port}
+        readyfile.write(settings.ready_file, ports, worker_id=agent.worker_id)
     await stop.wait()
     log.info("signal received")
     await agent.drain()

@@ -108,6 +108,9 @@ class WorkerSettings(BaseSettings):
     """Logging level of the agent."""
     log_json: bool = False
     """Log one JSON object per line."""
+    ready_file: Path | None = None
+    """Write a JSON file with the pid and bound ports here once serving (for supervisors and
+    tests)."""
 
     _labels = field_validator("labels", mode="before")(_parse_labels)
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from registry.netutil import terminate
+from registry.processes import terminate
 from worker_agent.metrics import WorkerMetrics
 from worker_agent.tritonserver import TritonServer
 

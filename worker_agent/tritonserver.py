@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.netutil import listening_ports, terminate
+from registry.processes import listening_ports, terminate
 
 log = logging.getLogger("worker_agent.tritonserver")
 

@@ -40,7 +40,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as triton_grpc  # noqa: E402
 
-from deploy.local.stack import LocalStack, StackError, stack_pids  # noqa: E402
+from deploy.local.leftovers import stack_pids  # noqa: E402
+from deploy.local.stack import LocalStack, StackError  # noqa: E402
 from examples.digits import train  # noqa: E402
 from examples.digits.images import render  # noqa: E402
 from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402

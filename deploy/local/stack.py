@@ -3,14 +3,15 @@
 Started, in order: ZooKeeper (Debian's package, as a plain Java process), the manager
 (REST API with a generated tokens file), two worker agents each launching and supervising
 its own ``tritonserver`` (from the nvidia-pytriton wheel), and one gateway. Every role runs
-as ``python -m <role>`` in a process group of its own, with its output in
-``<run-dir>/logs/<process>.log``; ``start()`` returns once each process is ready (gateway
-``grpc.health.v1`` SERVING, manager ``/healthz`` 200, workers registered in ZooKeeper).
+as ``python -m <role>`` with :mod:`deploy.local.runner` (a process group of its own, its
+output in ``<run-dir>/logs/<process>.log``); ``start()`` returns once each process has
+written its ready file and is ready (gateway ``grpc.health.v1`` SERVING, manager
+``/healthz`` 200, workers registered in ZooKeeper).
 
 State lives under the run dir (default ``.run/`` in the repository): a lock held while the
-stack runs (a second stack on the same dir is refused; the lock dies with its process, so
-it never goes stale), ``pids`` (every process group started, so a crashed run's leftovers
-are killed by the next start), ``stack.json`` (the endpoints and tokens, mode 0600) and one
+stack runs (a second stack on the same dir is refused), ``pids`` (every process group
+started, so a crashed run's leftovers are killed by the next start; see
+:mod:`deploy.local.leftovers`), ``stack.json`` (the endpoints and tokens, mode 0600) and one
 directory per process, wiped at every start.
 
 Run it with ``.venv/bin/python deploy/local/stack.py`` (``--help`` lists the ports), or use
@@ -24,29 +25,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: `python deploy/local/stack.py`
     sys.path.insert(0, str(REPO))
 
+from deploy.local import leftovers  # noqa: E402
+from deploy.local.leftovers import ENV_MARKER, MARKER, RunDirLock, stack_pids  # noqa: E402
+from deploy.local.runner import Process, ProcessFailed, stop_all  # noqa: E402
+from deploy.local.zookeeper import LocalZooKeeper  # noqa: E402
 from registry import layout  # noqa: E402
-from registry.local_zookeeper import LocalZooKeeper  # noqa: E402
-from registry.netutil import listening_ports  # noqa: E402
 
 log = logging.getLogger("deploy.local")
 
@@ -54,8 +56,6 @@ DEFAULT_RUN_DIR = REPO / ".run"
 # Sub-directories and files of the run dir this stack owns (wiped at start); anything else
 # under .run/ (e.g. other tools' files) is left alone.
 _OWNED = ("logs", "zookeeper", "manager", "gateway", "workers", "pids", "stack.json")
-_MARKER = "modelgate_stack"  # `python -X modelgate_stack=<run-dir>`: visible in `ps`
-_ENV_MARKER = "MODELGATE_LOCAL_STACK"  # inherited by everything the roles start
 
 
 class StackError(RuntimeError):
@@ -75,17 +75,6 @@ class WorkerEndpoint:
     pid: int = 0
     triton_address: str = ""
     status_url: str = ""
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
 
 @dataclass
@@ -129,9 +118,9 @@ class LocalStack:
         self.log_dir = self.run_dir / "logs"
         if len(self.triton_ports) != len(self.worker_status_ports):
             raise ValueError("give as many triton ports as worker status ports")
-        self._procs: list[_Proc] = []
+        self._procs: list[Process] = []
         self._zk: LocalZooKeeper | None = None
-        self._lock: TextIO | None = None
+        self._lock = RunDirLock(self.run_dir)
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -155,6 +144,9 @@ class LocalStack:
             self._wait_gateway(gateway)
             self._wait_workers(worker_procs)
             self._write_state()
+        except ProcessFailed as err:
+            self.stop()
+            raise StackError(str(err)) from None
         except BaseException:
             self.stop()
             raise
@@ -162,81 +154,67 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process started (SIGTERM to each group, SIGKILL after the grace)."""
-        if self._stopping or self._lock is None:
+        if self._stopping or not self._lock.held:
             return  # never started, or refused (the dir belongs to another stack)
         self._stopping = True
         try:
             # Roles first (workers still need ZooKeeper to deregister), ZooKeeper last.
-            _terminate_groups([(p.pid, p.popen) for p in self._procs], self.stop_grace)
+            stop_all(self._procs, self.stop_grace)
             self._procs.clear()
             if self._zk is not None:
                 self._zk.stop()
                 self._zk = None
             # Anything still carrying our marker (e.g. a Triton stub that left its group).
-            _terminate_pids(_stack_pids(self.run_dir), grace=5.0)
+            leftovers.kill(stack_pids(self.run_dir))
             for name in ("pids", "stack.json"):  # the logs stay, for a post-mortem
                 with contextlib.suppress(FileNotFoundError):
                     (self.run_dir / name).unlink()
         finally:
-            self._lock.close()
-            self._lock = None
+            self._lock.release()
             self._stopping = False
 
     @property
     def pids(self) -> dict[str, int]:
         """Process id of every running role process (group leaders), by process name."""
-        out = {p.name: p.pid for p in self._procs if p.popen.poll() is None}
+        out = {p.name: p.pid for p in self._procs if p.running}
         if self._zk is not None and self._zk.proc is not None:
             out["zookeeper"] = self._zk.proc.pid
         return out
 
     def dead(self) -> list[str]:
         """Names of the processes that exited since start (for a supervisor loop)."""
-        names = [p.name for p in self._procs if p.popen.poll() is not None]
+        names = [p.name for p in self._procs if not p.running]
         if self._zk is not None and not self._zk.running:
             names.append("zookeeper")
         return names
 
     def triton_pid(self, index: int) -> int | None:
         """Pid of the tritonserver launched by worker ``index`` (to kill it in a demo)."""
-        agent = self.workers[index].pid
-        for pid in _stack_pids(self.run_dir):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == agent and cmd.endswith(b"tritonserver"):
-                return pid
+        try:
+            children = psutil.Process(self.workers[index].pid).children()
+        except psutil.Error:
+            return None
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if child.name() == "tritonserver":
+                    return child.pid
         return None
 
     # ------------------------------------------------------------------ steps
 
     def _prepare(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = (self.run_dir / "stack.lock").open("a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            owner = lock.read().strip() or "?"
-            lock.close()
+        owner = self._lock.acquire()
+        if owner is not None:
             raise StackError(
                 f"another local stack is running from {self.run_dir} (pid {owner}); "
                 "stop it first (Ctrl-C in its terminal, or kill that pid)"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._lock = lock
+            )
         self.workers = []
-        self._kill_leftovers()
+        leftovers.kill_leftovers(self.run_dir)
         for name in _OWNED:
             path = self.run_dir / name
             if path.is_dir():
-                _rmtree(path)
+                shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
         self.log_dir.mkdir(parents=True)
@@ -258,33 +236,6 @@ class LocalStack:
                 "others with the --*-port options (0 picks a free one)"
             )
 
-    def _kill_leftovers(self) -> None:
-        """Kill what a crashed previous run left: recorded groups, then marked processes."""
-        pids_file = self.run_dir / "pids"
-        groups: list[tuple[str, int]] = []
-        if pids_file.exists():
-            for line in pids_file.read_text().splitlines():
-                with contextlib.suppress(ValueError, KeyError):
-                    entry = json.loads(line)
-                    # Only if that pid is still one of ours (pids get reused).
-                    if _is_ours(int(entry["pid"]), self.run_dir):
-                        groups.append((entry["name"], int(entry["pid"])))
-        if groups:
-            log.warning("killing %d leftover process group(s) of a previous run", len(groups))
-        # The roles first (they deregister through ZooKeeper), ZooKeeper last.
-        _terminate_groups([(pid, None) for name, pid in groups if name != "zookeeper"], 5.0)
-        _terminate_groups([(pid, None) for name, pid in groups if name == "zookeeper"], 5.0)
-        leftovers = _stack_pids(self.run_dir)
-        if leftovers:
-            log.warning("killing leftover processes of a previous run: %s", leftovers)
-        _terminate_pids(leftovers, grace=5.0)
-
-    def _record(self, name: str, pid: int) -> None:
-        with (self.run_dir / "pids").open("a") as f:
-            f.write(json.dumps({"name": name, "pid": pid}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
     def _start_zookeeper(self) -> None:
         port = self.zk_port or None
         if port is not None and not _port_free("127.0.0.1", port):
@@ -299,7 +250,7 @@ class LocalStack:
         except RuntimeError as err:  # not installed (says how to install), or did not start
             raise StackError(f"ZooKeeper: {err}") from None
         assert zk.proc is not None
-        self._record("zookeeper", zk.proc.pid)
+        leftovers.record(self.run_dir, "zookeeper", zk.proc.pid)
         # The log LocalZooKeeper writes, linked where the other logs are.
         with contextlib.suppress(OSError):
             (self.log_dir / "zookeeper.log").symlink_to(zk.log_path)
@@ -322,33 +273,21 @@ class LocalStack:
 
     def _spawn(
         self, name: str, module: str, args: list[str], secrets_env: dict[str, str] | None = None
-    ) -> _Proc:
-        log_path = self.log_dir / f"{name}.log"
+    ) -> Process:
         env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
         # Flags are explicit; don't let a MODELGATE_* variable of the caller's shell change
         # what the stack runs.
         for key in [k for k in env if k.startswith("MODELGATE_")]:
             del env[key]
         env.update(secrets_env or {})  # tokens: in the environment, not in `ps` output
-        env[_ENV_MARKER] = str(self.run_dir)
-        cmd = [self.python, "-X", f"{_MARKER}={self.run_dir}", "-m", module, *args]
-        with log_path.open("ab") as out:
-            popen = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-                env=env,
-                start_new_session=True,  # own process group: stopped as a whole
-            )
-        proc = _Proc(name, popen, log_path)
-        self._procs.append(proc)
-        self._record(name, popen.pid)
+        env[ENV_MARKER] = str(self.run_dir)
+        cmd = [self.python, "-X", f"{MARKER}={self.run_dir}", "-m", module, *args]
+        proc = Process(name, cmd, log=self.log_dir / f"{name}.log", env=env, cwd=REPO)
+        self._procs.append(proc.start())
+        leftovers.record(self.run_dir, name, proc.pid)
         return proc
 
-    def _spawn_manager(self) -> _Proc:
+    def _spawn_manager(self) -> Process:
         manager_dir = self.run_dir / "manager"
         args = [
             "--zk", self.zk_hosts,
@@ -365,7 +304,7 @@ class LocalStack:
             args += ["--public-url", f"http://{self.host}:{self.manager_port}"]
         return self._spawn("manager", "manager_api", args)
 
-    def _spawn_gateway(self) -> _Proc:
+    def _spawn_gateway(self) -> Process:
         args = [
             "--zk", self.zk_hosts,
             "--root", self.zk_root,
@@ -385,7 +324,7 @@ class LocalStack:
         }
         return self._spawn("gateway", "gateway", args, env)
 
-    def _spawn_worker(self, index: int) -> _Proc:
+    def _spawn_worker(self, index: int) -> Process:
         name = f"worker-{index + 1}"
         base = self.run_dir / "workers" / name
         model_root = base / "models"
@@ -427,34 +366,11 @@ class LocalStack:
 
     # ------------------------------------------------------------------ readiness
 
-    def _wait(self, proc: _Proc, what: str, check: Any) -> Any:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                raise StackError(
-                    f"{proc.name} exited with code {proc.popen.returncode} before {what}; "
-                    f"log {proc.log}:\n{_tail(proc.log)}"
-                )
-            result = check()
-            if result:
-                return result
-            time.sleep(0.2)
-        raise StackError(
-            f"{proc.name} not {what} within {self.ready_timeout:g}s; log {proc.log}:\n"
-            f"{_tail(proc.log)}"
-        )
-
-    def _wait_manager(self, proc: _Proc) -> None:
+    def _wait_manager(self, proc: Process) -> None:
         import httpx
 
-        def port() -> int | None:
-            if self.manager_port:
-                return self.manager_port
-            ports = listening_ports(proc.pid)
-            return ports[0] if ports else None
-
-        p = self._wait(proc, "listening", port)
-        self.manager_url = f"http://{self.host}:{p}"
+        proc.wait_ready(self.ready_timeout)
+        self.manager_url = f"http://{self.host}:{proc.port('http')}"
 
         def healthy() -> bool:
             try:
@@ -462,22 +378,15 @@ class LocalStack:
             except httpx.HTTPError:
                 return False
 
-        self._wait(proc, "healthy (/healthz 200)", healthy)
+        proc.wait_for(healthy, "healthy (/healthz 200)", self.ready_timeout)
 
-    def _wait_gateway(self, proc: _Proc) -> None:
+    def _wait_gateway(self, proc: Process) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        def ports() -> tuple[int, int] | None:
-            for line in _read(proc.log).splitlines():
-                if line.startswith("GATEWAY LISTENING"):
-                    words = line.split()
-                    return int(words[2]), int(words[4])
-            return None
-
-        port, metrics_port = self._wait(proc, "listening", ports)
-        self.gateway_address = f"{self.host}:{port}"
-        self.gateway_metrics_url = f"http://{self.host}:{metrics_port}/metrics"
+        proc.wait_ready(self.ready_timeout)
+        self.gateway_address = f"{self.host}:{proc.port('grpc')}"
+        self.gateway_metrics_url = f"http://{self.host}:{proc.port('metrics')}/metrics"
 
         def serving() -> bool:
             with grpc.insecure_channel(self.gateway_address) as channel:
@@ -489,31 +398,23 @@ class LocalStack:
                     return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-        self._wait(proc, "SERVING (grpc.health.v1)", serving)
+        proc.wait_for(serving, "SERVING (grpc.health.v1)", self.ready_timeout)
 
-    def _wait_workers(self, procs: list[_Proc]) -> None:
+    def _wait_workers(self, procs: list[Process]) -> None:
         from registry import Registry
         from registry.records import Worker
 
         for proc, worker in zip(procs, self.workers, strict=True):
-
-            def ready(proc: _Proc = proc) -> tuple[str, int] | None:
-                for line in _read(proc.log).splitlines():
-                    if line.startswith("READY "):
-                        words = line.split()
-                        return words[1], int(words[2])
-                return None
-
-            worker_id, status_port = self._wait(proc, "ready", ready)
-            worker.worker_id, worker.status_port = worker_id, status_port
-            worker.status_url = f"http://{self.host}:{status_port}"
+            ready = proc.wait_ready(self.ready_timeout)
+            worker.worker_id, worker.status_port = ready["worker_id"], proc.port("status")
+            worker.status_url = f"http://{self.host}:{worker.status_port}"
         with Registry(self.zk_hosts, self.zk_root, connect_timeout=10) as registry:
             for proc, worker in zip(procs, self.workers, strict=True):
-                self._wait(
-                    proc,
-                    "registered in ZooKeeper",
-                    lambda w=worker: w.worker_id in registry.children(layout.WORKERS),
-                )
+
+                def registered(worker_id: str = worker.worker_id) -> bool:
+                    return worker_id in registry.children(layout.WORKERS)
+
+                proc.wait_for(registered, "registered in ZooKeeper", self.ready_timeout)
                 record = registry.read(layout.worker(worker.worker_id), Worker)
                 if record is not None:
                     worker.triton_address = record.address
@@ -576,141 +477,7 @@ Ctrl-C stops everything.
 """
 
 
-# ---------------------------------------------------------------------- process helpers
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _is_ours(pid: int, run_dir: Path) -> bool:
-    """True if ``pid`` belongs to the stack of ``run_dir``.
-
-    Its processes carry ``MODELGATE_LOCAL_STACK=<run-dir>`` in their environment (the
-    roles, and what they start: Triton and its stubs), or are its ZooKeeper. A process
-    that merely names a file in the run dir (``tail -f .run/logs/...``) is not ours.
-    """
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # gone, or another user's
-        return False
-    if f"{_ENV_MARKER}={run_dir}".encode() in environ:
-        return True
-    args = _cmdline(pid)
-    zoo_cfg = str(run_dir / "zookeeper" / "zoo.cfg")
-    return "org.apache.zookeeper.server.quorum.QuorumPeerMain" in args and zoo_cfg in args
-
-
-def _stack_pids(run_dir: Path) -> list[int]:
-    """Every live process whose command line names ``run_dir`` (other than this one)."""
-    skip = _ancestors()  # e.g. `timeout 60 python stack.py --run-dir X` names X too
-    found = []
-    for entry in Path("/proc").iterdir():
-        if (
-            entry.name.isdigit()
-            and int(entry.name) not in skip
-            and _is_ours(int(entry.name), run_dir)
-        ):
-            if not _is_zombie(int(entry.name)):
-                found.append(int(entry.name))
-    return sorted(found)
-
-
-def _ancestors() -> set[int]:
-    """This process and its parents."""
-    pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return pids
-
-
-def stack_pids(run_dir: Path | str = DEFAULT_RUN_DIR) -> list[int]:
-    """Pids of the live processes of the stack using ``run_dir`` (for tests and scripts)."""
-    return _stack_pids(Path(run_dir).resolve())
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Only zombies left (reaped by whoever started them) count as gone.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _terminate_groups(
-    groups: list[tuple[int, subprocess.Popen[bytes] | None]], grace: float
-) -> None:
-    """Stop process groups: SIGTERM to each leader (every role stops its own children, e.g.
-    the agent its Triton), SIGTERM to what is left of a group once its leader is gone or
-    ``grace`` s have passed, and SIGKILL to anything still there 3 s later.
-    """
-
-    def leader_alive(pid: int, popen: subprocess.Popen[bytes] | None) -> bool:
-        if popen is not None:
-            return popen.poll() is None
-        return not _is_zombie(pid)
-
-    for pgid, _ in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(leader_alive(*g) for g in groups):
-        time.sleep(0.1)
-    for pgid, _ in groups:
-        if _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and any(_group_alive(g) for g, _ in groups):
-        time.sleep(0.1)
-    for pgid, popen in groups:
-        if _group_alive(pgid):
-            log.warning("process group %d did not stop within %gs: SIGKILL", pgid, grace)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5)
-
-
-def _terminate_pids(pids: list[int], grace: float) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(not _is_zombie(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if not _is_zombie(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+# ---------------------------------------------------------------------- helpers
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -726,23 +493,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(_read(path).splitlines()[-lines:]) or "(empty log)"
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 # ---------------------------------------------------------------------- make up
@@ -787,7 +537,7 @@ class _Interrupted(BaseException):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    for name in ("deploy.local", "registry.local_zookeeper"):
+    for name in ("deploy.local", "deploy.local.zookeeper"):
         logging.getLogger(name).setLevel(logging.INFO)
     # This process's own short ZooKeeper session (the readiness check) is not news.
     logging.getLogger("registry.zk").setLevel(logging.ERROR)
@@ -832,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
         stack.stop()
-        left = _stack_pids(stack.run_dir)
+        left = stack_pids(stack.run_dir)
         if left:
             print(f"ERROR: processes left running: {left}", file=sys.stderr, flush=True)
             code = 1

@@ -13,8 +13,9 @@ A "model version" is a directory ``<base_path>/<version>/`` holding ``double.jso
 to the input tensor and returns it under the output name, plus a string tensor
 ``served_by`` naming this double (``--name``) so tests can count calls per instance.
 
-Run: ``python -m tests.doubles.tfserving_double --port 0 --name a``; it prints
-``LISTENING <port>`` once serving. It imports TensorFlow (~4 s): run it as a subprocess.
+Run: ``python -m tests.doubles.tfserving_double --port 0 --name a --ready-file PATH``; once
+serving it writes ``{"pid": ..., "ports": {"grpc": <port>}}`` to PATH (see
+:mod:`registry.readyfile`). It imports TensorFlow (~4 s): run it as a subprocess.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
+
+from registry import readyfile
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 START = get_model_status_pb2.ModelVersionStatus.START
@@ -189,6 +192,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="tfserving-double")
     parser.add_argument("--load-delay", type=float, default=0.2)
+    parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args()
     models = Models(args.load_delay)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -198,7 +202,7 @@ def main() -> None:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
-    print(f"LISTENING {port}", flush=True)
+    readyfile.write(args.ready_file, {"grpc": port})
     try:
         server.wait_for_termination()
     except KeyboardInterrupt:

@@ -1,16 +1,17 @@
 """Clients in Java, Node and Python against a LIVE gateway (``python -m gateway``).
 
-One gateway subprocess per module, with real ZooKeeper and real Triton (session fixtures)
-and the TF-Serving double; routes are written with ``registry`` as a worker agent would:
+One gateway subprocess per module, with real ZooKeeper, real Triton and the TF-Serving
+double (session fixtures); routes are written with ``registry`` as a worker agent would:
 
 - ``add_one_clients`` on Triton (KServe v2): ``INPUT0`` [1, 2, 3] -> ``OUTPUT0`` [2, 3, 4];
-- ``dbl_clients`` on the TF-Serving double: ``x`` [1, 2, 3] -> ``y`` [2, 4, 6];
+- ``dbl`` on the TF-Serving double: ``x`` [1, 2, 3] -> ``y`` [2, 4, 6];
 - ``idle_clients``: a known model with no ready instance (UNAVAILABLE).
 
-Each client makes the three calls (KServe ``ModelInfer``, TF-Serving ``Predict``,
-``modelgate.v1.Gateway/Invoke``) against both models, so both translations of the gateway
-are exercised from each language. The Java and Node toolchains come from
-``examples/clients/setup.sh``; when one is missing the test fails with that command.
+The Java and Node clients (one test each, parametrized by language) make the three calls
+(KServe ``ModelInfer``, TF-Serving ``Predict``, ``modelgate.v1.Gateway/Invoke``) against
+both models, so both translations of the gateway are exercised from each language. Their
+toolchains come from ``examples/clients/setup.sh``; when one is missing the test fails with
+that command.
 """
 
 from __future__ import annotations
@@ -33,15 +34,10 @@ import tritonclient.grpc as triton_grpc
 
 from examples.models import write_add_one
 from modelgate_client import GatewayClient, NotFoundError, RetryPolicy, UnavailableError
-from protos.tfs.tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_management_pb2,
-    model_service_pb2_grpc,
-)
 from registry import Registry, layout
 from registry.records import Model, ModelVersion, Route
-from tests.e2e.clients.gateway_process import GatewayProcess
-from tests.servers.tfserving import TFServingDouble, write_double_model
+from tests.servers.gateway import GatewayProcess
+from tests.servers.tfserving import DOUBLE_MODEL, TFServingDouble
 from tests.servers.zk import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -51,7 +47,7 @@ CLIENTS = REPO / "examples" / "clients"
 SETUP = "examples/clients/setup.sh"
 
 ADD_ONE = "add_one_clients"
-DOUBLE = "dbl_clients"
+DOUBLE = DOUBLE_MODEL
 IDLE = "idle_clients"
 
 
@@ -88,36 +84,9 @@ def _publish(registry: Registry, name: str, backend: str, address: str | None) -
 
 
 @pytest.fixture(scope="module")
-def tfs_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TFServingDouble]:
-    base = tmp_path_factory.mktemp("clients-double") / DOUBLE
-    write_double_model(base, 1, op="mul", value=2.0, input_name="x", output_name="y")
-    server = TFServingDouble(name="clients-double", load_delay=0.0)
-    try:
-        request = model_management_pb2.ReloadConfigRequest()
-        cfg = request.config.model_config_list.config.add(
-            name=DOUBLE, base_path=str(base), model_platform="tensorflow"
-        )
-        cfg.model_version_policy.specific.versions.append(1)
-        status = get_model_status_pb2.GetModelStatusRequest()
-        status.model_spec.name = DOUBLE
-        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        with grpc.insecure_channel(server.address) as channel:
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)
-            stub.HandleReloadConfigRequest(request, timeout=10)
-            wait_for(
-                lambda: any(
-                    s.state == available
-                    for s in stub.GetModelStatus(status, timeout=5).model_version_status
-                ),
-                what=f"{DOUBLE} AVAILABLE on the TF-Serving double",
-            )
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(zookeeper, triton, tfs_double: TFServingDouble) -> Iterator[GatewayProcess]:
+def gateway(
+    zookeeper, triton, tfs_double: TFServingDouble, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     write_add_one(triton.model_repository, ADD_ONE)
     tc = triton_grpc.InferenceServerClient(triton.address)
     tc.load_model(ADD_ONE)
@@ -128,8 +97,11 @@ def gateway(zookeeper, triton, tfs_double: TFServingDouble) -> Iterator[GatewayP
     _publish(registry, ADD_ONE, "triton", triton.address)
     _publish(registry, DOUBLE, "tfserving", tfs_double.address)
     _publish(registry, IDLE, "triton", None)
-    process = GatewayProcess(zookeeper.hosts, registry.root)
+    workdir = tmp_path_factory.mktemp("e2e-gateway")
+    args = ["--zk", zookeeper.hosts, "--root", registry.root, "--gateway-id", "e2e-clients"]
+    process = GatewayProcess(workdir, *args)
     try:
+        process.serve()
         with GatewayClient(process.address, timeout=5.0) as client:
 
             def routable() -> bool:
@@ -208,33 +180,6 @@ def java_client() -> list[str]:
     return ["java", "-cp", classpath, "io.modelgate.examples.Client"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.model)
-def test_java_client_calls_kserve_tfserving_and_invoke(java_client, gateway, case: Case) -> None:
-    args = ["--address", gateway.address, "--model", case.model]
-    args += ["--input", case.input, "--output", case.output, "--timeout-ms", "30000"]
-    result = _run([*java_client, *args], 120)
-
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.stdout.splitlines() == case.lines()
-
-
-def test_java_client_exits_non_zero_with_the_grpc_code(java_client, gateway) -> None:
-    result = _run([*java_client, "--address", gateway.address, "--model", "no_such_model"], 120)
-
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert "NOT_FOUND" in result.stderr and "no_such_model" in result.stderr
-
-
-@pytest.mark.parametrize("call", ["kserve", "tfserving", "invoke"])
-def test_java_client_gives_every_call_a_deadline(java_client, silent_server, call: str) -> None:
-    args = ["--address", silent_server, "--calls", call, "--timeout-ms", "500"]
-    result = _run([*java_client, *args], 60)
-
-    assert result.returncode == 1
-    assert "DEADLINE_EXCEEDED" in result.stderr
-
-
 # -- Node ------------------------------------------------------------------------------
 
 
@@ -251,18 +196,28 @@ def node_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["node", str(node_dir / "client.js"), "--descriptors", str(descriptors)]
 
 
+# -- Java and Node: the same command-line contract -------------------------------------
+
+
+@pytest.fixture(params=["java", "node"])
+def client_cmd(request: pytest.FixtureRequest) -> list[str]:
+    """The command of the Java or the Node example client."""
+    cmd: list[str] = request.getfixturevalue(f"{request.param}_client")
+    return cmd
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.model)
-def test_node_client_calls_kserve_tfserving_and_invoke(node_client, gateway, case: Case) -> None:
+def test_client_calls_kserve_tfserving_and_invoke(client_cmd, gateway, case: Case) -> None:
     args = ["--address", gateway.address, "--model", case.model]
     args += ["--input", case.input, "--output", case.output, "--timeout-ms", "30000"]
-    result = _run([*node_client, *args], 120)
+    result = _run([*client_cmd, *args], 120)
 
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.stdout.splitlines() == case.lines()
 
 
-def test_node_client_exits_non_zero_with_the_grpc_code(node_client, gateway) -> None:
-    result = _run([*node_client, "--address", gateway.address, "--model", "no_such_model"], 120)
+def test_client_exits_non_zero_with_the_grpc_code(client_cmd, gateway) -> None:
+    result = _run([*client_cmd, "--address", gateway.address, "--model", "no_such_model"], 120)
 
     assert result.returncode == 1
     assert result.stdout == ""
@@ -270,9 +225,9 @@ def test_node_client_exits_non_zero_with_the_grpc_code(node_client, gateway) -> 
 
 
 @pytest.mark.parametrize("call", ["kserve", "tfserving", "invoke"])
-def test_node_client_gives_every_call_a_deadline(node_client, silent_server, call: str) -> None:
+def test_client_gives_every_call_a_deadline(client_cmd, silent_server, call: str) -> None:
     args = ["--address", silent_server, "--calls", call, "--timeout-ms", "500"]
-    result = _run([*node_client, *args], 60)
+    result = _run([*client_cmd, *args], 60)
 
     assert result.returncode == 1
     assert "DEADLINE_EXCEEDED" in result.stderr

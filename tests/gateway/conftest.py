@@ -1,5 +1,6 @@
 """Gateway test fixtures: an in-process gateway (own thread and event loop), a second real
-Triton, the TF-Serving double with a model, and helpers to write routes into ZooKeeper."""
+Triton, and helpers to write routes into ZooKeeper (the TF-Serving double serving
+``DOUBLE_MODEL`` is the shared ``tfs_double`` of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client import CollectorRegistry
@@ -19,19 +19,12 @@ from prometheus_client import CollectorRegistry
 from examples.models import write_add_one
 from gateway.app import GatewayApp
 from gateway.settings import GatewaySettings
-from protos.tfs.tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_management_pb2,
-    model_service_pb2_grpc,
-)
 from registry import Registry, layout
 from registry.records import Model, ModelVersion, Route
-from tests.servers.tfserving import TFServingDouble, write_double_model
-from tests.servers.zk import wait_for
+from tests.servers.tfserving import DOUBLE_MODEL as DOUBLE_MODEL
 from worker_agent.tritonserver import TritonServer
 
 ADD_ONE = "add_one_gw"
-DOUBLE_MODEL = "dbl"
 
 
 def write_versions(repo: Path, name: str, increments: dict[int, float]) -> None:
@@ -62,33 +55,6 @@ def triton_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]
     server = TritonServer(workdir / "models", workdir)
     server.start()
     load_add_one(server)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def tfs_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TFServingDouble]:
-    base = tmp_path_factory.mktemp("double") / DOUBLE_MODEL
-    write_double_model(base, 1, op="mul", value=2.0)
-    server = TFServingDouble(name="double-a", load_delay=0.0)
-    request = model_management_pb2.ReloadConfigRequest()
-    cfg = request.config.model_config_list.config.add(
-        name=DOUBLE_MODEL, base_path=str(base), model_platform="tensorflow"
-    )
-    cfg.model_version_policy.specific.versions.append(1)
-    with grpc.insecure_channel(server.address) as channel:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        stub.HandleReloadConfigRequest(request, timeout=10)
-        status = get_model_status_pb2.GetModelStatusRequest()
-        status.model_spec.name = DOUBLE_MODEL
-        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        wait_for(
-            lambda: any(
-                s.state == available
-                for s in stub.GetModelStatus(status, timeout=5).model_version_status
-            ),
-            what="the double's model AVAILABLE",
-        )
     yield server
     server.stop()
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import layout
 from registry.records import Gateway
 from tests.gateway.conftest import ADD_ONE, load_add_one, put_model, put_route, put_version
+from tests.servers.gateway import GatewayProcess
 from tests.servers.zk import expire_session, wait_for
 from worker_agent.tritonserver import TritonServer
 
@@ -130,34 +131,30 @@ def test_labels_and_weights_80_20_over_1000_calls(registry, gateway, triton_a, t
     client.close()
 
 
-def test_python_m_gateway_registers_serves_and_drains_on_sigterm(zookeeper, zk_root, registry):
+def test_python_m_gateway_registers_serves_and_drains_on_sigterm(
+    zookeeper, zk_root, registry, tmp_path
+):
     env = dict(os.environ, MODELGATE_GATEWAY_ROOT=zk_root)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--zk", zookeeper.hosts, "--host", "127.0.0.1",
-         "--port", "0", "--metrics-port", "0", "--gateway-id", "gw-cli", "--grace-seconds", "1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    args = ["--zk", zookeeper.hosts, "--gateway-id", "gw-cli", "--grace-seconds", "1"]
+    process = GatewayProcess(tmp_path, *args, env=env)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("GATEWAY LISTENING"), proc.stderr.read() if proc.stderr else line
-        port = int(line.split()[2])
+        process.serve()
+        port = process.port("grpc")
         record = wait_for(
             lambda: registry.read(layout.gateway("gw-cli"), Gateway), what="registration"
         )
         assert record.address.endswith(f":{port}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(process.address) as channel:
             check = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
             assert check.status == health_pb2.HealthCheckResponse.SERVING
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert process.popen is not None
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(30) == 0, process.log_tail()
         wait_for(lambda: not registry.exists(layout.gateway("gw-cli")), what="deregistration")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        process.stop()
 
 
 def test_session_expiry_re_registers_and_resyncs(registry, gateway, triton_a, triton_b):

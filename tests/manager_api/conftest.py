@@ -17,11 +17,11 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from deploy.local.zookeeper import LocalZooKeeper
 from manager_api.app import create_app
 from manager_api.auth import TokenEntry, TokenStore
 from manager_api.settings import ManagerSettings
 from registry import Registry, layout
-from registry.local_zookeeper import LocalZooKeeper
 from registry.records import Group, Worker
 from tests.servers.zk import wait_for
 

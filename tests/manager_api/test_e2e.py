@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from deploy.local.runner import Process, stop_all
 from examples.models import write_add_one
 from registry import Registry, layout
-from registry.netutil import listening_ports
 from tests.manager_api.conftest import TOKENS, TOKENS_TOML
+from tests.servers.gateway import GatewayProcess
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
@@ -46,38 +47,16 @@ def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TritonSer
             server.stop()
 
 
-class Proc:
-    """A child process whose output goes to a log file (printed if the test fails)."""
-
-    def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-
-
 @pytest.fixture
-def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
-    started: list[Proc] = []
+def procs(request: pytest.FixtureRequest) -> Iterator[list[Process]]:
+    """Processes started by the test: stopped after it (their logs printed if it failed)."""
+    started: list[Process] = []
     yield started
-    for proc in reversed(started):
-        proc.stop()
+    stop_all(started[::-1], grace=20)
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         for proc in started:
-            print(f"\n----- {proc.name} ({proc.log}) -----\n{proc.tail()}")
+            print(f"\n----- {proc.name} ({proc.log}) -----\n{proc.log_tail()}")
 
 
 def add_one_archive(tmp: Path) -> Path:
@@ -143,7 +122,7 @@ def test_deploy_offline_online_and_failover(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(TOKENS_TOML)
-    manager = Proc(
+    manager = Process(
         "manager",
         [
             sys.executable,
@@ -164,18 +143,16 @@ def test_deploy_offline_online_and_failover(
             "--audit-log",
             str(tmp_path / "audit.jsonl"),
         ],
-        tmp_path / "manager.log",
-        {**env, "MODELGATE_MANAGER_RECONCILE_INTERVAL_S": "1"},
+        log=tmp_path / "manager.log",
+        env={**env, "MODELGATE_MANAGER_RECONCILE_INTERVAL_S": "1"},
     )
-    procs.append(manager)
-    port = wait_for(
-        lambda: listening_ports(manager.popen.pid), timeout=60, what="the manager's port"
-    )[0]
-    url = f"http://127.0.0.1:{port}"
+    procs.append(manager.start())
+    manager.wait_ready(timeout=60)
+    url = f"http://127.0.0.1:{manager.port('http')}"
 
     agents = {}
     for worker_id, triton in zip(("wa", "wb"), tritons, strict=True):
-        agent = Proc(
+        agent = Process(
             worker_id,
             [
                 sys.executable,
@@ -210,10 +187,10 @@ def test_deploy_offline_online_and_failover(
                 "--blob-token",
                 TOKENS["internal"],
             ],
-            tmp_path / f"{worker_id}.log",
-            env,
+            log=tmp_path / f"{worker_id}.log",
+            env=env,
         )
-        procs.append(agent)
+        procs.append(agent.start())
         agents[worker_id] = agent
     wait_for(
         lambda: set(registry.children(layout.WORKERS)) == {"wa", "wb"},
@@ -221,25 +198,9 @@ def test_deploy_offline_online_and_failover(
         what="both workers registered",
     )
 
-    gateway = Proc(
-        "gateway",
-        [
-            sys.executable, "-m", "gateway",
-            "--zk", zookeeper.hosts, "--root", zk_root,
-            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-        ],
-        tmp_path / "gateway.log",
-        env,
-    )  # fmt: skip
+    gateway = GatewayProcess(tmp_path, "--zk", zookeeper.hosts, "--root", zk_root, env=env)
     procs.append(gateway)
-
-    def gateway_port() -> int | None:
-        for line in gateway.log.read_text(errors="replace").splitlines():
-            if line.startswith("GATEWAY LISTENING "):
-                return int(line.split()[2])
-        return None
-
-    gw_address = f"127.0.0.1:{wait_for(gateway_port, timeout=60, what='the gateway port')}"
+    gw_address = gateway.serve().address
 
     def mg(*args: str) -> str:
         proc = subprocess.run(
@@ -293,7 +254,7 @@ def test_deploy_offline_online_and_failover(
     wait_for(lambda: len(routes(registry)) == 1, timeout=60, what="one route left")
     (holder,) = routes(registry)
     other = ({"wa", "wb"} - {holder}).pop()
-    agents[holder].stop(signal.SIGKILL)
+    os.killpg(agents[holder].pid, signal.SIGKILL)
     wait_for(lambda: routes(registry) == {other}, timeout=90, what=f"the replica on {other}")
     assert infer(tritons[0 if other == "wa" else 1].address) == [2.0, 3.0]
     assert wait_for(lambda: infer_via_gateway(gw_address), timeout=60, what="gateway answer") == [

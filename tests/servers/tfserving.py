@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from registry.netutil import terminate
+import grpc
 
-REPO = Path(__file__).resolve().parents[2]
+from deploy.local.runner import REPO, Process
+from protos.tfs.tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+)
+from tests.servers.zk import wait_for
+
+__all__ = ["DOUBLE_MODEL", "REPO", "TFServingDouble", "write_double_model"]
+
+#: The model of the shared ``tfs_double`` fixture (tests/conftest.py).
+DOUBLE_MODEL = "dbl"
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
 def write_double_model(
@@ -33,30 +45,39 @@ class TFServingDouble:
 
     def __init__(self, name: str = "tfserving-double", load_delay: float = 0.2) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.doubles.tfserving_double",
-                "--port",
-                "0",
-                "--name",
-                name,
-                "--load-delay",
-                str(load_delay),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until it serves (TensorFlow import ~4 s)
-        if not line.startswith("LISTENING "):
-            self.proc.kill()
-            raise RuntimeError(f"TF-Serving double did not start (printed {line!r})")
-        self.port = int(line.split()[1])
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"{name}-")
+        cmd = [sys.executable, "-m", "tests.doubles.tfserving_double", "--port", "0",
+               "--name", name, "--load-delay", str(load_delay)]  # fmt: skip
+        self.process = Process(name, cmd, log=Path(self._workdir.name) / f"{name}.log").start()
+        try:
+            self.process.wait_ready(timeout=120)  # it imports TensorFlow (~4 s)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.process.port("grpc")
         self.address = f"127.0.0.1:{self.port}"
 
+    def serve(self, name: str, base_path: Path, version: int) -> None:
+        """Make ``version`` of the model under ``base_path`` the double's whole config, and
+        wait until it is AVAILABLE."""
+        request = model_management_pb2.ReloadConfigRequest()
+        cfg = request.config.model_config_list.config.add(
+            name=name, base_path=str(base_path), model_platform="tensorflow"
+        )
+        cfg.model_version_policy.specific.versions.append(version)
+        status = get_model_status_pb2.GetModelStatusRequest()
+        status.model_spec.name = name
+        with grpc.insecure_channel(self.address) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            stub.HandleReloadConfigRequest(request, timeout=10)
+            wait_for(
+                lambda: any(
+                    s.state == AVAILABLE
+                    for s in stub.GetModelStatus(status, timeout=5).model_version_status
+                ),
+                what=f"{name} AVAILABLE on the TF-Serving double",
+            )
+
     def stop(self) -> None:
-        terminate(self.proc)
+        self.process.stop()
+        self._workdir.cleanup()

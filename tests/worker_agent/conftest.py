@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from registry.local_zookeeper import LocalZooKeeper
+from deploy.local.zookeeper import LocalZooKeeper
 from tests.worker_agent.helpers import AgentThread, settings_for
 from worker_agent.tritonserver import TritonServer
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
+from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry, layout
-from registry.local_zookeeper import LocalZooKeeper
 from tests.servers.zk import expire_session, wait_for
 from tests.worker_agent.conftest import AgentFactory
 from tests.worker_agent.helpers import (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from deploy.local.runner import Process
+from deploy.local.zookeeper import LocalZooKeeper
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -25,9 +26,8 @@ from protos.tfs.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from registry import Registry, layout
-from registry.local_zookeeper import LocalZooKeeper
 from registry.records import Worker
-from tests.servers.tfserving import REPO, TFServingDouble, write_double_model
+from tests.servers.tfserving import TFServingDouble, write_double_model
 from tests.servers.zk import wait_for
 from tests.worker_agent.conftest import AgentFactory
 from tests.worker_agent.helpers import assign, model_state, route, unassign, worker
@@ -173,13 +173,9 @@ def test_sigterm_drains_routes_first_then_unloads_and_deregisters(
         "--labels", "zone=a,gpu=none", "--capacity-memory", "512",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_WORKER_")}
-    log_path = tmp_path / "agent.log"
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=logf)
+    agent = Process("agent", cmd, log=tmp_path / "agent.log", env=env).start()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert line.startswith("READY w-drain"), (line, log_path.read_text())
+        assert agent.wait_ready(timeout=60)["worker_id"] == "w-drain"
         record = wait_for(lambda: worker(registry, "w-drain"), what="registration")
         assert record.labels == {"zone": "a", "gpu": "none"} and record.capacity_memory_mb == 512
 
@@ -209,14 +205,13 @@ def test_sigterm_drains_routes_first_then_unloads_and_deregisters(
         registry.watch_data(layout.worker("w-drain"), on_worker)
         registry.watch_children(layout.version_routes("delta", 1), on_routes)
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()
+        assert agent.popen is not None
+        agent.popen.send_signal(signal.SIGTERM)
+        assert agent.popen.wait(timeout=60) == 0, agent.log_tail()
         assert "draining" in states
         assert route_gone.is_set(), "the route must go while the model is still served"
         assert 1 not in status(double.address, "delta")
         assert worker(registry, "w-drain") is None
         assert route(registry, "delta", 1, "w-drain") is None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        agent.stop()

@@ -17,9 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from registry.netutil import terminate
+from registry.processes import terminate
 
-log = logging.getLogger("registry.local_zookeeper")
+log = logging.getLogger("deploy.local.zookeeper")
 
 CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 INSTALL_HINT = "apt-get update && apt-get install -y zookeeper  (or run `make setup` as root)"
