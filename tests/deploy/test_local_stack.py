@@ -7,33 +7,30 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.local.stack import LocalStack, StackError, stack_pids
+from deploy.local.leftovers import stack_pids
+from deploy.local.runner import alive
+from deploy.local.stack import LocalStack, StackError
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _naming(run_dir: Path) -> list[int]:
     """Live processes (other than this one) whose command line names ``run_dir``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and _alive(int(entry.name)):
-            try:
-                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if str(run_dir) in cmdline:
-                found.append(int(entry.name))
+    for proc in psutil.process_iter():
+        try:
+            if (
+                proc.pid != os.getpid()
+                and alive(proc.pid)
+                and str(run_dir) in " ".join(proc.cmdline())
+            ):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
     return found
 
 
@@ -44,7 +41,7 @@ def _port(address: str) -> int:
 def _healthcheck_module():  # type: ignore[no-untyped-def]
     import importlib.util
 
-    from deploy.local.stack import REPO
+    from deploy.local.runner import REPO
 
     spec = importlib.util.spec_from_file_location("hc", REPO / "deploy/docker/healthcheck.py")
     assert spec is not None and spec.loader is not None
@@ -113,8 +110,8 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
 
         for pid in every:  # tokens travel in the environment, never on a command line
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
+                cmdline = " ".join(psutil.Process(pid).cmdline())
+            except psutil.Error:
                 continue  # exited meanwhile
             assert stack.internal_token not in cmdline and stack.admin_token not in cmdline
 
@@ -125,7 +122,7 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
     finally:
         stack.stop()
 
-    left = [pid for pid in every if _alive(pid)]
+    left = [pid for pid in every if alive(pid)]
     assert left == [], f"processes of the stack still running after stop(): {left}"
     assert stack_pids(run_dir) == []
     assert _naming(run_dir) == [], "a process still names the stack's run dir"
@@ -155,7 +152,7 @@ def test_leftovers_of_a_crashed_run_are_killed_by_the_next_start(tmp_path: Path)
     import sys
     import time
 
-    from deploy.local.stack import REPO
+    from deploy.local.runner import REPO
 
     run_dir = tmp_path / "run"
     args = ["--run-dir", str(run_dir), "--zk-port", "0", "--gateway-port", "0"]
@@ -179,14 +176,14 @@ def test_leftovers_of_a_crashed_run_are_killed_by_the_next_start(tmp_path: Path)
     finally:
         script.send_signal(signal.SIGKILL)  # a crash: no clean-up runs
         script.wait(timeout=10)
-    assert any(_alive(pid) for pid in old), "the crash left the stack's processes running"
+    assert any(alive(pid) for pid in old), "the crash left the stack's processes running"
 
     # The next start takes the lock (the crashed process's flock died with it) and kills
     # the leftovers before wiping the state.
     nxt = LocalStack(run_dir=run_dir, **_free_ports())  # type: ignore[arg-type]
     nxt._prepare()
     try:
-        assert [pid for pid in old if _alive(pid)] == []
+        assert [pid for pid in old if alive(pid)] == []
         assert not (run_dir / "stack.json").exists()
     finally:
         nxt.stop()
