@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import TextIO
 
 import psutil
 
-from deploy.local.runner import alive, stop_groups
+from deploy.local.runner import alive, stop_groups, wait_while
 
 log = logging.getLogger("deploy.local")
 
@@ -102,9 +101,7 @@ def kill(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.1)
+    wait_while(lambda: any(alive(p) for p in pids), 5.0)
     for pid in pids:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -162,7 +162,8 @@ def stop_groups(groups: Sequence[tuple[int, subprocess.Popen[bytes] | None]], gr
 
     SIGTERM to each leader (every role stops its own children: the agent its Triton), up
     to ``grace`` seconds for the leaders to exit, then SIGTERM to what is left of each group
-    and SIGKILL to anything still there 3 s later.
+    and SIGKILL to anything still there 3 s later; returns once the groups are gone (or 3 s
+    after the SIGKILL).
     """
 
     def leader_alive(pid: int, popen: subprocess.Popen[bytes] | None) -> bool:
@@ -171,21 +172,26 @@ def stop_groups(groups: Sequence[tuple[int, subprocess.Popen[bytes] | None]], gr
     for pgid, _ in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(leader_alive(*g) for g in groups):
-        time.sleep(0.1)
+    wait_while(lambda: any(leader_alive(*g) for g in groups), grace)
     _signal_groups([g for g, _ in groups], signal.SIGTERM)
-    deadline = time.monotonic() + _REST_GRACE
-    while time.monotonic() < deadline and any(group_members(g) for g, _ in groups):
-        time.sleep(0.1)
+    wait_while(lambda: any(group_members(g) for g, _ in groups), _REST_GRACE)
     left = [g for g, _ in groups if group_members(g)]
     for pgid in left:
         log.warning("process group %d did not stop within %gs: SIGKILL", pgid, grace)
     _signal_groups(left, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously
+    wait_while(lambda: any(group_members(g) for g in left), _REST_GRACE)
     for _, popen in groups:
         if popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=5)
+
+
+def wait_while(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` until it is false or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and condition():
+        time.sleep(0.1)
 
 
 def alive(pid: int) -> bool:
