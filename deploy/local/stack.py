@@ -537,8 +537,7 @@ class _Interrupted(BaseException):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    for name in ("deploy.local", "deploy.local.zookeeper"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("deploy.local").setLevel(logging.INFO)  # and its modules' loggers
     # This process's own short ZooKeeper session (the readiness check) is not news.
     logging.getLogger("registry.zk").setLevel(logging.ERROR)
     stack = LocalStack(
