@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -234,6 +236,38 @@ def test_bad_inputs_are_4xx_problems(seeded: TestClient, method, path, body, sta
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
     assert problem["status"] == status and problem["detail"] and problem["type"].startswith("http")
+    if status == 405:
+        assert r.headers["allow"] == "GET, POST"  # every method the path has
+    # every answer the server gives is one the OpenAPI schema lists for the operation
+    documented = seeded.app.openapi()["paths"]
+    operation = next(
+        (
+            item[method.lower()]
+            for template, item in documented.items()
+            if _matches(template, path) and method.lower() in item
+        ),
+        None,
+    )
+    if operation is not None:
+        assert str(status) in operation["responses"], (method, path, status)
+
+
+def test_malformed_multipart_is_a_documented_400(seeded: TestClient):
+    r = seeded.post(
+        "/v1/models/ads-model/versions:upload",
+        content=b"garbage",
+        headers={**auth("admin"), "Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    responses = seeded.app.openapi()["paths"]["/v1/models/{name}/versions:upload"]["post"]
+    assert "400" in responses["responses"]
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether ``path`` is an instance of the OpenAPI path ``template``."""
+    parts = re.split(r"\{[^}]+\}", template)
+    return re.fullmatch("[^/:]+".join(map(re.escape, parts)), path) is not None
 
 
 # -- authorization before existence -----------------------------------------------------
