@@ -15,7 +15,6 @@ import and ``load`` the plugin themselves (so CPU-heavy hooks do not hold the ga
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import inspect
 import logging
@@ -32,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 
+from registry.downloads import (
+    DownloadError,
+    DownloadUnavailableError,
+    download,
+    file_sha256,
+    verify_sha256,
+)
 from registry.errors import DeadlineExceededError, InvalidArgumentError
-from udl.package import PluginManifest, Stage, unpack
+from udl.package import DEFAULT_MAX_BYTES, PluginManifest, Stage, unpack
 from udl.sdk import InvalidInput, Plugin, PluginError, Request, Response
 
 log = logging.getLogger("udl.loader")
@@ -64,42 +69,29 @@ def fetch_package(
     cache_dir: Path,
     *,
     token: str | None = None,
-    timeout: float = 30.0,
-    max_bytes: int = 64 * 1024 * 1024,
+    timeout_s: float = 30.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> bytes:
     """Return the package bytes for ``sha256``: from ``cache_dir`` or downloaded from ``url``.
 
     ``file://`` URLs and paths are read directly. The content must hash to ``sha256``.
     """
     cached = cache_dir / f"{sha256}.zip"
-    if cached.exists():
-        data = cached.read_bytes()
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return data
-    if url.startswith("file://") or url.startswith("/"):
-        data = Path(url.removeprefix("file://")).read_bytes()
-    else:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
-                response.raise_for_status()
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PluginLoadError(f"{url} is larger than {max_bytes} bytes")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-        except httpx.HTTPError as err:
-            raise PluginLoadError(f"could not fetch plugin package {url}: {err}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise PluginLoadError(f"plugin package {url} has sha256 {actual}, expected {sha256}")
+    if cached.exists() and file_sha256(cached) == sha256:
+        return cached.read_bytes()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{sha256}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
+    try:
+        if url.startswith("file://") or url.startswith("/"):
+            shutil.copyfile(url.removeprefix("file://"), tmp)
+            verify_sha256(url, sha256, file_sha256(tmp))
+        else:
+            download(url, tmp, max_bytes=max_bytes, timeout_s=timeout_s, sha256=sha256, token=token)
+    except (DownloadError, DownloadUnavailableError) as err:
+        tmp.unlink(missing_ok=True)
+        raise PluginLoadError(f"could not fetch the plugin package: {err}") from None
     tmp.replace(cached)
-    return data
+    return cached.read_bytes()
 
 
 def unpack_once(data: bytes, sha256: str, cache_dir: Path) -> tuple[Path, PluginManifest]:
