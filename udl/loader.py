@@ -139,13 +139,26 @@ def import_plugin_class(directory: Path, manifest: PluginManifest, alias: str) -
 # -- process executor: each worker process holds its own plugin instance -------------------
 
 _CHILD_PLUGIN: Plugin | None = None
+#: Why this worker has no plugin: ("Type: message", traceback text).
+_CHILD_LOAD_ERROR: tuple[str, str] | None = None
 
 
 def _child_init(directory: str, manifest_json: str, alias: str, config: dict[str, Any]) -> None:
-    global _CHILD_PLUGIN
-    manifest = PluginManifest.model_validate_json(manifest_json)
-    _CHILD_PLUGIN = import_plugin_class(Path(directory), manifest, alias)()
-    _run_sync(_CHILD_PLUGIN.load, config)
+    global _CHILD_PLUGIN, _CHILD_LOAD_ERROR
+    # NOTE: an initializer that raises breaks the pool (BrokenProcessPool) and the plugin's
+    # own error is lost; keep it for _child_load_error to report instead.
+    try:
+        manifest = PluginManifest.model_validate_json(manifest_json)
+        plugin = import_plugin_class(Path(directory), manifest, alias)()
+        _run_sync(plugin.load, config)
+    except Exception as err:
+        _CHILD_LOAD_ERROR = (f"{type(err).__name__}: {err}", traceback.format_exc())
+    else:
+        _CHILD_PLUGIN = plugin
+
+
+def _child_load_error() -> tuple[str, str] | None:
+    return _CHILD_LOAD_ERROR
 
 
 def _run_sync(fn: Callable[..., Any], *args: Any) -> Any:
@@ -160,7 +173,9 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 
 
 def _child_call(stage: str, *args: Any) -> Any:
-    assert _CHILD_PLUGIN is not None
+    if _CHILD_PLUGIN is None:  # a worker started later, whose load failed
+        assert _CHILD_LOAD_ERROR is not None
+        raise RuntimeError(f"the plugin did not load in this worker:\n{_CHILD_LOAD_ERROR[1]}")
     try:
         return _run_sync(getattr(_CHILD_PLUGIN, stage), *args)
     except InvalidInput:
@@ -282,8 +297,12 @@ async def load_plugin(
                 initializer=_child_init,
                 initargs=(str(directory), manifest.model_dump_json(), alias, config),
             )
-            # Start the workers now so a broken plugin fails at load, not on the first call.
-            await asyncio.wait_for(loop.run_in_executor(pool, _ping), timeout)
+            # Start a worker now so a broken plugin fails at load, not on the first call.
+            failure = await asyncio.wait_for(loop.run_in_executor(pool, _child_load_error), timeout)
+            if failure is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.error("plugin %s failed to load (in its worker process):\n%s", key, failure[1])
+                raise PluginLoadError(f"plugin {key} failed to load: {failure[0]}")
             return LoadedPlugin(manifest, sha256, directory, None, pool, thread_pool)
         cls = await asyncio.to_thread(import_plugin_class, directory, manifest, alias)
         instance = cls()
@@ -301,7 +320,3 @@ async def load_plugin(
     except Exception as err:
         log.exception("plugin %s failed to load", key)
         raise PluginLoadError(f"plugin {key} failed to load: {type(err).__name__}: {err}") from None
-
-
-def _ping() -> bool:
-    return _CHILD_PLUGIN is not None
