@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from registry.downloads import (
     file_sha256,
     verify_sha256,
 )
+from tests.servers.httpd import serve
 
 BODY = bytes(range(256)) * 40  # 10 KiB
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
@@ -59,12 +59,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, type[_Handler]]]:
     handler = type("Handler", (_Handler,), {"auth": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(handler) as base:
+        yield base, handler
 
 
 def test_download_streams_hashes_and_reports_bytes(
