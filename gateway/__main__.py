@@ -2,56 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
-from typing import Any
 
 from pydantic import ValidationError
 
-from gateway import logs
 from gateway.settings import GatewaySettings
-from registry import readyfile
+from registry import logs, readyfile
 from registry.errors import ModelgateError
+from registry.settings_cli import parse_settings
 
 log = logging.getLogger("gateway")
 
-FLAGS = (
-    "zk", "root", "host", "port", "metrics_port", "max_message_bytes", "default_timeout",
-    "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
-    "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "plugin_dir",
-    "blob_token", "plugin_threads", "plugin_processes", "log_level", "ready_file",
-)  # fmt: skip
-
-
-def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway",
-        description="modelgate gateway: route TF-Serving and KServe v2 calls to ready "
-        "backends listed in ZooKeeper. Every flag also reads MODELGATE_GATEWAY_<NAME>.",
-    )
-    fields = GatewaySettings.model_fields
-    for name in FLAGS:
-        field = fields[name]
-        kind = field.annotation if field.annotation in (int, float) else str
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=kind,  # type: ignore[arg-type]
-            default=None,
-            help=f"{field.description} (default: {field.default})",
-        )
-    parser.add_argument(
-        "--log-json",
-        dest="log_json",
-        action="store_true",
-        default=None,
-        help=GatewaySettings.model_fields["log_json"].description,
-    )
-    args = parser.parse_args(argv)
-    return {k: v for k, v in vars(args).items() if v is not None}
+DESCRIPTION = (
+    "modelgate gateway: route TF-Serving and KServe v2 calls to ready backends listed in ZooKeeper."
+)
 
 
 async def run(settings: GatewaySettings) -> None:
@@ -72,7 +39,9 @@ async def run(settings: GatewaySettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = GatewaySettings(**parse_args(argv))
+        settings = parse_settings(
+            GatewaySettings, argv, prog="python -m gateway", description=DESCRIPTION
+        )
     except ValidationError as err:
         print(f"invalid settings:\n{err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,7 +15,6 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 
 from gateway.backends.channels import ChannelPool
 from gateway.backends.rest import RestBackend
-from gateway.httpserver import MetricsServer
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
@@ -30,10 +30,11 @@ from registry import EphemeralNode, Registry, layout
 from registry.errors import ModelgateError
 from registry.records import Gateway as GatewayRecord
 from registry.records import GatewayPluginStatus
+from registry.status_server import StatusServer
+from registry.version import version
 
 log = logging.getLogger("gateway.app")
 
-VERSION = "0.1.0"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -55,13 +56,15 @@ class GatewayApp:
             self.metrics,
             max_attempts=settings.max_attempts,
             eject_after=settings.eject_after,
-            eject_seconds=settings.eject_seconds,
+            eject_seconds=settings.eject_s,
         )
         self.pool = ChannelPool(settings.max_message_bytes)
         self.rest = RestBackend()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self.http = MetricsServer(self.metrics.registry, self._healthz)
+        self.http = StatusServer(
+            settings.host, settings.metrics_port, self.metrics.registry, self._healthz
+        )
         self.watcher: TableWatcher | None = None
         self.plugins: PluginHost | None = None
         self.node: EphemeralNode | None = None
@@ -76,7 +79,7 @@ class GatewayApp:
     async def start(self) -> None:
         s = self.settings
         if self.registry is None:
-            self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout)
+            self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout_s)
             await asyncio.to_thread(self.registry.start)
         self.plugins = PluginHost(
             self.registry,
@@ -93,8 +96,8 @@ class GatewayApp:
             self.rest,
             self.metrics,
             self.plugins,
-            default_timeout=s.default_timeout,
-            version=VERSION,
+            default_timeout=s.default_timeout_s,
+            version=version(),
         )
         self.watcher = TableWatcher(self.registry, self.metrics, self._on_table)
         await self.watcher.start()
@@ -129,12 +132,12 @@ class GatewayApp:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
-        self.metrics_port = await self.http.start(s.host, s.metrics_port)
+        self.metrics_port = await self.http.start()
         await self.health.set("", SERVING)
         record = GatewayRecord(
             gateway_id=s.node_id(self.port),
             address=s.address(self.port),
-            version=VERSION,
+            version=version(),
             plugins=self.plugins.status(),
         )
         self.node = await asyncio.to_thread(
@@ -155,7 +158,7 @@ class GatewayApp:
         self._stopping = True
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            await self.server.stop(self.settings.grace_seconds)
+            await self.server.stop(self.settings.grace_s)
         if self.node is not None:
             try:
                 await asyncio.to_thread(self.node.remove)
@@ -220,13 +223,19 @@ class GatewayApp:
         except ModelgateError as err:  # kept; written when the node is re-created
             log.warning("could not publish plugin status: %s", err)
 
-    def _healthz(self) -> tuple[bool, str]:
-        if self._stopping:
-            return False, "stopping"
-        if self.router.table.generation == 0:
-            return False, "no routing table yet"
+    def _healthz(self) -> tuple[bool, dict[str, Any]]:
         zk = "connected" if self.registry is not None and self.registry.connected else "unreachable"
-        return True, f"ok; {len(self.router.table.models)} models; zookeeper {zk}"
+        details: dict[str, Any] = {
+            "gateway_id": self.settings.node_id(self.port),
+            "status": "ok",
+            "models": len(self.router.table.models),
+            "zookeeper": zk,
+        }
+        if self._stopping:
+            details["status"] = "stopping"
+        elif self.router.table.generation == 0:
+            details["status"] = "no routing table yet"
+        return details["status"] == "ok", details
 
 
 def _credentials(s: GatewaySettings) -> grpc.ServerCredentials:

@@ -1,7 +1,7 @@
 """Tensor conversion between KServe v2, TF-Serving and the JSON codec of ``Invoke``.
 
 numpy arrays are the common form; BYTES/DT_STRING tensors are object arrays of ``bytes``.
-Any dtype outside the table below is refused with INVALID_ARGUMENT naming it.
+Any dtype outside ``SUPPORTED_DATATYPES`` is refused with INVALID_ARGUMENT naming it.
 """
 
 from __future__ import annotations
@@ -13,47 +13,39 @@ from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as kserve
+from tritonclient.utils import (
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
 
 from gateway.errors import InvalidArgumentError
 from protos.tfs.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 Named = list[tuple[str, np.ndarray]]
 
-#: KServe datatype -> numpy dtype.
-KSERVE_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-_NP_TO_KSERVE = {v: k for k, v in KSERVE_DTYPES.items()}
-
-#: TF DataType enum -> (numpy dtype, TensorProto typed field).
+#: TF DataType enum -> (numpy dtype, TensorProto typed field), in KServe's datatype order.
 TF_DTYPES: dict[int, tuple[np.dtype, str]] = {
-    types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
-    types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
-    types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
-    types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),
-    types_pb2.DT_INT16: (np.dtype(np.int16), "int_val"),
-    types_pb2.DT_INT32: (np.dtype(np.int32), "int_val"),
-    types_pb2.DT_INT64: (np.dtype(np.int64), "int64_val"),
+    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
     types_pb2.DT_UINT8: (np.dtype(np.uint8), "int_val"),
     types_pb2.DT_UINT16: (np.dtype(np.uint16), "int_val"),
     types_pb2.DT_UINT32: (np.dtype(np.uint32), "uint32_val"),
     types_pb2.DT_UINT64: (np.dtype(np.uint64), "uint64_val"),
-    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
+    types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),
+    types_pb2.DT_INT16: (np.dtype(np.int16), "int_val"),
+    types_pb2.DT_INT32: (np.dtype(np.int32), "int_val"),
+    types_pb2.DT_INT64: (np.dtype(np.int64), "int64_val"),
+    types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
+    types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
+    types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
 }
 _NP_TO_TF = {np_dtype: enum for enum, (np_dtype, _) in TF_DTYPES.items()}
+
+#: The KServe datatypes the gateway decodes: those with a TF-Serving counterpart (so not
+#: BF16, which numpy lacks). tritonclient maps them to and from numpy.
+SUPPORTED_DATATYPES = tuple(np_to_triton_dtype(dtype) for dtype, _ in TF_DTYPES.values())
 
 #: KServe InferTensorContents field per datatype.
 _KSERVE_FIELDS = {
@@ -71,25 +63,30 @@ _KSERVE_FIELDS = {
     "BYTES": "bytes_contents",
 }
 
-SUPPORTED = ", ".join(KSERVE_DTYPES)
-
 
 def kserve_datatype_of_tf(enum: int) -> str:
     """KServe datatype of a TF DataType enum value ("" when unsupported)."""
     spec = TF_DTYPES.get(enum)
-    return _NP_TO_KSERVE.get(spec[0], "") if spec else ""
+    return np_to_triton_dtype(spec[0]) if spec else ""
 
 
 def tf_dtype_of_kserve(datatype: str) -> int:
     """TF DataType enum value of a KServe datatype (0, DT_INVALID, when unsupported)."""
-    dtype = KSERVE_DTYPES.get(datatype)
-    return _NP_TO_TF.get(dtype, 0) if dtype is not None else 0
+    if datatype not in SUPPORTED_DATATYPES:
+        return 0
+    return _NP_TO_TF[np.dtype(triton_to_np_dtype(datatype))]
+
+
+def _numpy_dtype(name: str, datatype: str) -> np.dtype:
+    if datatype not in SUPPORTED_DATATYPES:
+        raise _unsupported(name, datatype)
+    return np.dtype(triton_to_np_dtype(datatype))
 
 
 def _unsupported(name: str, dtype: object) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"tensor {name!r}: datatype {dtype} is not supported by the gateway (supported: "
-        f"{SUPPORTED})"
+        f"{', '.join(SUPPORTED_DATATYPES)})"
     )
 
 
@@ -115,33 +112,20 @@ def _shape(name: str, values: np.ndarray, shape: list[int]) -> np.ndarray:
 
 
 def decode_bytes(name: str, raw: bytes) -> np.ndarray:
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidArgumentError(f"tensor {name!r}: truncated BYTES contents")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        items.append(raw[offset : offset + length])
-        offset += length
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
+    try:
+        return deserialize_bytes_tensor(raw)
+    except struct.error:
+        raise InvalidArgumentError(f"tensor {name!r}: truncated BYTES contents") from None
 
 
 def encode_bytes(values: np.ndarray) -> bytes:
-    parts = []
-    for item in values.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(struct.pack("<I", len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    # NOTE: tritonclient returns the encoding as a 0-d object array (an empty 1-d one for
+    # no elements); joining its elements gives the bytes in both cases.
+    return b"".join(serialize_byte_tensor(values).reshape(-1))
 
 
 def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndarray:
-    dtype = KSERVE_DTYPES.get(datatype)
-    if dtype is None:
-        raise _unsupported(name, datatype)
+    dtype = _numpy_dtype(name, datatype)
     if datatype == "BYTES":
         return _shape(name, decode_bytes(name, raw), shape)
     if len(raw) % dtype.itemsize:
@@ -150,9 +134,9 @@ def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndar
 
 
 def _from_contents(name: str, datatype: str, contents: Any, shape: list[int]) -> np.ndarray:
-    dtype = KSERVE_DTYPES.get(datatype)
+    dtype = _numpy_dtype(name, datatype)
     field = _KSERVE_FIELDS.get(datatype)
-    if dtype is None or field is None:
+    if field is None:
         raise _unsupported(name, datatype)
     values = list(getattr(contents, field))
     if datatype == "BYTES":
@@ -194,10 +178,9 @@ def kserve_response_outputs(response: kserve.ModelInferResponse) -> Named:
 
 
 def kserve_datatype(name: str, arr: np.ndarray) -> str:
-    datatype = _NP_TO_KSERVE.get(arr.dtype)
-    if datatype is None:
+    if arr.dtype not in _NP_TO_TF:
         raise _unsupported(name, arr.dtype)
-    return datatype
+    return np_to_triton_dtype(arr.dtype)
 
 
 def _raw(arr: np.ndarray, datatype: str) -> bytes:
@@ -275,9 +258,7 @@ def json_to_tensors(payload: bytes) -> Named:
         out: Named = []
         for item in items:
             name, datatype = str(item["name"]), str(item["datatype"]).upper()
-            dtype = KSERVE_DTYPES.get(datatype)
-            if dtype is None:
-                raise _unsupported(name, datatype)
+            dtype = _numpy_dtype(name, datatype)
             data = item["data"]
             if datatype == "BYTES":
                 flat = np.asarray(data, dtype=object).reshape(-1)

@@ -33,12 +33,6 @@ class GatewayMetrics:
             ["surface"],
             registry=registry,
         )
-        self.backend_in_flight = Gauge(
-            "modelgate_gateway_backend_in_flight",
-            "Backend calls outstanding, by backend address.",
-            ["address"],
-            registry=registry,
-        )
         self.retries = Counter(
             "modelgate_gateway_retries",
             "Attempts retried on another instance after a connection-level failure.",

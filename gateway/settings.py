@@ -1,4 +1,4 @@
-"""The gateway's one settings class (env prefix ``MODELGATE_GATEWAY_``; CLI flags override)."""
+"""The gateway's one settings class (env prefix ``MODELGATE_GATEWAY_``; flags override)."""
 
 from __future__ import annotations
 
@@ -30,16 +30,16 @@ class GatewaySettings(BaseSettings):
     """HTTP port of /metrics and /healthz (0 picks a free one)."""
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request or response message accepted, in bytes."""
-    default_timeout: float = Field(default=30.0, gt=0)
+    default_timeout_s: float = Field(default=30.0, gt=0)
     """Deadline in seconds for calls whose caller set none."""
     max_attempts: int = Field(default=3, ge=1, le=10)
     """Instances tried per call when a backend fails at the connection level."""
     eject_after: int = Field(default=3, ge=1)
     """Consecutive connection failures that eject a backend address."""
-    eject_seconds: float = Field(default=10.0, gt=0)
+    eject_s: float = Field(default=10.0, gt=0)
     """First ejection period in seconds (doubles on repeated ejection, up to 8x)."""
-    grace_seconds: float = Field(default=10.0, ge=0)
-    """Time in-flight calls get to finish on shutdown."""
+    grace_s: float = Field(default=10.0, ge=0)
+    """Seconds in-flight calls get to finish on shutdown."""
     tls_cert: str | None = None
     """PEM certificate chain file; with ``tls_key`` the gRPC port serves TLS."""
     tls_key: str | None = None
@@ -50,13 +50,13 @@ class GatewaySettings(BaseSettings):
     """Id under /gateways (default "<hostname>:<port>")."""
     advertise_address: str | None = None
     """Address registered in ZooKeeper (default "<hostname>:<port>")."""
-    zk_connect_timeout: float = Field(default=10.0, gt=0)
+    zk_connect_timeout_s: float = Field(default=10.0, gt=0)
     """Seconds to wait for ZooKeeper at start-up before giving up."""
     plugin_dir: Path | None = None
     """Where plugin packages are cached and unpacked (default: a temporary directory)."""
     blob_token: str | None = None
     """Bearer token for fetching plugin packages from the manager's blob store (the
-    manager's ``internal`` role)."""
+    manager's ``internal`` role). A secret: environment only, no flag."""
     plugin_threads: int = Field(default=8, ge=1, le=256)
     """Threads running the hooks of ``thread`` plugins (shared by all plugins)."""
     plugin_processes: int = Field(default=2, ge=1, le=64)

@@ -34,8 +34,6 @@ class VersionEntry:
     version: int
     labels: tuple[str, ...] = ()
     instances: tuple[Instance, ...] = ()
-    #: False when routes exist for the version but no /models/<m>/versions/<v> record.
-    registered: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,6 @@ def build_table(nodes: Mapping[str, bytes | None], generation: int = 0) -> Routi
                 version=v,
                 labels=tuple(vrec.labels) if vrec else (),
                 instances=tuple(Instance(r.address, r.protocol, r.worker_id) for r in rs),
-                registered=vrec is not None,
             )
             for label in ventries[v].labels:
                 labels[label] = v  # NOTE: a label names at most one version; newest wins

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -15,31 +13,11 @@ from pydantic import ValidationError
 from manager_api.app import create_app
 from manager_api.auth import TokenStore
 from manager_api.settings import ManagerSettings
-from registry import Registry, readyfile
+from registry import Registry, logs, readyfile
 from registry.errors import ModelgateError
+from registry.settings_cli import parse_settings
 
-
-def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m manager_api",
-        description="modelgate manager: admin REST API, placement and reconcile loop. "
-        "Every option also reads MODELGATE_MANAGER_<NAME>.",
-    )
-    parser.add_argument("--zk", help="ZooKeeper hosts, host:port[,host:port]")
-    parser.add_argument("--root", help="ZooKeeper chroot (default /modelgate)")
-    parser.add_argument("--host", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="REST port (default 8080; 0 = any free)")
-    parser.add_argument("--blob-dir", type=Path, help="blob store directory")
-    parser.add_argument("--tokens-file", type=Path, help="TOML tokens file")
-    parser.add_argument("--audit-log", type=Path, help="append the audit log (JSON lines) here")
-    parser.add_argument("--public-url", help="base URL workers use to fetch blobs")
-    parser.add_argument("--manager-id", help="identifier in the leader election")
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key matching --tls-cert")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
-    parser.add_argument("--ready-file", type=Path, help="write pid and port here once serving")
-    args = vars(parser.parse_args(argv))
-    return {k: v for k, v in args.items() if v is not None}
+DESCRIPTION = "modelgate manager: admin REST API, placement and reconcile loop."
 
 
 class _Server(uvicorn.Server):
@@ -58,14 +36,13 @@ class _Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = ManagerSettings(**parse_args(argv))
+        settings = parse_settings(
+            ManagerSettings, argv, prog="python -m manager_api", description=DESCRIPTION
+        )
     except ValidationError as err:
         print(f"invalid settings:\n{err}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_json)
     log = logging.getLogger("manager_api")
     if settings.tokens_file is None:
         log.error("no tokens file: set --tokens-file or MODELGATE_MANAGER_TOKENS_FILE")
@@ -87,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        log_config=None,
         log_level=settings.log_level.lower(),
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,

@@ -21,6 +21,7 @@ from manager_api.routes import catalog, cluster, models, plugins, system
 from manager_api.settings import ManagerSettings
 from registry import Registry, layout
 from registry.records import Group
+from registry.version import version
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 #: Largest JSON body accepted. NOTE: a record over ZooKeeper's 1 MiB node limit would make
@@ -108,7 +109,7 @@ def create_app(
 
     app = FastAPI(
         title="modelgate manager",
-        version="1.0.0",
+        version=version(),
         description=DESCRIPTION,
         lifespan=lifespan,
     )

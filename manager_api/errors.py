@@ -8,6 +8,8 @@ name the offending field; anything unexpected becomes a generic 500 with a logge
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -55,12 +57,20 @@ def _type_uri(title: str) -> str:
     return "https://modelgate.dev/problems/" + title.lower().replace(" ", "-")
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """A problem+json response."""
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A problem+json response (``headers`` kept, e.g. a 405's ``Allow``)."""
     body = {"type": _type_uri(title), "title": title, "status": status, "detail": detail}
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    all_headers = dict(headers or {})
+    if status == 401:
+        all_headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers)
 
 
 def _describe_validation(err: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -72,6 +82,16 @@ def _describe_validation(err: RequestValidationError) -> tuple[str, list[dict[st
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
         errors.append({"loc": loc, "msg": str(e.get("msg", "invalid")), "type": e.get("type")})
     return "; ".join(parts) or "invalid request", errors
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some operation of the API serves at the request's path."""
+    methods: set[str] = set()
+    for template, item in app.openapi()["paths"].items():
+        parts = re.split(r"\{[^}]+\}", template)
+        if re.fullmatch("[^/]+".join(map(re.escape, parts)), request.url.path):
+            methods.update(m.upper() for m in item)
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,14 +108,19 @@ def install_error_handlers(app: FastAPI) -> None:
         detail, errors = _describe_validation(exc)
         return problem(422, "Invalid argument", detail, errors=errors)
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # NOTE: Starlette's Allow names the methods of the first route matching the
+            # path only; a path served by several routes (GET and POST /v1/models) has more.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
         titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
         title = titles.get(exc.status_code, "HTTP error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint; see /docs for the API"
-        return problem(exc.status_code, title, detail)
+        return problem(exc.status_code, title, detail, headers=headers)
 
     async def on_unknown(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -111,6 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": title, "content": {PROBLEM_JSON: {}}}
     for status, title in (
+        (400, "Malformed request body (JSON or multipart that does not parse)"),
         (401, "Missing or invalid token"),
         (403, "Role does not allow this"),
         (404, "Not found"),

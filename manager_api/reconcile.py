@@ -99,7 +99,6 @@ class Reconciler:
         self.identifier = identifier
         self.interval = interval
         self.passes = 0
-        self.last_result: PassResult | None = None
         self.last_error: str | None = None
         self._leader = threading.Event()
         self._stop = threading.Event()
@@ -181,7 +180,7 @@ class Reconciler:
     def _pass(self) -> None:
         started = time.monotonic()
         try:
-            self.last_result = reconcile_once(self.registry, self.metrics)
+            reconcile_once(self.registry, self.metrics)
             self.last_error = None
             self.metrics.reconcile_runs.labels("ok").inc()
         except ModelgateError as err:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from registry.records import (
     BackendKind,
     GatewayPluginStatus,
     ModelHealth,
     Name,
-    NodeId,
     RoutingPolicy,
 )
 
 PluginRef = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}@[a-z0-9][a-z0-9._-]{0,62}$")
 ]
+#: A plugin to set, or ``""`` to clear it (validated to None, which PATCH applies as "none").
+PluginChange = Annotated[PluginRef | Literal[""] | None, AfterValidator(lambda v: v or None)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Label = Annotated[str, StringConstraints(max_length=63)]
 
@@ -54,7 +55,7 @@ class ModelUpdate(Body):
 
     backend: BackendKind | None = None
     replicas: int | None = Field(default=None, ge=0, le=100)
-    plugin: PluginRef | None = Field(default=None, description='"name@version"; "" to clear.')
+    plugin: PluginChange = Field(default=None, description='"name@version"; "" to clear.')
     clear_plugin: bool = Field(default=False, description="Remove the model's plugin.")
     plugin_config: dict[str, Any] | None = None
     policy: RoutingPolicy | None = None
@@ -238,6 +239,3 @@ class AuditEntry(BaseModel):
     action: str
     target: str
     status: int
-
-
-NodeIdPath = NodeId

@@ -13,7 +13,9 @@ from registry import layout
 class ManagerSettings(BaseSettings):
     """Settings of one manager process. Built once in ``__main__`` and passed in."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELGATE_MANAGER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MODELGATE_MANAGER_", use_attribute_docstrings=True, extra="ignore"
+    )
 
     zk: str = "127.0.0.1:2181"
     """ZooKeeper connection string, "host1:2181,host2:2181"."""
@@ -59,7 +61,7 @@ class ManagerSettings(BaseSettings):
     """Largest uploaded model archive accepted, in MiB."""
 
     zk_connect_timeout_s: float = Field(default=10.0, gt=0)
-    """How long to retry the first ZooKeeper connection before giving up."""
+    """Seconds to retry the first ZooKeeper connection before giving up."""
 
     tls_cert: Path | None = None
     """PEM certificate chain file; with ``tls_key`` the REST port serves HTTPS."""
@@ -69,6 +71,9 @@ class ManagerSettings(BaseSettings):
 
     log_level: str = "INFO"
     """Level of the ``manager_api`` loggers."""
+
+    log_json: bool = False
+    """Log one JSON object per line instead of text."""
 
     ready_file: Path | None = None
     """Write a JSON file with the pid and bound ports here once serving (for supervisors and

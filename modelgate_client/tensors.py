@@ -17,24 +17,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-#: KServe v2 datatype name -> numpy dtype (BYTES: object arrays of ``bytes``).
+#: KServe v2 datatype name -> numpy dtype (BYTES: object arrays of ``bytes``), as
+#: tritonclient maps them; BF16 is left out (numpy has no bfloat16, the gateway refuses it).
 DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
+    name: np.dtype(triton_to_np_dtype(name))
+    for name in (
+        *("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"),
+        *("FP16", "FP32", "FP64", "BYTES"),
+    )
 }
-_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 
 #: The content type of JSON tensor payloads.
 JSON_CONTENT_TYPE = "application/json"
@@ -44,8 +37,8 @@ def datatype_of(array: np.ndarray) -> str:
     """The KServe datatype name of ``array`` (str/bytes arrays are ``BYTES``)."""
     if array.dtype.kind in ("S", "U", "O"):
         return "BYTES"
-    name = _BY_DTYPE.get(array.dtype.newbyteorder("="))
-    if name is None:
+    name = np_to_triton_dtype(array.dtype.newbyteorder("="))
+    if name not in DATATYPES:
         raise ValueError(
             f"numpy dtype {array.dtype} has no KServe datatype (supported: {', '.join(DATATYPES)})"
         )

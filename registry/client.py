@@ -132,6 +132,7 @@ class Registry:
             command_retry=KazooRetry(max_tries=-1, max_delay=1.0, deadline=operation_timeout),
         )
         self._client.add_listener(self._on_state)
+        self._closing = False
         self._state_listeners: list[Callable[[ConnectionState], None]] = []
         self._ephemerals: list[EphemeralNode] = []
         self._lock = threading.Lock()
@@ -158,7 +159,12 @@ class Registry:
         return self
 
     def stop(self) -> None:
-        """Close the session: every ephemeral node of this registry disappears."""
+        """Close the session: every ephemeral node of this registry disappears.
+
+        The session's end is expected here, so it is neither logged as a loss nor passed
+        to ephemeral nodes (which would try to re-create themselves) or state listeners.
+        """
+        self._closing = True
         self._client.stop()
         self._client.close()
 
@@ -193,6 +199,9 @@ class Registry:
 
     def _on_state(self, state: str) -> None:
         mapped = _STATES[state]
+        if self._closing:
+            log.debug("ZooKeeper session closed (%s): %s", self.hosts, mapped)
+            return
         if mapped == "suspended":
             log.warning("ZooKeeper connection suspended (%s)", self.hosts)
         elif mapped == "lost":

@@ -15,7 +15,6 @@ import and ``load`` the plugin themselves (so CPU-heavy hooks do not hold the ga
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import inspect
 import logging
@@ -32,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 
+from registry.downloads import (
+    DownloadError,
+    DownloadUnavailableError,
+    download,
+    file_sha256,
+    verify_sha256,
+)
 from registry.errors import DeadlineExceededError, InvalidArgumentError
-from udl.package import PluginManifest, Stage, unpack
+from udl.package import DEFAULT_MAX_BYTES, PluginManifest, Stage, unpack
 from udl.sdk import InvalidInput, Plugin, PluginError, Request, Response
 
 log = logging.getLogger("udl.loader")
@@ -64,42 +69,29 @@ def fetch_package(
     cache_dir: Path,
     *,
     token: str | None = None,
-    timeout: float = 30.0,
-    max_bytes: int = 64 * 1024 * 1024,
+    timeout_s: float = 30.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> bytes:
     """Return the package bytes for ``sha256``: from ``cache_dir`` or downloaded from ``url``.
 
     ``file://`` URLs and paths are read directly. The content must hash to ``sha256``.
     """
     cached = cache_dir / f"{sha256}.zip"
-    if cached.exists():
-        data = cached.read_bytes()
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return data
-    if url.startswith("file://") or url.startswith("/"):
-        data = Path(url.removeprefix("file://")).read_bytes()
-    else:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
-                response.raise_for_status()
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PluginLoadError(f"{url} is larger than {max_bytes} bytes")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-        except httpx.HTTPError as err:
-            raise PluginLoadError(f"could not fetch plugin package {url}: {err}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise PluginLoadError(f"plugin package {url} has sha256 {actual}, expected {sha256}")
+    if cached.exists() and file_sha256(cached) == sha256:
+        return cached.read_bytes()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{sha256}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
+    try:
+        if url.startswith("file://") or url.startswith("/"):
+            shutil.copyfile(url.removeprefix("file://"), tmp)
+            verify_sha256(url, sha256, file_sha256(tmp))
+        else:
+            download(url, tmp, max_bytes=max_bytes, timeout_s=timeout_s, sha256=sha256, token=token)
+    except (DownloadError, DownloadUnavailableError) as err:
+        tmp.unlink(missing_ok=True)
+        raise PluginLoadError(f"could not fetch the plugin package: {err}") from None
     tmp.replace(cached)
-    return data
+    return cached.read_bytes()
 
 
 def unpack_once(data: bytes, sha256: str, cache_dir: Path) -> tuple[Path, PluginManifest]:
@@ -147,13 +139,26 @@ def import_plugin_class(directory: Path, manifest: PluginManifest, alias: str) -
 # -- process executor: each worker process holds its own plugin instance -------------------
 
 _CHILD_PLUGIN: Plugin | None = None
+#: Why this worker has no plugin: ("Type: message", traceback text).
+_CHILD_LOAD_ERROR: tuple[str, str] | None = None
 
 
 def _child_init(directory: str, manifest_json: str, alias: str, config: dict[str, Any]) -> None:
-    global _CHILD_PLUGIN
-    manifest = PluginManifest.model_validate_json(manifest_json)
-    _CHILD_PLUGIN = import_plugin_class(Path(directory), manifest, alias)()
-    _run_sync(_CHILD_PLUGIN.load, config)
+    global _CHILD_PLUGIN, _CHILD_LOAD_ERROR
+    # NOTE: an initializer that raises breaks the pool (BrokenProcessPool) and the plugin's
+    # own error is lost; keep it for _child_load_error to report instead.
+    try:
+        manifest = PluginManifest.model_validate_json(manifest_json)
+        plugin = import_plugin_class(Path(directory), manifest, alias)()
+        _run_sync(plugin.load, config)
+    except Exception as err:
+        _CHILD_LOAD_ERROR = (f"{type(err).__name__}: {err}", traceback.format_exc())
+    else:
+        _CHILD_PLUGIN = plugin
+
+
+def _child_load_error() -> tuple[str, str] | None:
+    return _CHILD_LOAD_ERROR
 
 
 def _run_sync(fn: Callable[..., Any], *args: Any) -> Any:
@@ -168,7 +173,9 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 
 
 def _child_call(stage: str, *args: Any) -> Any:
-    assert _CHILD_PLUGIN is not None
+    if _CHILD_PLUGIN is None:  # a worker started later, whose load failed
+        assert _CHILD_LOAD_ERROR is not None
+        raise RuntimeError(f"the plugin did not load in this worker:\n{_CHILD_LOAD_ERROR[1]}")
     try:
         return _run_sync(getattr(_CHILD_PLUGIN, stage), *args)
     except InvalidInput:
@@ -290,8 +297,12 @@ async def load_plugin(
                 initializer=_child_init,
                 initargs=(str(directory), manifest.model_dump_json(), alias, config),
             )
-            # Start the workers now so a broken plugin fails at load, not on the first call.
-            await asyncio.wait_for(loop.run_in_executor(pool, _ping), timeout)
+            # Start a worker now so a broken plugin fails at load, not on the first call.
+            failure = await asyncio.wait_for(loop.run_in_executor(pool, _child_load_error), timeout)
+            if failure is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.error("plugin %s failed to load (in its worker process):\n%s", key, failure[1])
+                raise PluginLoadError(f"plugin {key} failed to load: {failure[0]}")
             return LoadedPlugin(manifest, sha256, directory, None, pool, thread_pool)
         cls = await asyncio.to_thread(import_plugin_class, directory, manifest, alias)
         instance = cls()
@@ -309,7 +320,3 @@ async def load_plugin(
     except Exception as err:
         log.exception("plugin %s failed to load", key)
         raise PluginLoadError(f"plugin {key} failed to load: {type(err).__name__}: {err}") from None
-
-
-def _ping() -> bool:
-    return _CHILD_PLUGIN is not None

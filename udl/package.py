@@ -21,11 +21,12 @@ from __future__ import annotations
 import io
 import tomllib
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from registry.archives import checked_zip, extract
 from registry.errors import InvalidArgumentError
 from registry.layout import NAME_PATTERN
 
@@ -77,49 +78,26 @@ def parse_manifest(text: str) -> PluginManifest:
         raise InvalidArgumentError(f"invalid {MANIFEST}: {problems}") from None
 
 
-def _safe_member(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise InvalidArgumentError(f"plugin package entry {name!r} escapes the package folder")
-    return path
+def inspect_package(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PluginManifest:
+    """Validate a zipped plugin package and return its manifest.
 
-
-def _open_zip(data: bytes, max_bytes: int) -> zipfile.ZipFile:
+    Checks: a zip within the size limit whose entries are safe (:mod:`registry.archives`),
+    ``plugin.toml`` at the root and valid, and the entrypoint's module present in the package.
+    """
     if len(data) > max_bytes:
         raise InvalidArgumentError(
             f"plugin package is {len(data)} bytes, over the limit of {max_bytes} bytes"
         )
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise InvalidArgumentError("plugin package is not a zip file") from None
-    total = 0
-    for info in archive.infolist():
-        _safe_member(info.filename)
-        if (info.external_attr >> 16) & 0o170000 == 0o120000:
-            raise InvalidArgumentError(f"plugin package entry {info.filename!r} is a symlink")
-        total += info.file_size
-        if total > max_bytes:
-            raise InvalidArgumentError(
-                f"plugin package unpacks to more than the limit of {max_bytes} bytes"
-            )
-    return archive
-
-
-def inspect_package(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PluginManifest:
-    """Validate a zipped plugin package and return its manifest.
-
-    Checks: a zip within the size limit, no entry escaping the folder, ``plugin.toml`` at
-    the root and valid, and the entrypoint's module present in the package.
-    """
-    archive = _open_zip(data, max_bytes)
-    names = set(archive.namelist())
-    if MANIFEST not in names:
-        raise InvalidArgumentError(f"plugin package has no {MANIFEST} at its root")
-    try:
-        manifest = parse_manifest(archive.read(MANIFEST).decode())
-    except UnicodeDecodeError:
-        raise InvalidArgumentError(f"{MANIFEST} is not UTF-8 text") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise InvalidArgumentError("plugin package is not a zip file")
+    with checked_zip(data, max_bytes=max_bytes, what="plugin package") as archive:
+        names = set(archive.namelist())
+        if MANIFEST not in names:
+            raise InvalidArgumentError(f"plugin package has no {MANIFEST} at its root")
+        try:
+            manifest = parse_manifest(archive.read(MANIFEST).decode())
+        except UnicodeDecodeError:
+            raise InvalidArgumentError(f"{MANIFEST} is not UTF-8 text") from None
     module_path = manifest.module.replace(".", "/")
     if f"{module_path}.py" not in names and f"{module_path}/__init__.py" not in names:
         raise InvalidArgumentError(
@@ -132,15 +110,7 @@ def inspect_package(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PluginMa
 def unpack(data: bytes, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> PluginManifest:
     """Validate and extract a plugin package into ``dest`` (which must not exist yet)."""
     manifest = inspect_package(data, max_bytes)
-    archive = _open_zip(data, max_bytes)
-    dest.mkdir(parents=True)
-    for info in archive.infolist():
-        target = dest.joinpath(*_safe_member(info.filename).parts)
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(archive.read(info))
+    extract(data, dest, max_bytes=max_bytes, what="plugin package")
     return manifest
 
 

@@ -10,13 +10,18 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from registry import readyfile
+from registry import logs, readyfile
 from registry.errors import ModelgateError
-from worker_agent import logs
+from registry.settings_cli import parse_settings
 from worker_agent.agent import WorkerAgent
 from worker_agent.settings import WorkerSettings
 
 log = logging.getLogger("worker_agent")
+
+DESCRIPTION = (
+    "modelgate worker agent: pulls models, loads them into Triton or TF-Serving, registers "
+    "the worker and its routes in ZooKeeper."
+)
 
 
 async def run(settings: WorkerSettings) -> None:
@@ -46,7 +51,9 @@ async def run(settings: WorkerSettings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = WorkerSettings.from_args(argv)
+        settings = parse_settings(
+            WorkerSettings, argv, prog="python -m worker_agent", description=DESCRIPTION
+        )
     except ValidationError as err:
         print(f"invalid settings:\n{err}", file=sys.stderr)
         return 2

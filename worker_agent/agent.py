@@ -2,7 +2,7 @@
 
 Wires :class:`~worker_agent.reconciler.Reconciler` (what to load and route),
 :class:`~worker_agent.supervisor.Supervisor` (the launched model server),
-:class:`~worker_agent.status.StatusServer` and the ZooKeeper side: the ephemeral worker
+:class:`~registry.status_server.StatusServer` and the ZooKeeper side: the ephemeral worker
 node, updated at every heartbeat and whenever a model's health changes.
 """
 
@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from registry import EphemeralNode, Registry, TreeEvent, layout
 from registry.errors import InvalidArgumentError, ZooKeeperUnavailableError
 from registry.records import Assignment, Worker, WorkerSpec
+from registry.status_server import StatusServer
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
 from worker_agent.backends.tfserving import TFServingController
@@ -26,7 +27,6 @@ from worker_agent.backends.triton import TritonController
 from worker_agent.metrics import WorkerMetrics
 from worker_agent.reconciler import Reconciler
 from worker_agent.settings import WorkerSettings
-from worker_agent.status import StatusServer
 from worker_agent.supervisor import CommandLauncher, Launcher, Supervisor, TritonLauncher
 
 log = logging.getLogger("worker_agent.agent")
@@ -49,7 +49,7 @@ class WorkerAgent:
             max_bytes=settings.max_artifact_bytes,
             manager_url=settings.manager_url,
             blob_token=settings.blob_token,
-            http_timeout=settings.http_timeout,
+            http_timeout=settings.http_timeout_s,
             on_bytes=lambda scheme, n: self.metrics.pull_bytes.labels(scheme=scheme).inc(n),
         )
         self.launcher: Launcher | None = None
@@ -66,7 +66,6 @@ class WorkerAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._publish = asyncio.Event()
         self._resync = asyncio.Event()
-        self._stopped = asyncio.Event()
         self._watch: Any = None
 
     # -- start -----------------------------------------------------------------------------
@@ -87,8 +86,8 @@ class WorkerAgent:
             self.supervisor = Supervisor(
                 self.launcher,
                 self.metrics,
-                backoff_min=s.restart_backoff_min,
-                backoff_max=s.restart_backoff_max,
+                backoff_min=s.restart_backoff_min_s,
+                backoff_max=s.restart_backoff_max_s,
                 on_restart=self._backend_restarted,
             )
             await self.supervisor.start()
@@ -115,9 +114,9 @@ class WorkerAgent:
         self.registry = Registry(
             s.zk,
             s.root,
-            connect_timeout=s.zk_connect_timeout,
-            session_timeout=s.zk_session_timeout,
-            operation_timeout=s.zk_operation_timeout,
+            connect_timeout=s.zk_connect_timeout_s,
+            session_timeout=s.zk_session_timeout_s,
+            operation_timeout=s.zk_operation_timeout_s,
         )
         await asyncio.to_thread(self.registry.start)
         self.registry.add_state_listener(self._on_zk_state, loop)
@@ -129,9 +128,9 @@ class WorkerAgent:
             self.store,
             self.metrics,
             route_address=self._route_address,
-            load_timeout=s.load_timeout,
-            unload_timeout=s.unload_timeout,
-            drain_seconds=s.drain_seconds,
+            load_timeout=s.load_timeout_s,
+            unload_timeout=s.unload_timeout_s,
+            drain_seconds=s.drain_s,
             on_change=self._publish.set,
         )
         await self.reconciler.start()
@@ -190,7 +189,7 @@ class WorkerAgent:
             address=self._route_address(),
             status_address=f"{self.settings.advertise_host}:{status_port}",
             labels=self.settings.labels,
-            capacity_memory_mb=self.settings.capacity_memory,
+            capacity_memory_mb=self.settings.capacity_memory_mb,
             state=self._state(),  # type: ignore[arg-type]
             heartbeat=time.time(),
             backend_live=self.backend_live,
@@ -277,7 +276,7 @@ class WorkerAgent:
     async def _heartbeat(self) -> None:
         assert self.backend is not None and self.reconciler is not None
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
             live = await self.backend.live()
             if live != self.backend_live:
                 # NOTE: a server that came back may have lost its models: the probe below
@@ -319,7 +318,7 @@ class WorkerAgent:
     # -- stop ------------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """SIGTERM: state draining, delete routes, wait drain-seconds, unload, deregister."""
+        """SIGTERM: state draining, delete routes, wait drain-s, unload, deregister."""
         assert self.reconciler is not None
         log.info("draining")
         self.draining = True
@@ -364,4 +363,3 @@ class WorkerAgent:
             await self.supervisor.stop()
         if self.status is not None:
             await self.status.stop()
-        self._stopped.set()

@@ -8,9 +8,11 @@ with the model's ``config.pbtxt``. Sources: ``file://`` (directory or archive),
 
 Every pull works in a staging dir ``<model-root>/.staging/`` and ends with one atomic
 rename into ``<model-root>/<model>/<version>``. A rejected artifact (corrupt archive,
-checksum mismatch, entries escaping the target, links, over the size limit) leaves
-nothing behind. The version dir holds a marker file recording the URI and checksum, so a
-restarted agent knows what is already on disk and does not download it again.
+checksum mismatch, unsafe entries or links, over the size limit) leaves nothing behind:
+archives are unpacked by :mod:`registry.archives`, downloads made by
+:mod:`registry.downloads` (the rules every role shares). The version dir holds a marker
+file recording the URI and checksum, so a restarted agent knows what is already on disk
+and does not download it again.
 """
 
 from __future__ import annotations
@@ -20,26 +22,28 @@ import json
 import logging
 import os
 import shutil
-import stat
-import tarfile
 import tempfile
 import time
 import urllib.parse
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
+from registry.archives import ArchiveError, archive_kind, extract
+from registry.downloads import (
+    DownloadError,
+    DownloadUnavailableError,
+    download,
+    file_sha256,
+    verify_sha256,
+)
 from worker_agent.errors import ArtifactError, ArtifactUnavailableError
 
 log = logging.getLogger("worker_agent.artifacts")
 
 MARKER = ".modelgate-artifact.json"
 STAGING = ".staging"
-_CHUNK = 1 << 20
-_PROGRESS_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,26 +60,8 @@ def tree_sha256(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER):
         rel = path.relative_to(root).as_posix()
-        digest.update(f"{rel}\0{_file_sha256(path)}\n".encode())
+        digest.update(f"{rel}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _safe_member(name: str, what: str) -> PurePosixPath:
-    """Reject absolute names and any '..' component; return the normalised relative path."""
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise ArtifactError(f"{what}: entry {name!r} is an absolute path")
-    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
-    if ".." in parts:
-        raise ArtifactError(f"{what}: entry {name!r} escapes the target directory")
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
 class ArtifactStore:
@@ -147,21 +133,18 @@ class ArtifactStore:
         """Fetch, verify, extract and atomically place ``model@version``; blocking."""
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(dir=self._staging(), prefix=f"{model}-{version}-"))
+        what = f"artifact {uri}"
         try:
-            source, size = self._fetch(uri, tmp)
+            source, size, actual = self._fetch(uri, tmp, sha256)
             content = tmp / "content"
-            if source.is_dir():
+            if actual is None:  # a directory: its checksum is the tree digest of the copy
                 self._copy_dir(source, content, uri)
                 actual = tree_sha256(content)
+                verify_sha256(uri, sha256, actual)
+            elif archive_kind(source) is None:
+                raise ArtifactError(f"{what} is not a directory, .tar.gz, .tar or .zip archive")
             else:
-                actual = _file_sha256(source)
-                if sha256 is not None and actual != sha256:
-                    raise ArtifactError(
-                        f"sha256 mismatch for {uri}: expected {sha256}, got {actual}"
-                    )
-                self._extract(source, content, uri)
-            if sha256 is not None and actual != sha256:
-                raise ArtifactError(f"sha256 mismatch for {uri}: expected {sha256}, got {actual}")
+                extract(source, content, max_bytes=self.max_bytes, what=what)
             (content / MARKER).write_text(
                 json.dumps({"uri": uri, "sha256": sha256, "content_sha256": actual, "bytes": size})
             )
@@ -170,6 +153,10 @@ class ArtifactStore:
             if target.exists():  # a stale or different copy: swap it out
                 os.rename(target, tmp / "old")
             os.rename(content, target)
+        except (ArchiveError, DownloadError) as err:
+            raise ArtifactError(str(err)) from None
+        except DownloadUnavailableError as err:
+            raise ArtifactUnavailableError(str(err)) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             self._drop_staging()
@@ -188,8 +175,8 @@ class ArtifactStore:
         except OSError:
             pass  # another pull is in progress, or it is already gone
 
-    def _fetch(self, uri: str, tmp: Path) -> tuple[Path, int]:
-        """Return a local path of the artifact (file or dir) and its size in bytes."""
+    def _fetch(self, uri: str, tmp: Path, sha256: str | None) -> tuple[Path, int, str | None]:
+        """A local path of the artifact, its size and its verified sha256 (None: a directory)."""
         parsed = urllib.parse.urlparse(uri)
         scheme = parsed.scheme.lower()
         if scheme == "file":
@@ -197,63 +184,42 @@ class ArtifactStore:
             if not path.exists():
                 raise ArtifactError(f"artifact {uri} does not exist")
             if path.is_dir():
-                return path, 0
+                return path, 0, None
             size = path.stat().st_size
-            if size > self.max_bytes:
-                raise ArtifactError(
-                    f"artifact {uri} is {size} bytes, over the limit of {self.max_bytes}"
-                )
+            self._check_size(uri, size)
             self._on_bytes("file", size)
-            return path, size
-        if scheme in ("http", "https"):
-            return self._fetch_http(uri, tmp / ("download" + _suffix(parsed.path)))
-        if scheme == "s3":
-            return self._fetch_s3(parsed, tmp / ("download" + _suffix(parsed.path)))
-        raise ArtifactError(
-            f"unsupported artifact URI {uri!r}: use file://, http(s):// or s3:// (optional extra)"
-        )
+            actual = file_sha256(path)
+        elif scheme in ("http", "https"):
+            path = tmp / "download"
+            for_manager = self.manager_url is not None and uri.startswith(self.manager_url)
+            actual = download(
+                uri,
+                path,
+                max_bytes=self.max_bytes,
+                timeout_s=self.http_timeout,
+                token=self.blob_token if for_manager else None,
+                on_bytes=lambda n: self._on_bytes("http", n),
+            )
+            size = path.stat().st_size
+        elif scheme == "s3":
+            path = tmp / "download"
+            size = self._fetch_s3(parsed, path)
+            actual = file_sha256(path)
+        else:
+            raise ArtifactError(
+                f"unsupported artifact URI {uri!r}: "
+                "use file://, http(s):// or s3:// (optional extra)"
+            )
+        verify_sha256(uri, sha256, actual)
+        return path, size, actual
 
-    def _fetch_http(self, uri: str, dest: Path) -> tuple[Path, int]:
-        import httpx
+    def _check_size(self, uri: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise ArtifactError(
+                f"artifact {uri} is {size} bytes, over the limit of {self.max_bytes}"
+            )
 
-        headers = {}
-        if self.blob_token and self.manager_url and uri.startswith(self.manager_url):
-            headers["Authorization"] = f"Bearer {self.blob_token}"
-        size = 0
-        try:
-            with httpx.stream(
-                "GET", uri, headers=headers, timeout=self.http_timeout, follow_redirects=True
-            ) as response:
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise ArtifactUnavailableError(f"HTTP {response.status_code} fetching {uri}")
-                if response.status_code >= 400:
-                    raise ArtifactError(f"HTTP {response.status_code} fetching {uri}")
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > self.max_bytes:
-                    raise ArtifactError(
-                        f"artifact {uri} is {declared} bytes, over the limit of {self.max_bytes}"
-                    )
-                last = time.monotonic()
-                with dest.open("wb") as out:
-                    for chunk in response.iter_bytes(_CHUNK):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise ArtifactError(
-                                f"artifact {uri} is over the limit of {self.max_bytes} bytes"
-                            )
-                        out.write(chunk)
-                        self._on_bytes("http", len(chunk))
-                        if time.monotonic() - last > _PROGRESS_EVERY:
-                            last = time.monotonic()
-                            total = f" of {declared}" if declared else ""
-                            log.info("downloading %s: %d%s bytes", uri, size, total)
-        except httpx.HTTPError as err:
-            raise ArtifactUnavailableError(
-                f"could not fetch {uri}: {type(err).__name__}: {err}"
-            ) from None
-        return dest, size
-
-    def _fetch_s3(self, parsed: urllib.parse.ParseResult, dest: Path) -> tuple[Path, int]:
+    def _fetch_s3(self, parsed: urllib.parse.ParseResult, dest: Path) -> int:
         try:
             import boto3  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
@@ -265,92 +231,15 @@ class ArtifactStore:
         key = parsed.path.lstrip("/")
         head = client.head_object(Bucket=parsed.netloc, Key=key)
         size = int(head.get("ContentLength", 0))
-        if size > self.max_bytes:
-            raise ArtifactError(f"artifact s3://{parsed.netloc}/{key} is over the size limit")
+        self._check_size(f"s3://{parsed.netloc}/{key}", size)
         client.download_file(parsed.netloc, key, str(dest))
         self._on_bytes("s3", size)
-        return dest, size
+        return size
 
-    # -- unpacking -------------------------------------------------------------------------
-
-    def _extract(self, archive: Path, dest: Path, uri: str) -> None:
-        kind = _archive_kind(archive, uri)
-        dest.mkdir()
-        try:
-            if kind == "zip":
-                self._extract_zip(archive, dest, uri)
-            elif kind == "tar":
-                self._extract_tar(archive, dest, uri)
-            else:
-                raise ArtifactError(
-                    f"artifact {uri} is not a directory, .tar.gz, .tar or .zip archive"
-                )
-        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as err:
-            raise ArtifactError(f"corrupt archive {uri}: {err or type(err).__name__}") from None
-
-    def _budget(self, uri: str) -> Callable[[int], None]:
-        total = 0
-
-        def add(n: int) -> None:
-            nonlocal total
-            total += n
-            if total > self.max_bytes:
-                raise ArtifactError(
-                    f"artifact {uri} unpacks to more than the limit of {self.max_bytes} bytes"
-                )
-
-        return add
-
-    def _extract_tar(self, archive: Path, dest: Path, uri: str) -> None:
-        add = self._budget(uri)
-        with tarfile.open(archive, "r:*") as tar:
-            for member in _iter_tar(tar):
-                rel = _safe_member(member.name, uri)
-                target = dest / rel
-                if member.issym() or member.islnk():
-                    raise ArtifactError(
-                        f"{uri}: entry {member.name!r} is a link ({member.linkname!r}); "
-                        "links are not allowed in artifacts"
-                    )
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not member.isfile():
-                    raise ArtifactError(f"{uri}: entry {member.name!r} is not a regular file")
-                add(member.size)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                if src is None:
-                    raise ArtifactError(f"{uri}: entry {member.name!r} cannot be read")
-                with src, target.open("wb") as out:
-                    _copy(src, out, add=None)
-                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-
-    def _extract_zip(self, archive: Path, dest: Path, uri: str) -> None:
-        add = self._budget(uri)
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                rel = _safe_member(info.filename, uri)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise ArtifactError(
-                        f"{uri}: entry {info.filename!r} is a link; links are not allowed"
-                    )
-                target = dest / rel
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                add(info.file_size)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                written = self._budget(uri)
-                with zf.open(info) as src, target.open("wb") as out:
-                    _copy(src, out, add=written)  # the declared size may lie
-            bad = zf.testzip()
-            if bad is not None:
-                raise ArtifactError(f"corrupt archive {uri}: bad CRC for {bad!r}")
+    # -- copying a directory artifact --------------------------------------------------------
 
     def _copy_dir(self, source: Path, dest: Path, uri: str) -> None:
-        add = self._budget(uri)
+        total = 0
         root = source.resolve()
         for dirpath, dirnames, filenames in os.walk(source):
             here = Path(dirpath)
@@ -368,45 +257,14 @@ class ArtifactStore:
                 if name == MARKER:
                     continue
                 size = path.stat().st_size
-                add(size)
+                total += size
+                if total > self.max_bytes:
+                    raise ArtifactError(
+                        f"artifact {uri} unpacks to more than the limit of {self.max_bytes} bytes"
+                    )
                 target = dest / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 os.chmod(target, 0o755 if path.stat().st_mode & 0o111 else 0o644)
                 self._on_bytes("file", size)
         dest.mkdir(exist_ok=True)
-
-
-def _iter_tar(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    while (member := tar.next()) is not None:
-        yield member
-
-
-def _copy(src: IO[bytes], out: IO[bytes], add: Callable[[int], None] | None) -> None:
-    while chunk := src.read(_CHUNK):
-        if add is not None:
-            add(len(chunk))
-        out.write(chunk)
-
-
-def _suffix(path: str) -> str:
-    name = PurePosixPath(path).name.lower()
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def _archive_kind(path: Path, uri: str) -> str:
-    with path.open("rb") as f:
-        head = f.read(262)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if head.startswith(b"\x1f\x8b") or (len(head) >= 262 and head[257:262] == b"ustar"):
-        return "tar"
-    suffix = _suffix(urllib.parse.urlparse(uri).path)
-    if suffix == ".zip":
-        return "zip"
-    if suffix:
-        return "tar"
-    return "unknown"

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 from registry import EphemeralNode, Registry, layout
 from registry.errors import ModelgateError, UnavailableError, ZooKeeperUnavailableError
+from registry.logs import set_call
 from registry.records import Assignment, ModelHealth, ModelState, Route
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
 from worker_agent.errors import ArtifactError, ArtifactUnavailableError, BackendError
-from worker_agent.logs import current_model
 from worker_agent.metrics import MODEL_STATES, WorkerMetrics
 
 log = logging.getLogger("worker_agent.reconciler")
@@ -212,7 +212,7 @@ class Reconciler:
             )
 
     async def _drive(self, slot: Slot) -> None:
-        current_model.set(slot.key)
+        set_call(slot.model, str(slot.version))
         try:
             while slot.dirty and not self._stopping:
                 slot.dirty = False

@@ -1,4 +1,4 @@
-"""The worker agent's settings: one class, read from ``MODELGATE_WORKER_*`` and the CLI.
+"""The worker agent's settings: one class, read from ``MODELGATE_WORKER_*`` and flags.
 
 Built once in :mod:`worker_agent.__main__` and passed into constructors; nothing reads
 configuration at import time.
@@ -6,9 +6,7 @@ configuration at import time.
 
 from __future__ import annotations
 
-import argparse
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -72,37 +70,38 @@ class WorkerSettings(BaseSettings):
     """Host name other roles use to reach this worker (routes, status address)."""
     labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     """Worker labels for placement, "k=v,k2=v2"."""
-    capacity_memory: int | None = Field(default=None, ge=0)
+    capacity_memory_mb: int | None = Field(default=None, ge=0)
     """Memory offered to models, in MiB (placement); unset means unknown."""
     status_host: str = "0.0.0.0"
     """Address of the status HTTP server (/healthz, /metrics)."""
     status_port: int = Field(default=9200, ge=0, le=65535)
     """Port of the status HTTP server (0: pick a free one)."""
-    heartbeat_interval: float = Field(default=5.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between heartbeats (worker record update, liveness and readiness probes)."""
-    drain_seconds: float = Field(default=10.0, ge=0)
+    drain_s: float = Field(default=10.0, ge=0)
     """Seconds between withdrawing a route and unloading its model (in-flight calls finish)."""
-    load_timeout: float = Field(default=300.0, gt=0)
+    load_timeout_s: float = Field(default=300.0, gt=0)
     """Seconds a model may take to become ready after a load request."""
-    unload_timeout: float = Field(default=60.0, gt=0)
+    unload_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds an unload may take before the agent stops waiting for it."""
     max_artifact_bytes: int = Field(default=20 * 1024**3, gt=0)
     """Largest artifact accepted, downloaded or extracted, in bytes."""
     manager_url: str | None = None
     """Base URL of the manager; artifact URLs under it get the blob token."""
     blob_token: str | None = None
-    """Bearer token sent with downloads from --manager-url (the manager's blob URLs)."""
-    http_timeout: float = Field(default=60.0, gt=0)
+    """Bearer token sent with downloads from --manager-url (the manager's blob URLs). A
+    secret: environment only, no flag."""
+    http_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds without progress before an http(s) download fails."""
-    zk_connect_timeout: float = Field(default=30.0, gt=0)
+    zk_connect_timeout_s: float = Field(default=30.0, gt=0)
     """Seconds to wait for ZooKeeper at start-up."""
-    zk_session_timeout: float = Field(default=10.0, gt=0)
+    zk_session_timeout_s: float = Field(default=10.0, gt=0)
     """ZooKeeper session timeout in seconds."""
-    zk_operation_timeout: float = Field(default=10.0, gt=0)
+    zk_operation_timeout_s: float = Field(default=10.0, gt=0)
     """Seconds one ZooKeeper write (e.g. a heartbeat) is retried before it counts as failed."""
-    restart_backoff_min: float = Field(default=1.0, gt=0)
+    restart_backoff_min_s: float = Field(default=1.0, gt=0)
     """First wait before restarting a launched model server that died, in seconds."""
-    restart_backoff_max: float = Field(default=30.0, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
     """Longest wait between restarts of a launched model server, in seconds."""
     log_level: str = "INFO"
     """Logging level of the agent."""
@@ -128,28 +127,3 @@ class WorkerSettings(BaseSettings):
             except InvalidArgumentError as err:
                 raise ValueError(str(err)) from None
         return self
-
-    @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None) -> WorkerSettings:
-        """Build settings from CLI flags (one per field, ``--kebab-case``) over the env."""
-        parser = argparse.ArgumentParser(
-            prog="python -m worker_agent",
-            description="modelgate worker agent: pulls models, loads them into Triton or "
-            "TF-Serving, registers the worker and its routes in ZooKeeper.",
-        )
-        for name, field in cls.model_fields.items():
-            flag = "--" + name.replace("_", "-")
-            help_text = (field.description or "").replace("%", "%%")
-            if field.annotation is bool:
-                parser.add_argument(
-                    flag,
-                    dest=name,
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=help_text,
-                )
-            else:
-                parser.add_argument(flag, dest=name, default=None, help=help_text)
-        args = parser.parse_args(argv)
-        overrides = {k: v for k, v in vars(args).items() if v is not None}
-        return cls(**overrides)

@@ -141,10 +141,6 @@ def build() -> dict[str, Any]:
         ],
         "s",
     )
-    b.panel(
-        "Backend calls in flight by address",
-        [("sum by (address) (modelgate_gateway_backend_in_flight)", "{{address}}")],
-    )
     b.end_row()
 
     b.row("Gateway: routing and resilience")

@@ -312,7 +312,7 @@ class LocalStack:
             "--port", str(self.gateway_port),
             "--metrics-port", str(self.gateway_metrics_port),
             "--gateway-id", "local-gateway",
-            "--grace-seconds", "2",
+            "--grace-s", "2",
             "--log-level", self.log_level,
         ]  # fmt: skip
         if self.gateway_port:
@@ -344,7 +344,7 @@ class LocalStack:
             "--status-host", self.host,
             "--status-port", str(self.worker_status_ports[index]),
             "--manager-url", self.manager_url,
-            "--drain-seconds", str(self.drain_seconds),
+            "--drain-s", str(self.drain_seconds),
             "--log-level", self.log_level,
         ]  # fmt: skip
         # The Triton this agent launches logs into its work dir: linked beside the others.

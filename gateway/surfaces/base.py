@@ -22,11 +22,11 @@ from gateway.backends import tensors
 from gateway.backends.channels import ChannelPool, Metadata
 from gateway.backends.rest import RestBackend
 from gateway.errors import status_of
-from gateway.logs import set_call
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
 from gateway.table import Instance
+from registry.logs import set_call
 
 log = logging.getLogger("gateway.surfaces")
 

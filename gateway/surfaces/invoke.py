@@ -11,10 +11,10 @@ import udl
 from gateway.backends.wire import parse
 from gateway.errors import InvalidArgumentError
 from gateway.flow import JSON_FLOW
-from gateway.logs import set_call
 from gateway.surfaces.base import CallInfo, Core, split_version
 from gateway.table import Instance
 from protos.modelgate.v1 import gateway_pb2
+from registry.logs import set_call
 
 SURFACE = "invoke"
 SERVICE = "modelgate.v1.Gateway"

@@ -109,6 +109,7 @@ def read_service(m: Ctx, caller: Caller, name: Name) -> Service:
 
 @router.delete("/services/{name}", status_code=204, tags=["services"], summary="Delete")
 def delete_service(m: Ctx, caller: Caller, name: Name) -> Response:
+    require_role(caller, "operator", "deleting a service")
     service = m.registry.read(layout.service(name), Service)
     if service is None:
         raise NotFoundError(f"service '{name}' does not exist")

@@ -50,6 +50,18 @@ def get_model(reg: Registry, name: str) -> tuple[Model, int]:
         raise NotFoundError(f"model '{name}' does not exist") from None
 
 
+def model_to_change(m: Manager, caller: Principal, name: str, action: str) -> tuple[Model, int]:
+    """The model ``caller`` may change, checked in an order that reveals nothing.
+
+    The role comes first: a token that may never write (viewer, internal) gets 403 whether
+    or not the model exists; only then the lookup (404) and the model's group (403).
+    """
+    require_role(caller, "operator", action)
+    model, version = get_model(m.registry, name)
+    require_group(caller, model.group, action)
+    return model, version
+
+
 def _versions(reg: Registry, name: str) -> dict[int, ModelVersion]:
     return {
         rec.version: rec for rec in reg.read_children(layout.versions(name), ModelVersion).values()
@@ -97,8 +109,7 @@ def modify_model(
 ) -> Model:
     """Read-modify-write a model with compare-and-set (retried unless If-Match was given)."""
     for _attempt in range(5):
-        model, version = get_model(m.registry, name)
-        require_group(caller, model.group, action)
+        model, version = model_to_change(m, caller, name, action)
         if if_match is not None and if_match != version:
             raise ConflictError(
                 f"model '{name}' changed since it was read (ETag {if_match}, now {version}); "
@@ -151,6 +162,7 @@ def read_model(m: Ctx, caller: Caller, name: ModelName, response: Response) -> M
 def update_model(
     m: Ctx, caller: Caller, name: ModelName, body: ModelUpdate, if_match: IfMatch = None
 ) -> ModelOut:
+    require_role(caller, "operator", "updating a model")
     fields = body.model_dump(exclude_unset=True)
     clear = fields.pop("clear_plugin", False)
     if "group" in fields and fields["group"] is not None:
@@ -174,8 +186,7 @@ def update_model(
 
 @router.delete("/models/{name}", status_code=204, summary="Delete a model and its versions")
 def delete_model(m: Ctx, caller: Caller, name: ModelName) -> Response:
-    model, _ = get_model(m.registry, name)
-    require_group(caller, model.group, "deleting a model")
+    model_to_change(m, caller, name, "deleting a model")
     m.registry.delete(layout.model(name), recursive=True)
     m.kick()
     return Response(status_code=204)
@@ -201,6 +212,7 @@ def offline(m: Ctx, caller: Caller, name: ModelName) -> ModelOut:
 
 @router.put("/models/{name}/traffic", response_model=ModelOut, summary="Set traffic weights")
 def set_traffic(m: Ctx, caller: Caller, name: ModelName, body: TrafficUpdate) -> ModelOut:
+    require_role(caller, "operator", "setting traffic")
     weights = {str(int(k)): w for k, w in body.weights.items()}
     if any(w < 0 or w > 100 for w in weights.values()):
         raise InvalidArgumentError("traffic weights must be between 0 and 100")
@@ -209,7 +221,7 @@ def set_traffic(m: Ctx, caller: Caller, name: ModelName, body: TrafficUpdate) ->
             f"traffic weights must sum to 100 (got {sum(weights.values())}), or be empty to "
             "send all traffic to the newest version"
         )
-    get_model(m.registry, name)
+    model_to_change(m, caller, name, "setting traffic")
     known = _versions(m.registry, name)
     missing = sorted(int(v) for v in weights if int(v) not in known)
     if missing:
@@ -262,8 +274,7 @@ def _add_version(
     sha256: str | None,
     labels: list[str],
 ) -> VersionOut:
-    model, _ = get_model(m.registry, name)
-    require_group(caller, model.group, "adding a version")
+    model_to_change(m, caller, name, "adding a version")
     known = _versions(m.registry, name)
     number = number or (max(known, default=0) + 1)
     if number in known:
@@ -318,8 +329,7 @@ def upload_version(
     version: Annotated[int | None, Form(ge=1, le=2**31 - 1)] = None,
     labels: Annotated[str, Form(max_length=1000, description="Comma-separated.")] = "",
 ) -> VersionOut:
-    model, _ = get_model(m.registry, name)
-    require_group(caller, model.group, "uploading a version")
+    model_to_change(m, caller, name, "uploading a version")
     label_list = sorted({lab.strip() for lab in labels.split(",") if lab.strip()})
     for lab in label_list:
         layout.check_name("label", lab)
@@ -343,8 +353,7 @@ def blob_url(m: Manager, request: Request, sha: str) -> str:
 
 @router.delete("/models/{name}/versions/{version}", status_code=204, summary="Delete a version")
 def delete_version(m: Ctx, caller: Caller, name: ModelName, version: VersionNo) -> Response:
-    model, _ = get_model(m.registry, name)
-    require_group(caller, model.group, "deleting a version")
+    model, _ = model_to_change(m, caller, name, "deleting a version")
     if model.traffic.get(str(version), 0) > 0:
         raise FailedPreconditionError(
             f"version {version} of '{name}' receives {model.traffic[str(version)]}% of the "
@@ -364,8 +373,7 @@ def delete_version(m: Ctx, caller: Caller, name: ModelName, version: VersionNo) 
 def set_labels(
     m: Ctx, caller: Caller, name: ModelName, version: VersionNo, body: LabelsUpdate
 ) -> VersionOut:
-    model, _ = get_model(m.registry, name)
-    require_group(caller, model.group, "labelling a version")
+    model_to_change(m, caller, name, "labelling a version")
     path = layout.version(name, version)
     try:
         rec, ver = m.registry.get(path, ModelVersion)

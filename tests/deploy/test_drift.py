@@ -18,6 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from manager_api.metrics import ManagerMetrics
 from manager_api.settings import ManagerSettings
+from registry.settings_cli import build_parser
 from tests.deploy._manifests import (
     COMPOSE_FILE,
     DEPLOY,
@@ -215,7 +216,12 @@ def test_dashboard_and_docs_only_use_metrics_the_code_defines() -> None:
     assert used <= defined, f"not defined in */metrics.py: {sorted(used - defined)}"
 
 
-@pytest.mark.parametrize("doc", ["docs/deploy.md"])
+DOCS = ["README.md", "docs/deploy.md", "docs/gateway.md", "docs/worker_agent.md", "docs/manager.md"]
+#: The flags each role's doc documents in its settings table (``| `--flag` ...``).
+ROLE_DOCS = {"gateway": "docs/gateway.md", "worker_agent": "docs/worker_agent.md"}
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_docs_only_name_real_settings(doc: str) -> None:
     path = REPO / doc
     if not path.exists():
@@ -227,3 +233,19 @@ def test_docs_only_name_real_settings(doc: str) -> None:
     used -= {"MODELGATE_INTERNAL_TOKEN", "MODELGATE_IMAGE"}  # compose's .env, not settings
     assert used, f"{doc} names no setting"
     assert used <= every, used - every
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_DOCS))
+def test_settings_tables_name_real_flags(role: str) -> None:
+    parser = build_parser(SETTINGS[role], role, role)
+    real = set(re.findall(r"--[a-z][a-z0-9-]*", parser.format_help()))
+    rows = [
+        line
+        for line in (REPO / ROLE_DOCS[role]).read_text().splitlines()
+        if line.startswith("| `--")
+    ]
+    documented = {f for row in rows for f in re.findall(r"`(--[a-z][a-z0-9-]*)", row.split("|")[1])}
+    assert len(documented) >= 10, documented
+    assert documented <= real, (
+        f"{ROLE_DOCS[role]} documents flags {role} lacks: {documented - real}"
+    )

@@ -107,9 +107,9 @@ def gateway_settings(zookeeper: Any, zk_root: str) -> GatewaySettings:
         port=0,
         metrics_port=0,
         gateway_id="gw-test",
-        eject_seconds=60,
-        default_timeout=20,
-        grace_seconds=2,
+        eject_s=60,
+        default_timeout_s=20,
+        grace_s=2,
     )
 
 

@@ -142,3 +142,14 @@ def test_json_codec_round_trip_and_errors():
         codec.json_to_tensors(
             b'{"inputs": [{"name": "a", "shape": [1], "datatype": "complex", "data": [1]}]}'
         )
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x01\x00", b"\x05\x00\x00\x00ab"], ids=["cut-length", "cut-element"]
+)
+def test_truncated_bytes_contents_are_refused(raw):
+    request = kserve.ModelInferRequest(model_name="m")
+    request.inputs.add(name="s", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(raw)
+    with pytest.raises(InvalidArgumentError, match="tensor 's': truncated BYTES contents"):
+        codec.kserve_request_inputs(request)

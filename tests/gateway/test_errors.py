@@ -7,9 +7,9 @@ import logging
 
 import grpc
 
-from gateway import logs
 from gateway.backends.rest import grpc_code
 from gateway.errors import BackendStatusError, ModelNotFoundError, status_of
+from registry import logs
 from registry.errors import ZooKeeperUnavailableError
 
 

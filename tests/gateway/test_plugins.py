@@ -275,6 +275,21 @@ def test_broken_version_keeps_the_old_one_then_a_good_one_swaps_under_load(
     assert status.error is None
 
 
+def test_a_process_plugin_that_fails_to_load_reports_its_own_error(
+    gateway, registry, triton_a, tmp_path
+):
+    broken = publish(registry, tmp_path, "csv", "1", BROKEN_PLUGIN, "process")
+    serve_add_one(registry, triton_a.address, broken)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route in the gateway")
+    status = wait_for(lambda: (s := gateway_record(registry).plugins.get(ADD_ONE)) and s.error and s,
+                      what="the load error in the gateway record")  # fmt: skip
+    assert status.error == "plugin csv@1 failed to load: RuntimeError: weights file missing"
+    assert status.serving is None
+    err = invoke_error(gateway.address, b"1")
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "csv@1 failed to load: RuntimeError: weights file missing" in err.details()
+
+
 def test_unregistered_plugin_is_a_clear_error(gateway, registry, triton_a):
     serve_add_one(registry, triton_a.address, "nosuch@1")
     wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route in the gateway")

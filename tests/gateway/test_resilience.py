@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,8 +99,8 @@ def test_zookeeper_stopped_calls_keep_succeeding_then_resync(
             lambda: gateway.metric("modelgate_gateway_zk_connected") == 0, what="zk_connected 0"
         )
         assert [increment(client) for _ in range(20)] == [1.0] * 20
-        status, _ = gateway.http_get("/healthz")
-        assert status == 200
+        status, body = gateway.http_get("/healthz")
+        assert status == 200 and json.loads(body)["zookeeper"] == "unreachable"
     finally:
         zookeeper.start()
     wait_for(lambda: gateway.metric("modelgate_gateway_zk_connected") == 1, what="zk_connected 1")
@@ -135,7 +136,7 @@ def test_python_m_gateway_registers_serves_and_drains_on_sigterm(
     zookeeper, zk_root, registry, tmp_path
 ):
     env = dict(os.environ, MODELGATE_GATEWAY_ROOT=zk_root)
-    args = ["--zk", zookeeper.hosts, "--gateway-id", "gw-cli", "--grace-seconds", "1"]
+    args = ["--zk", zookeeper.hosts, "--gateway-id", "gw-cli", "--grace-s", "1"]
     process = GatewayProcess(tmp_path, *args, env=env)
     try:
         process.serve()
@@ -172,7 +173,7 @@ def test_session_expiry_re_registers_and_resyncs(registry, gateway, triton_a, tr
 
 def test_python_m_gateway_exits_with_a_clear_error_without_zookeeper():
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "--zk", "127.0.0.1:1", "--zk-connect-timeout", "1",
+        [sys.executable, "-m", "gateway", "--zk", "127.0.0.1:1", "--zk-connect-timeout-s", "1",
          "--port", "0", "--metrics-port", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -273,7 +273,9 @@ def test_health_per_model_and_reflection(routed, registry):
         assert responses[1].file_descriptor_response.file_descriptor_proto
 
     status_code, body = routed.http_get("/healthz")
-    assert status_code == 200 and "ok" in body
+    health = json.loads(body)
+    assert status_code == 200 and health["ok"] is True and health["status"] == "ok"
+    assert health["models"] >= 1 and health["zookeeper"] == "connected"
     status_code, body = routed.http_get("/metrics")
     assert status_code == 200 and "modelgate_gateway_zk_connected 1.0" in body
 

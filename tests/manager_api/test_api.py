@@ -194,6 +194,10 @@ def test_plugins_upload_list_delete(client: TestClient, registry: Registry):
     ]
     used = client.delete("/v1/plugins/digits/1.0.0", headers=auth("admin"))
     assert "used by model(s) m1" in problem(used, 409)["detail"]
+    cleared = client.patch("/v1/models/m1", json={"plugin": ""}, headers=auth("admin"))
+    assert cleared.status_code == 200 and cleared.json()["plugin"] is None
+    again = client.patch("/v1/models/m1", json={"plugin": "digits@1.0.0"}, headers=auth("admin"))
+    assert again.json()["plugin"] == "digits@1.0.0"
     client.patch("/v1/models/m1", json={"clear_plugin": True}, headers=auth("admin"))
     assert client.delete("/v1/plugins/digits/1.0.0", headers=auth("admin")).status_code == 204
     problem(client.get("/v1/plugins/digits", headers=auth("viewer")), 404)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -234,3 +236,136 @@ def test_bad_inputs_are_4xx_problems(seeded: TestClient, method, path, body, sta
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
     assert problem["status"] == status and problem["detail"] and problem["type"].startswith("http")
+    if status == 405:
+        assert r.headers["allow"] == "GET, POST"  # every method the path has
+    # every answer the server gives is one the OpenAPI schema lists for the operation
+    documented = seeded.app.openapi()["paths"]
+    operation = next(
+        (
+            item[method.lower()]
+            for template, item in documented.items()
+            if _matches(template, path) and method.lower() in item
+        ),
+        None,
+    )
+    if operation is not None:
+        assert str(status) in operation["responses"], (method, path, status)
+
+
+def test_malformed_multipart_is_a_documented_400(seeded: TestClient):
+    r = seeded.post(
+        "/v1/models/ads-model/versions:upload",
+        content=b"garbage",
+        headers={**auth("admin"), "Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    responses = seeded.app.openapi()["paths"]["/v1/models/{name}/versions:upload"]["post"]
+    assert "400" in responses["responses"]
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether ``path`` is an instance of the OpenAPI path ``template``."""
+    parts = re.split(r"\{[^}]+\}", template)
+    return re.fullmatch("[^/:]+".join(map(re.escape, parts)), path) is not None
+
+
+# -- authorization before existence -----------------------------------------------------
+# Every state-changing operation, taken from the app's own routes (so a new one cannot be
+# missed), on an existing and on a nonexistent resource: a token that may never write gets
+# 403 either way, so the answer tells it nothing about which names exist.
+
+PATH_VALUES = {
+    "existing": {
+        "name": "ads-model",
+        "version": "1",
+        "worker_id": "w1",
+        "sha256": "a" * 64,
+    },
+    "missing": {
+        "name": "ghost-model",
+        "version": "99",
+        "worker_id": "ghost-worker",
+        "sha256": "b" * 64,
+    },
+}
+# A valid body per operation that takes one (a body the schema refuses is a 422 for
+# everybody, which reveals nothing; the question here is what a *valid* call reveals).
+BODIES: dict[tuple[str, str], dict | None] = {
+    ("POST", "/v1/models"): {"name": "ghost-model", "backend": "triton", "group": "ads"},
+    ("PATCH", "/v1/models/{name}"): {"replicas": 1},
+    ("PUT", "/v1/models/{name}/traffic"): {"weights": {}},
+    ("POST", "/v1/models/{name}/versions"): {"artifact_uri": "file:///m"},
+    ("PUT", "/v1/models/{name}/versions/{version}/labels"): {"labels": ["stable"]},
+    ("POST", "/v1/groups"): {"name": "ghost-group"},
+    ("POST", "/v1/services"): {"name": "ghost-svc", "urls": ["http://h/x"], "group": "ads"},
+}
+# Multipart uploads: the file part is required by the schema.
+UPLOADS = {"/v1/models/{name}/versions:upload": "m.tar.gz", "/v1/plugins": "p.zip"}
+
+
+def _write_operations(app) -> list[tuple[str, str, bool]]:
+    """(method, path template, takes a body) of every state-changing operation."""
+    return [
+        (method.upper(), path, "requestBody" in op)
+        for path, item in app.openapi()["paths"].items()
+        for method, op in item.items()
+        if method.upper() in ("POST", "PUT", "PATCH", "DELETE")
+    ]
+
+
+def _concrete(template: str, which: str) -> str:
+    path = template
+    for key, value in PATH_VALUES[which].items():
+        path = path.replace("{" + key + "}", value)
+    # the remaining parameters name groups, services and plugins: same value either way
+    # except that "missing" picks a name nobody created
+    suffix = "ghost" if which == "missing" else None
+    for key, present in (("{name}", "svc-search"), ("{version}", "1.0")):
+        path = path.replace(key, suffix or present)
+    assert "{" not in path, f"give {template} a value in PATH_VALUES"
+    return path
+
+
+def test_every_write_operation_is_listed(app):
+    for method, template, takes_body in _write_operations(app):
+        if takes_body and template not in UPLOADS:
+            assert (method, template) in BODIES, f"add a valid body for {method} {template}"
+
+
+@pytest.mark.parametrize("which", ["existing", "missing"])
+@pytest.mark.parametrize("role", ["viewer", "internal"])
+def test_no_write_reveals_existence_to_tokens_that_cannot_write(seeded, app, role, which):
+    checked = 0
+    for method, template, _ in _write_operations(app):
+        path = _concrete(template, which)
+        kwargs: dict = {}
+        if template in UPLOADS:
+            kwargs["files"] = {"file": (UPLOADS[template], b"\x1f\x8b not really")}
+        elif BODIES.get((method, template)) is not None:
+            kwargs["json"] = BODIES[(method, template)]
+        r = seeded.request(method, path, headers=auth(role), **kwargs)
+        assert r.status_code == 403, (role, which, method, path, r.status_code, r.text)
+        assert r.json()["title"] == "Forbidden"
+        checked += 1
+    assert checked >= 20  # every write the API has (20 today), not a handful
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", "/v1/models/ghost-model", {"replicas": 1}),
+        ("DELETE", "/v1/models/ghost-model", None),
+        ("POST", "/v1/models/ghost-model:offline", None),
+        ("PUT", "/v1/models/ghost-model/traffic", {"weights": {}}),
+        ("POST", "/v1/models/ghost-model/versions", {"artifact_uri": "file:///m"}),
+        ("DELETE", "/v1/models/ghost-model/versions/1", None),
+        ("PUT", "/v1/models/ghost-model/versions/1/labels", {"labels": ["stable"]}),
+        ("DELETE", "/v1/services/ghost-svc", None),
+    ],
+)
+def test_writers_learn_that_a_missing_resource_is_missing(seeded, method, path, body):
+    for role in ("admin", "operator"):
+        r = seeded.request(method, path, json=body, headers=auth(role))
+        assert r.status_code == 404, (role, r.text)
+        assert "ghost" in r.json()["detail"]

@@ -176,19 +176,17 @@ def test_deploy_offline_online_and_failover(
                 "127.0.0.1",
                 "--status-port",
                 "0",
-                "--heartbeat-interval",
+                "--heartbeat-interval-s",
                 "0.5",
-                "--drain-seconds",
+                "--drain-s",
                 "0.2",
-                "--zk-session-timeout",
+                "--zk-session-timeout-s",
                 "4",
                 "--manager-url",
                 url,
-                "--blob-token",
-                TOKENS["internal"],
             ],
             log=tmp_path / f"{worker_id}.log",
-            env=env,
+            env={**env, "MODELGATE_WORKER_BLOB_TOKEN": TOKENS["internal"]},
         )
         procs.append(agent.start())
         agents[worker_id] = agent

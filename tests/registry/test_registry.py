@@ -1,7 +1,6 @@
 """The Registry wrapper against a real ZooKeeper."""
 
 import asyncio
-import time
 
 import pytest
 
@@ -151,10 +150,14 @@ def test_ephemeral_survives_short_outage(zookeeper, registry: Registry):
 
 def test_ephemeral_remove_stops_recreation(registry: Registry):
     node = registry.register_ephemeral(layout.worker("w1"), _worker())
+    kept = registry.register_ephemeral(layout.worker("w2"), _worker("w2"))
     node.remove()
     expire_session(registry)
-    time.sleep(0.5)  # give a (wrong) re-creation the chance to happen
-    assert not registry.exists(layout.worker("w1"))
+    # The node still registered is re-created by the same reconnect that would re-create a
+    # removed one: once it is back, the re-creation pass has run.
+    wait_for(lambda: kept.recreated == 1, what="the kept node re-created")
+    assert registry.exists(layout.worker("w2"))
+    assert not registry.exists(layout.worker("w1")) and node.recreated == 0
 
 
 async def test_children_watch_delivered_to_asyncio(registry: Registry):
@@ -198,10 +201,8 @@ async def test_tree_watch_sees_adds_updates_and_removes(registry: Registry):
 
 def test_connect_to_dead_address_fails_clearly():
     reg = Registry("127.0.0.1:1", "/x", connect_timeout=1.5)
-    started = time.monotonic()
     with pytest.raises(ZooKeeperUnavailableError, match=r"127\.0\.0\.1:1 within 1\.5s"):
-        reg.start()
-    assert time.monotonic() - started < 30  # it gave up instead of hanging
+        reg.start()  # gives up (a hang would fail on the suite's timeout)
 
 
 def test_bad_root_is_refused():

@@ -102,20 +102,32 @@ async def test_plugin_keeps_serving_after_errors(errors_plugin):
     assert (await errors_plugin.preprocess(_req("fine"))).parameters == {"mode": "fine"}
 
 
-async def test_failing_load_is_a_load_error(tmp_path, pool):
-    folder = write_plugin(tmp_path / "src", "broken", "1", "broken", BROKEN_LOAD, "Broken")
-    with pytest.raises(
-        PluginLoadError, match="broken@1 failed to load: RuntimeError: model file missing"
-    ):
-        await _load(tmp_path, pool, folder)
+FAILS_ON_IMPORT = """
+import udl
+
+raise ImportError("needs the torch extra")
+
+class Broken(udl.Plugin):
+    pass
+"""
 
 
-async def test_failing_load_in_a_process_is_a_load_error(tmp_path, pool):
-    folder = write_plugin(
-        tmp_path / "src", "broken", "1", "broken", BROKEN_LOAD, "Broken", "process"
-    )
-    with pytest.raises(PluginLoadError, match="broken@1"):
+@pytest.mark.parametrize("executor", ["thread", "async", "process"])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (BROKEN_LOAD, "RuntimeError: model file missing"),
+        (FAILS_ON_IMPORT, "ImportError: needs the torch extra"),
+    ],
+    ids=["load-raises", "import-raises"],
+)
+async def test_failing_load_reports_the_plugins_own_error_for_every_executor(
+    tmp_path, pool, executor, source, message
+):
+    folder = write_plugin(tmp_path / "src", "broken", "1", "broken", source, "Broken", executor)
+    with pytest.raises(PluginLoadError) as err:
         await _load(tmp_path, pool, folder)
+    assert str(err.value) == f"plugin broken@1 failed to load: {message}"
 
 
 async def test_two_plugins_shipping_utils_py_are_isolated(tmp_path, pool):

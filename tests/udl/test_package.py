@@ -52,6 +52,8 @@ def test_bad_manifest_says_what_is_wrong(text, message):
         (_zip({"plugin.toml": GOOD_TOML}), r"no m\.py or m/__init__\.py"),
         (_zip({"plugin.toml": GOOD_TOML, "m.py": "", "../evil.py": ""}), "escapes"),
         (_zip({"plugin.toml": GOOD_TOML, "m.py": "", "/abs.py": ""}), "escapes"),
+        (_zip({"plugin.toml": GOOD_TOML, "m.py": "", "C:/evil.py": ""}), "drive letter"),
+        (_zip({"plugin.toml": GOOD_TOML, "m.py": "", "sub\\evil.py": ""}), "backslash"),
     ],
 )
 def test_bad_packages_are_refused(data, message):

@@ -188,11 +188,11 @@ def settings_for(
         "advertise_host": "127.0.0.1",
         "status_host": "127.0.0.1",
         "status_port": 0,
-        "heartbeat_interval": 0.3,
-        "drain_seconds": 0.2,
-        "load_timeout": 60,
-        "unload_timeout": 30,
-        "zk_connect_timeout": 10,
+        "heartbeat_interval_s": 0.3,
+        "drain_s": 0.2,
+        "load_timeout_s": 60,
+        "unload_timeout_s": 30,
+        "zk_connect_timeout_s": 10,
     }
     values.update(overrides)
     return WorkerSettings(**values)

@@ -7,13 +7,13 @@ import http.server
 import io
 import os
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.servers.httpd import serve
 from tests.worker_agent.helpers import (
     add_one_archive,
     add_one_dir,
@@ -224,12 +224,8 @@ class _Files(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def http_files() -> Iterator[tuple[str, type[_Files]]]:
     handler = type("Files", (_Files,), {"files": {}, "auth": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with serve(handler) as base:
+        yield base, handler
 
 
 def test_http_download_streams_verifies_and_sends_the_token_only_to_the_manager(

@@ -52,7 +52,7 @@ def test_session_expiry_recreates_the_worker_node_and_its_routes(
 def test_a_short_zookeeper_outage_loses_no_route_and_the_heartbeat_catches_up(
     zookeeper: LocalZooKeeper, registry: Registry, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    agent = start_agent(zk_operation_timeout=0.5)
+    agent = start_agent(zk_operation_timeout_s=0.5)
     archive = add_one_archive(tmp_path, "outage", 1.0)
     assign(registry, "w1", "outage", 1, archive.as_uri())
     wait_for(lambda: route(registry, "outage", 1, "w1"), what="route outage@1")
@@ -128,7 +128,7 @@ def test_a_killed_launched_triton_is_restarted_and_its_models_come_back(
         launch_host="127.0.0.1",
         triton_grpc_port=0,
         work_dir=tmp_path / "work",
-        restart_backoff_min=0.2,
+        restart_backoff_min_s=0.2,
     )
     archive = add_one_archive(tmp_path, "phoenix", 1.0)
     assign(registry, "w1", "phoenix", 1, archive.as_uri())

@@ -169,8 +169,8 @@ def test_sigterm_drains_routes_first_then_unloads_and_deregisters(
         "--backend-address", double.address,
         "--model-root", str(tmp_path / "models"),
         "--advertise-host", "127.0.0.1", "--status-host", "127.0.0.1", "--status-port", "0",
-        "--heartbeat-interval", "0.3", "--drain-seconds", "2",
-        "--labels", "zone=a,gpu=none", "--capacity-memory", "512",
+        "--heartbeat-interval-s", "0.3", "--drain-s", "2",
+        "--labels", "zone=a,gpu=none", "--capacity-memory-mb", "512",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_WORKER_")}
     agent = Process("agent", cmd, log=tmp_path / "agent.log", env=env).start()
@@ -198,7 +198,7 @@ def test_sigterm_drains_routes_first_then_unloads_and_deregisters(
 
         def on_routes(children: list[str]) -> None:
             if "w-drain" not in children:
-                # NOTE: checked in ZooKeeper's callback, before drain-seconds can pass
+                # NOTE: checked in ZooKeeper's callback, before drain-s can pass
                 if status(double.address, "delta").get(1) == AVAILABLE:
                     route_gone.set()
 

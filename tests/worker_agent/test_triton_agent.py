@@ -37,7 +37,7 @@ def triton_ready(triton: TritonServer, model: str, version: int) -> bool:
 def test_assignment_pulls_loads_routes_then_unloads_after_the_route_is_gone(
     registry: Registry, start_agent: AgentFactory, agent_triton: TritonServer, tmp_path: Path
 ) -> None:
-    agent = start_agent(drain_seconds=2.0)
+    agent = start_agent(drain_s=2.0)
     record = wait_for(lambda: worker(registry, "w1"), what="worker registration")
     assert record.backend == "triton" and record.state == "ready"
     assert record.address == agent_triton.address
@@ -55,7 +55,7 @@ def test_assignment_pulls_loads_routes_then_unloads_after_the_route_is_gone(
 
     unassign(registry, "w1", "inc", 1)
     wait_for(lambda: route(registry, "inc", 1, "w1") is None, what="the route to go")
-    # The route goes first; the model is still served during drain-seconds.
+    # The route goes first; the model is still served during drain-s.
     assert triton_ready(agent_triton, "inc", 1)
     assert model_state(registry, "w1", "inc@1") == "UNLOADING"
     wait_for(lambda: not triton_ready(agent_triton, "inc", 1), what="inc@1 to unload")

@@ -47,7 +47,6 @@ class TFServingController(BackendController):
         self._channel: grpc.aio.Channel | None = None
         self._channel_address: str | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self.reloads = 0
 
     def _stub(self) -> model_service_pb2_grpc.ModelServiceStub:
         if self._channel is None or self._channel_address != self.address:
@@ -80,7 +79,6 @@ class TFServingController(BackendController):
             raise BackendUnavailableError(
                 f"TF-Serving at {self.address}: {err.code().name}: {err.details()}"
             ) from None
-        self.reloads += 1
         if response.status.error_code != 0:
             raise BackendError(
                 f"TF-Serving rejected the model config: {response.status.error_message}"

@@ -1,5 +1,9 @@
-"""Logging for the gateway's entry point: call context (model, version, request id) from a
-contextvar, added by the formatter; optional JSON lines. Only ``__main__`` configures."""
+"""Logging for every role's entry point: one text and one JSON formatter.
+
+The call being served (model, version, request id) lives in a contextvar that each task sets
+with :func:`set_call`; the formatters add it to every record. Only ``__main__`` modules call
+:func:`configure`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,18 @@ import json
 import logging
 from contextvars import ContextVar
 
-#: (model, version, request id) of the call being served; each gRPC call runs in its own task.
+#: (model, version, request id) of the work the current task does; each task has its own.
 CALL: ContextVar[tuple[str, str, str] | None] = ContextVar("modelgate_call", default=None)
 
 
 def set_call(model: str, version: str = "", request_id: str = "") -> None:
+    """Name the model (and version, request id) the current task works on, for the logs."""
     CALL.set((model, version, request_id))
 
 
 class ContextFormatter(logging.Formatter):
+    """Text lines, with ``[model=... version=... request_id=...]`` when a call is set."""
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         call = CALL.get()
@@ -27,6 +34,8 @@ class ContextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the call, ``exception``."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
             "time": self.formatTime(record),
@@ -43,6 +52,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, as_json: bool = False) -> None:
+    """Send every logger's records to stderr at ``level``, as text or JSON lines."""
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter()
@@ -52,3 +62,4 @@ def configure(level: str, as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
