@@ -28,7 +28,7 @@ def _read_file(path: str, what: str) -> bytes:
 
 def _payload(args: argparse.Namespace) -> bytes:
     if args.data is not None:
-        return str(args.data).encode()
+        return args.data.encode()
     if args.file == "-":
         return sys.stdin.buffer.read()
     if args.file:

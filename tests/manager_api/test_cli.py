@@ -20,6 +20,7 @@ from registry.records import Gateway, GatewayPluginStatus, Model
 from tests.gateway.conftest import (
     ADD_ONE,
     RunningGateway,
+    gateway_settings,  # noqa: F401 (a fixture: the gateway tests' settings)
     load_add_one,
     put_model,
     put_route,
@@ -259,7 +260,9 @@ REQUEST = json.dumps(
 
 @pytest.fixture
 def add_one_gateway(
-    zookeeper, zk_root, registry: Registry, triton: TritonServer
+    gateway_settings: GatewaySettings,  # noqa: F811 (the fixture imported above)
+    registry: Registry,
+    triton: TritonServer,
 ) -> Iterator[Callable[..., RunningGateway]]:
     """Start gateways (settings overrides as keywords) routing add_one_gw to the real Triton."""
     load_add_one(triton)
@@ -269,16 +272,7 @@ def add_one_gateway(
     started: list[RunningGateway] = []
 
     def start(**overrides: str) -> RunningGateway:
-        settings = GatewaySettings(
-            zk=zookeeper.hosts,
-            root=zk_root,
-            host="127.0.0.1",
-            port=0,
-            metrics_port=0,
-            gateway_id="gw-cli",
-            **overrides,  # type: ignore[arg-type]
-        )
-        started.append(RunningGateway(settings))
+        started.append(RunningGateway(gateway_settings.model_copy(update=overrides)))
         wait_for(lambda: started[-1].instances(ADD_ONE) == 1, timeout=30, what="the route")
         return started[-1]
 
