@@ -12,7 +12,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColum
 from rich.table import Table
 from rich.text import Text
 
-#: Console width when stdout is not a terminal: never wrap or cut a cell that a script reads.
+#: Console width: rows are never wrapped or cut by the table (a terminal wraps long lines
+#: itself, as it does for any command; a script reads whole rows).
 UNWRAPPED_WIDTH = 10_000
 
 #: Table columns as (key in the record, header).
@@ -35,10 +36,11 @@ def cell(value: Any) -> str:
 
 
 def _console(stream: IO[str]) -> Console:
-    # NOTE: markup, emoji and highlighting off: cells are the server's data, printed as is.
+    # NOTE: markup, emoji and highlighting off: cells are the server's data, printed as is;
+    # styles (bold headers) only on a terminal.
     return Console(
         file=stream,
-        width=None if stream.isatty() else UNWRAPPED_WIDTH,
+        width=UNWRAPPED_WIDTH,
         markup=False,
         emoji=False,
         highlight=False,
