@@ -1,12 +1,25 @@
-"""Third-party REST model services (``/services/<name>``): POST the payload, map errors."""
+"""Third-party REST model services (``/services/<name>``): POST the payload, map errors.
+
+They take ``Invoke`` payloads only: every tensor API is refused with :class:`RestServiceError`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import grpc
 import httpx
 
-from gateway.errors import BackendStatusError, DeadlineExceededError
-from gateway.router import ConnectionFailure
+from gateway import codec
+from gateway.backends.base import Backend, Call
+from gateway.backends.channels import Metadata
+from gateway.errors import (
+    BackendStatusError,
+    ConnectionFailure,
+    DeadlineExceededError,
+    RestServiceError,
+)
+from gateway.table import Instance
 
 #: HTTP status -> gRPC code (the usual gRPC-HTTP mapping).
 HTTP_TO_GRPC = {
@@ -33,7 +46,7 @@ def grpc_code(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class RestBackend:
+class RestBackend(Backend):
     """One shared httpx client; :meth:`post` is one attempt against one URL."""
 
     def __init__(self) -> None:
@@ -70,3 +83,35 @@ class RestBackend:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def tfs_predict(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def tfs_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def tfs_only(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def kserve_infer(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def kserve_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def kserve_only(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    async def infer(
+        self,
+        instance: Instance,
+        model: str,
+        version: int,
+        inputs: codec.Named,
+        *,
+        request_id: str,
+        budget: float,
+        metadata: Metadata | None = None,
+        outputs: Sequence[str] = (),
+    ) -> codec.Named:
+        raise RestServiceError(model)

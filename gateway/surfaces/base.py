@@ -18,9 +18,9 @@ import grpc
 
 import udl
 from gateway import codec
-from gateway.backends import tensors
-from gateway.backends.channels import ChannelPool, Metadata
-from gateway.backends.rest import RestBackend
+from gateway.backends.base import Api, Call
+from gateway.backends.channels import Metadata
+from gateway.backends.kinds import Backends
 from gateway.errors import status_of
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
@@ -73,8 +73,7 @@ class Core:
     def __init__(
         self,
         router: Router,
-        pool: ChannelPool,
-        rest: RestBackend,
+        backends: Backends,
         metrics: GatewayMetrics,
         plugins: PluginHost,
         *,
@@ -82,8 +81,7 @@ class Core:
         version: str,
     ) -> None:
         self.router = router
-        self.pool = pool
-        self.rest = rest
+        self.backends = backends
         self.metrics = metrics
         self.plugins = plugins
         self.default_timeout = default_timeout
@@ -233,6 +231,21 @@ class Core:
             target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
         )
 
+    async def forward(
+        self,
+        target: Target,
+        call: Call,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
+        """Run ``call`` through the router; each instance's backend answers it by ``api``."""
+
+        async def attempt(instance: Instance, budget: float) -> bytes:
+            return await api(self.backends.of(instance))(call, instance, budget)
+
+        return await self.call(target, attempt, context, info)
+
     async def infer_flow(
         self,
         target: Target,
@@ -259,8 +272,8 @@ class Core:
             inputs = list(request.tensors.items())
 
             async def attempt(instance: Instance, budget: float) -> codec.Named:
-                return await tensors.infer(
-                    self.pool, instance, name, v, inputs,
+                return await self.backends.of(instance).infer(
+                    instance, name, v, inputs,
                     request_id=request.request_id, budget=budget, metadata=md, outputs=outputs,
                 )  # fmt: skip
 

@@ -9,9 +9,14 @@ from collections import Counter
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.errors import DeadlineExceededError, ModelNotFoundError, ModelUnavailableError
+from gateway.errors import (
+    ConnectionFailure,
+    DeadlineExceededError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+)
 from gateway.metrics import GatewayMetrics
-from gateway.router import ConnectionFailure, Router
+from gateway.router import Router
 from gateway.table import Instance, build_table
 from registry import layout
 from registry.records import Model, ModelVersion, Route, Service
