@@ -44,6 +44,19 @@ class Call:
         return cast(T, self._translations[translation])
 
 
+@dataclass(frozen=True)
+class TensorCall:
+    """One call on decoded tensors (``Invoke``, plugin models), shared by every attempt."""
+
+    model: str
+    version: int
+    inputs: codec.Named
+    request_id: str
+    metadata: Metadata | None
+    #: Restricts (and orders) the outputs returned; empty means all of them.
+    outputs: Sequence[str] = ()
+
+
 class Backend(ABC):
     """How the gateway calls one instance of one protocol. Every method is one attempt."""
 
@@ -78,22 +91,8 @@ class Backend(ABC):
     # -- decoded tensors (Invoke, and plugin models on any surface) -----------------------
 
     @abstractmethod
-    async def infer(
-        self,
-        instance: Instance,
-        model: str,
-        version: int,
-        inputs: codec.Named,
-        *,
-        request_id: str,
-        budget: float,
-        metadata: Metadata | None = None,
-        outputs: Sequence[str] = (),
-    ) -> codec.Named:
-        """Run ``inputs`` through ``model``/``version``; return its outputs.
-
-        ``outputs`` restricts (and orders) the outputs returned; empty means all of them.
-        """
+    async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
+        """Run ``call.inputs`` through the model version; return its outputs."""
 
 
 #: The backend method that serves one caller API, e.g. ``lambda backend: backend.tfs_predict``.

@@ -5,14 +5,11 @@ They take ``Invoke`` payloads only: every tensor API is refused with :class:`Res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import grpc
 import httpx
 
 from gateway import codec
-from gateway.backends.base import Backend, Call
-from gateway.backends.channels import Metadata
+from gateway.backends.base import Backend, Call, TensorCall
 from gateway.errors import (
     BackendStatusError,
     ConnectionFailure,
@@ -47,7 +44,10 @@ def grpc_code(status: int) -> grpc.StatusCode:
 
 
 class RestBackend(Backend):
-    """One shared httpx client; :meth:`post` is one attempt against one URL."""
+    """One shared httpx client; :meth:`post` is one ``Invoke`` attempt against one URL.
+
+    Every tensor API is refused with :class:`RestServiceError`.
+    """
 
     def __init__(self) -> None:
         self.client = httpx.AsyncClient(follow_redirects=False)
@@ -84,34 +84,11 @@ class RestBackend(Backend):
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def tfs_predict(self, call: Call, instance: Instance, budget: float) -> bytes:
+    async def _refuse(self, call: Call, instance: Instance, budget: float) -> bytes:
         raise RestServiceError(call.model)
 
-    async def tfs_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
-        raise RestServiceError(call.model)
+    tfs_predict = tfs_metadata = tfs_only = _refuse
+    kserve_infer = kserve_metadata = kserve_only = _refuse
 
-    async def tfs_only(self, call: Call, instance: Instance, budget: float) -> bytes:
+    async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
         raise RestServiceError(call.model)
-
-    async def kserve_infer(self, call: Call, instance: Instance, budget: float) -> bytes:
-        raise RestServiceError(call.model)
-
-    async def kserve_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
-        raise RestServiceError(call.model)
-
-    async def kserve_only(self, call: Call, instance: Instance, budget: float) -> bytes:
-        raise RestServiceError(call.model)
-
-    async def infer(
-        self,
-        instance: Instance,
-        model: str,
-        version: int,
-        inputs: codec.Named,
-        *,
-        request_id: str,
-        budget: float,
-        metadata: Metadata | None = None,
-        outputs: Sequence[str] = (),
-    ) -> codec.Named:
-        raise RestServiceError(model)

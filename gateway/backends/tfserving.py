@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 from gateway import codec, translate
-from gateway.backends.base import Backend, Call
-from gateway.backends.channels import ChannelPool, Metadata
+from gateway.backends.base import Backend, Call, TensorCall
+from gateway.backends.channels import ChannelPool
 from gateway.backends.wire import length_delimited, parse, varint_field
 from gateway.errors import UnimplementedError
 from gateway.table import Instance
@@ -40,19 +39,13 @@ class TFServingBackend(Backend):
     def __init__(self, pool: ChannelPool) -> None:
         self.pool = pool
 
-    async def tfs_predict(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
-    async def tfs_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
-    async def tfs_only(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
     async def _forward(self, call: Call, instance: Instance, budget: float) -> bytes:
+        """As the caller sent it (version pinned): TF-Serving answers its own API."""
         return await self.pool.call(
             instance.address, method(call.method), call.forward, budget, call.metadata
         )
+
+    tfs_predict = tfs_metadata = tfs_only = _forward
 
     async def kserve_infer(self, call: Call, instance: Instance, budget: float) -> bytes:
         body, requested, request_id = call.translated(translate.infer_to_predict)
@@ -77,27 +70,16 @@ class TFServingBackend(Backend):
             f"{call.method} is available for KServe models only"
         )
 
-    async def infer(
-        self,
-        instance: Instance,
-        model: str,
-        version: int,
-        inputs: codec.Named,
-        *,
-        request_id: str,
-        budget: float,
-        metadata: Metadata | None = None,
-        outputs: Sequence[str] = (),
-    ) -> codec.Named:
+    async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.version.value = version
-        for name, arr in inputs:
+        request.model_spec.name = call.model
+        request.model_spec.version.value = call.version
+        for name, arr in call.inputs:
             request.inputs[name].CopyFrom(codec.array_to_tf(name, arr))
-        request.output_filter.extend(outputs)
+        request.output_filter.extend(call.outputs)
         data = await self.pool.call(
-            instance.address, PREDICT, request.SerializeToString(), budget, metadata
+            instance.address, PREDICT, request.SerializeToString(), budget, call.metadata
         )
         response = parse(predict_pb2.PredictResponse, data, "PredictResponse from the backend")
         arrays = {k: codec.tf_to_array(k, t) for k, t in response.outputs.items()}
-        return codec.select(model, arrays, list(outputs))
+        return codec.select(call.model, arrays, list(call.outputs))

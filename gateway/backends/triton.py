@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 from tritonclient.grpc import service_pb2 as kserve
 
 from gateway import codec, translate
-from gateway.backends.base import Backend, Call
-from gateway.backends.channels import ChannelPool, Metadata
+from gateway.backends.base import Backend, Call, TensorCall
+from gateway.backends.channels import ChannelPool
 from gateway.backends.wire import length_delimited, parse
 from gateway.errors import UnimplementedError
 from gateway.table import Instance
@@ -57,40 +56,23 @@ class TritonBackend(Backend):
             "available for TF-Serving models only; use Predict or KServe ModelInfer"
         )
 
-    async def kserve_infer(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
-    async def kserve_metadata(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
-    async def kserve_only(self, call: Call, instance: Instance, budget: float) -> bytes:
-        return await self._forward(call, instance, budget)
-
     async def _forward(self, call: Call, instance: Instance, budget: float) -> bytes:
+        """As the caller sent it (version pinned): Triton answers its own API."""
         return await self.pool.call(
             instance.address, method(call.method), call.forward, budget, call.metadata
         )
 
-    async def infer(
-        self,
-        instance: Instance,
-        model: str,
-        version: int,
-        inputs: codec.Named,
-        *,
-        request_id: str,
-        budget: float,
-        metadata: Metadata | None = None,
-        outputs: Sequence[str] = (),
-    ) -> codec.Named:
+    kserve_infer = kserve_metadata = kserve_only = _forward
+
+    async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
         request = kserve.ModelInferRequest(
-            model_name=model, model_version=str(version), id=request_id
+            model_name=call.model, model_version=str(call.version), id=call.request_id
         )
-        codec.add_kserve_inputs(request, inputs)
-        for name in outputs:
+        codec.add_kserve_inputs(request, call.inputs)
+        for name in call.outputs:
             request.outputs.add(name=name)
         data = await self.pool.call(
-            instance.address, MODEL_INFER, request.SerializeToString(), budget, metadata
+            instance.address, MODEL_INFER, request.SerializeToString(), budget, call.metadata
         )
         return codec.kserve_response_outputs(
             parse(kserve.ModelInferResponse, data, "ModelInferResponse from the backend")

@@ -18,7 +18,7 @@ import grpc
 
 import udl
 from gateway import codec
-from gateway.backends.base import Api, Call
+from gateway.backends.base import Api, Call, TensorCall
 from gateway.backends.channels import Metadata
 from gateway.backends.kinds import Backends
 from gateway.errors import status_of
@@ -234,12 +234,20 @@ class Core:
     async def forward(
         self,
         target: Target,
-        call: Call,
+        method: str,
+        request: bytes,
+        pinned: bytes,
         api: Api,
         context: grpc.aio.ServicerContext,
         info: CallInfo,
     ) -> bytes:
-        """Run ``call`` through the router; each instance's backend answers it by ``api``."""
+        """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
+
+        ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
+        protocol; the others translate ``request``.
+        """
+        v = target.version.version
+        call = Call(target.model.name, v, method, request, pinned, self.forward_metadata(context))
 
         async def attempt(instance: Instance, budget: float) -> bytes:
             return await api(self.backends.of(instance))(call, instance, budget)
@@ -269,13 +277,12 @@ class Core:
                 request = await flow.preprocess(request)
             finally:
                 info.preprocess_s = time.perf_counter() - start
-            inputs = list(request.tensors.items())
+            call = TensorCall(
+                name, v, list(request.tensors.items()), request.request_id, md, outputs
+            )
 
             async def attempt(instance: Instance, budget: float) -> codec.Named:
-                return await self.backends.of(instance).infer(
-                    instance, name, v, inputs,
-                    request_id=request.request_id, budget=budget, metadata=md, outputs=outputs,
-                )  # fmt: skip
+                return await self.backends.of(instance).infer(call, instance, budget)
 
             result = await self.call(target, attempt, context, info)
             response = udl.Response(model=name, version=v, tensors=dict(result))

@@ -12,7 +12,7 @@ from tritonclient.grpc import service_pb2 as kserve
 import udl
 from gateway import codec
 from gateway.backends import triton
-from gateway.backends.base import Api, Call
+from gateway.backends.base import Api
 from gateway.backends.wire import length_delimited, parse
 from gateway.errors import (
     FailedPreconditionError,
@@ -111,23 +111,10 @@ class KServeSurface:
             ready = False  # NOTE: as Triton does: unknown or unavailable is "not ready"
         return kserve.ModelReadyResponse(ready=ready).SerializeToString()
 
-    def _call(
-        self,
-        target: Target,
-        method: str,
-        request: bytes,
-        asked: str,
-        context: grpc.aio.ServicerContext,
-    ) -> Call:
+    @staticmethod
+    def _pinned(request: bytes, asked: str, target: Target) -> bytes:
         v = target.version.version
-        return Call(
-            target.model.name,
-            v,
-            method,
-            request,
-            request if asked == str(v) else request + triton.version_suffix(v),
-            self.core.forward_metadata(context),
-        )
+        return request if asked == str(v) else request + triton.version_suffix(v)
 
     def forwarded(self, method: str, api: Api) -> Handler:
         """A model-level method that each backend answers by ``api``."""
@@ -136,8 +123,8 @@ class KServeSurface:
             request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
         ) -> bytes:
             target, asked = self._target(request, info, f"{method}Request")
-            call = self._call(target, method, request, asked, context)
-            return await self.core.forward(target, call, api, context, info)
+            pinned = self._pinned(request, asked, target)
+            return await self.core.forward(target, method, request, pinned, api, context, info)
 
         return handler
 
@@ -157,8 +144,10 @@ class KServeSurface:
     ) -> bytes:
         if target.model.record.plugin:
             return await self._infer_with_plugin(request, target, context, info)
-        call = self._call(target, "ModelInfer", request, asked, context)
-        return await self.core.forward(target, call, lambda b: b.kserve_infer, context, info)
+        pinned = self._pinned(request, asked, target)
+        return await self.core.forward(
+            target, "ModelInfer", request, pinned, lambda b: b.kserve_infer, context, info
+        )
 
     async def _infer_with_plugin(
         self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo

@@ -9,7 +9,7 @@ import grpc
 import udl
 from gateway import codec
 from gateway.backends import tfserving
-from gateway.backends.base import Api, Call
+from gateway.backends.base import Api
 from gateway.backends.wire import parse
 from gateway.errors import InvalidArgumentError
 from gateway.router import Target
@@ -54,8 +54,10 @@ class TFServingSurface:
         target, asked = self._target(head.model_spec, info, "PredictRequest")
         if target.model.record.plugin:
             return await self._predict_with_plugin(request, target, context, info)
-        call = self._call(target, "Predict", request, asked, context)
-        return await self.core.forward(target, call, lambda b: b.tfs_predict, context, info)
+        pinned = self._pinned(request, asked, target)
+        return await self.core.forward(
+            target, "Predict", request, pinned, lambda b: b.tfs_predict, context, info
+        )
 
     async def _predict_with_plugin(
         self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo
@@ -80,23 +82,10 @@ class TFServingSurface:
             out.outputs[name].CopyFrom(codec.array_to_tf(name, arr))
         return out.SerializeToString()
 
-    def _call(
-        self,
-        target: Target,
-        method: str,
-        request: bytes,
-        asked: int | None,
-        context: grpc.aio.ServicerContext,
-    ) -> Call:
+    @staticmethod
+    def _pinned(request: bytes, asked: int | None, target: Target) -> bytes:
         v = target.version.version
-        return Call(
-            target.model.name,
-            v,
-            method,
-            request,
-            request if asked == v else request + tfserving.version_suffix(v),
-            self.core.forward_metadata(context),
-        )
+        return request if asked == v else request + tfserving.version_suffix(v)
 
     def forwarded(self, method: str, api: Api) -> Handler:
         """A method of one ``model_spec`` that each backend answers by ``api``."""
@@ -106,8 +95,8 @@ class TFServingSurface:
         ) -> bytes:
             head = parse(TfsRequest, request, f"{method}Request")
             target, asked = self._target(head.model_spec, info, f"{method}Request")
-            call = self._call(target, method, request, asked, context)
-            return await self.core.forward(target, call, api, context, info)
+            pinned = self._pinned(request, asked, target)
+            return await self.core.forward(target, method, request, pinned, api, context, info)
 
         return handler
 
@@ -124,12 +113,12 @@ class TFServingSurface:
             )
         target, asked = self._target(head.tasks[0].model_spec, info, "MultiInferenceRequest")
         v = target.version.version
-        payload = request
+        pinned = request
         if asked != v:  # NOTE: a repeated field cannot be pinned by appending; re-encode
             full = parse(inference_pb2.MultiInferenceRequest, request, "MultiInferenceRequest")
             for task in full.tasks:
                 task.model_spec.version.value = v
-            payload = full.SerializeToString()
-        md = self.core.forward_metadata(context)
-        call = Call(target.model.name, v, "MultiInference", request, payload, md)
-        return await self.core.forward(target, call, lambda b: b.tfs_only, context, info)
+            pinned = full.SerializeToString()
+        return await self.core.forward(
+            target, "MultiInference", request, pinned, lambda b: b.tfs_only, context, info
+        )
