@@ -260,20 +260,18 @@ def test_methods_a_backend_lacks_are_refused_with_what_to_call_instead(routed, r
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "model 'svc' is a third-party REST service: call it with Invoke",
             ), method
-        for method, request in calls["tfs"][2:]:
-            name = method.rsplit("/", 1)[1]
-            assert status(method, request(ADD_ONE)) == (
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"model {ADD_ONE!r} is served by Triton (KServe v2): {name} is available for "
-                "TF-Serving models only; use Predict or KServe ModelInfer",
-            )
-        for method, request in calls["kserve"][2:]:
-            name = method.rsplit("/", 1)[1]
-            assert status(method, request(DOUBLE_MODEL)) == (
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"model {DOUBLE_MODEL!r} is served by TF-Serving: {name} is available for "
-                "KServe models only",
-            )
+        lacking = [
+            (ADD_ONE, calls["tfs"][2:], "is served by Triton (KServe v2): {} is available for "
+             "TF-Serving models only; use Predict or KServe ModelInfer"),
+            (DOUBLE_MODEL, calls["kserve"][2:], "is served by TF-Serving: {} is available for "
+             "KServe models only"),
+        ]  # fmt: skip
+        for model, methods, message in lacking:
+            for method, request in methods:
+                assert status(method, request(model)) == (
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"model {model!r} " + message.format(method.rsplit("/", 1)[1]),
+                )
 
 
 def test_message_over_the_limit_is_resource_exhausted(gateway_settings, registry, triton_a):
