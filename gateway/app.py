@@ -13,14 +13,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2  # noqa: F401
 
-from gateway.backends.channels import ChannelPool
-from gateway.backends.rest import RestBackend
+from gateway.backends import tfserving, triton
+from gateway.backends.kinds import Backends
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
 from gateway.settings import GatewaySettings
-from gateway.surfaces import invoke, kserve, tfserving
+from gateway.surfaces import invoke
 from gateway.surfaces.base import Core
+from gateway.surfaces.kserve import KServeSurface
+from gateway.surfaces.tfserving import TFServingSurface
 from gateway.table import RoutingTable
 from gateway.watcher import TableWatcher
 
@@ -58,8 +60,7 @@ class GatewayApp:
             eject_after=settings.eject_after,
             eject_seconds=settings.eject_s,
         )
-        self.pool = ChannelPool(settings.max_message_bytes)
-        self.rest = RestBackend()
+        self.backends = Backends(settings.max_message_bytes)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = StatusServer(
@@ -92,8 +93,7 @@ class GatewayApp:
         )
         core = Core(
             self.router,
-            self.pool,
-            self.rest,
+            self.backends,
             self.metrics,
             self.plugins,
             default_timeout=s.default_timeout_s,
@@ -109,16 +109,16 @@ class GatewayApp:
         self.server = grpc.aio.server(options=limits)
         self.server.add_generic_rpc_handlers(
             (
-                tfserving.TFServingSurface(core).handler(),
-                kserve.KServeSurface(core).handler(),
+                TFServingSurface(core).handler(),
+                KServeSurface(core).handler(),
                 invoke.GatewaySurface(core).handler(),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
-                tfserving.tfserving.SERVICE,
-                kserve.triton.SERVICE,
+                tfserving.SERVICE,
+                triton.SERVICE,
                 invoke.SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -169,8 +169,7 @@ class GatewayApp:
         await self.http.stop()
         if self.plugins is not None:
             await self.plugins.close()
-        await self.pool.close()
-        await self.rest.close()
+        await self.backends.close()
         if self._own_registry and self.registry is not None:
             await asyncio.to_thread(self.registry.stop)
         log.info("gateway stopped")
@@ -191,7 +190,7 @@ class GatewayApp:
         for name in self._model_health - set(counts):
             self.metrics.routes.labels(name).set(0)
         live = {i.address for m in table.models.values() for v in m.versions.values()
-                for i in v.instances if i.protocol != "rest"}  # fmt: skip
+                for i in v.instances}  # fmt: skip
         task = asyncio.ensure_future(self._apply_health(counts, live))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -204,7 +203,7 @@ class GatewayApp:
         for name in self._model_health - set(counts):
             await self.health.set(f"model/{name}", NOT_SERVING)
         self._model_health |= set(counts)
-        await self.pool.forget(live)
+        await self.backends.pool.forget(live)
 
     def _on_plugins(self, status: dict[str, GatewayPluginStatus]) -> None:
         """Publish plugin status (serving version, load errors) in /gateways/<id>."""

@@ -7,7 +7,6 @@ surface wrapper in :mod:`gateway.surfaces.base` calls it for every handler.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
 
 import grpc
 
@@ -26,6 +25,7 @@ log = logging.getLogger("gateway.errors")
 
 __all__ = [
     "BackendStatusError",
+    "ConnectionFailure",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
@@ -34,6 +34,7 @@ __all__ = [
     "ModelgateError",
     "NotFoundError",
     "ResourceExhaustedError",
+    "RestServiceError",
     "UnavailableError",
     "UnimplementedError",
     "status_of",
@@ -48,10 +49,26 @@ class ModelUnavailableError(UnavailableError):
     """The model is known but has no ready instance (or every attempt failed)."""
 
 
+class ConnectionFailure(UnavailableError):
+    """An attempt failed before the backend answered (refused, reset, unreachable).
+
+    The only failure the router retries on another instance.
+    """
+
+    def __init__(self, address: str, detail: str) -> None:
+        super().__init__(f"backend {address} unreachable: {detail}")
+        self.address = address
+
+
+class RestServiceError(FailedPreconditionError):
+    """A tensor API (KServe, TF-Serving) was called on a third-party REST service."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is a third-party REST service: call it with Invoke")
+
+
 class BackendStatusError(ModelgateError):
     """A backend answered with an application error: its code and message pass through."""
-
-    code_names: ClassVar[dict[str, grpc.StatusCode]] = {c.name: c for c in grpc.StatusCode}
 
     def __init__(self, code: grpc.StatusCode, message: str, address: str = "") -> None:
         super().__init__(message)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.errors import (
+    ConnectionFailure,
     DeadlineExceededError,
     ModelNotFoundError,
     ModelUnavailableError,
-    UnavailableError,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.table import Instance, ModelEntry, RoutingTable, VersionEntry
@@ -28,17 +28,6 @@ from registry.records import Service
 log = logging.getLogger("gateway.router")
 
 T = TypeVar("T")
-
-
-class ConnectionFailure(UnavailableError):
-    """An attempt failed before the backend answered (refused, reset, unreachable).
-
-    The only failure the router retries on another instance.
-    """
-
-    def __init__(self, address: str, detail: str) -> None:
-        super().__init__(f"backend {address} unreachable: {detail}")
-        self.address = address
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ class TokenStore:
         if not token:
             raise UnauthorizedError(
                 "missing bearer token: send 'Authorization: Bearer <token>' "
-                "(CLI: --token or MODELGATE_TOKEN)"
+                "(CLI: set MODELGATE_TOKEN)"
             )
         digest = hashlib.sha256(token.encode()).hexdigest()
         for known, principal in self._by_digest.items():

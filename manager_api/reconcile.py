@@ -75,8 +75,6 @@ def reconcile_once(registry: Registry, metrics: ManagerMetrics | None = None) ->
         log.info("assigned %s@%d to %s", key[0], key[1], worker_id)
     for worker_id, key in result.removed:
         log.info("removed %s@%d from %s", key[0], key[1], worker_id)
-    for key, short in plan.shortfalls.items():
-        log.warning("%s@%d: %s", key[0], key[1], short)
     if metrics is not None:
         metrics.assignment_changes.labels("created").inc(len(result.created))
         metrics.assignment_changes.labels("removed").inc(len(result.removed))
@@ -100,6 +98,9 @@ class Reconciler:
         self.interval = interval
         self.passes = 0
         self.last_error: str | None = None
+        #: The shortfalls last logged: a shortfall is logged when it appears or changes,
+        #: not on every pass it persists.
+        self._reported: dict[Key, Shortfall] = {}
         self._leader = threading.Event()
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -177,10 +178,18 @@ class Reconciler:
             self.metrics.is_leader.set(0)
             log.info("%s stops leading", self.identifier)
 
+    def _report(self, shortfalls: dict[Key, Shortfall]) -> None:
+        for key, short in sorted(shortfalls.items()):
+            if self._reported.get(key) != short:
+                log.warning("%s@%d: %s", key[0], key[1], short)
+        for key in sorted(self._reported.keys() - shortfalls.keys()):
+            log.info("%s@%d: every replica placed", key[0], key[1])
+        self._reported = shortfalls
+
     def _pass(self) -> None:
         started = time.monotonic()
         try:
-            reconcile_once(self.registry, self.metrics)
+            self._report(reconcile_once(self.registry, self.metrics).shortfalls)
             self.last_error = None
             self.metrics.reconcile_runs.labels("ok").inc()
         except ModelgateError as err:

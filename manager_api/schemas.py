@@ -117,9 +117,10 @@ class LabelsUpdate(Body):
 class TrafficUpdate(Body):
     """Share of unpinned traffic per version; weights sum to 100, or {} for newest-only."""
 
-    weights: dict[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,9}$")], int] = Field(
-        description='e.g. {"1": 90, "2": 10}'
-    )
+    weights: dict[
+        Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,9}$")],
+        Annotated[int, Field(ge=0, le=100)],
+    ] = Field(description='Percent per version, each 0-100, e.g. {"1": 90, "2": 10}')
 
 
 class InstanceStatus(BaseModel):

@@ -1,2 +1,3 @@
-"""Backend kinds: one module each (Triton/KServe v2, TF-Serving, third-party REST), plus
-the shared pool of raw-bytes gRPC channels they use."""
+"""Backend kinds: one module each (Triton/KServe v2, TF-Serving, third-party REST), each with
+one :class:`~gateway.backends.base.Backend` object, picked per instance by
+:class:`~gateway.backends.kinds.Backends`; plus the shared pool of raw-bytes gRPC channels."""

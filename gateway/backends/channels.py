@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from gateway.errors import BackendStatusError, DeadlineExceededError
-from gateway.router import ConnectionFailure
+from gateway.errors import BackendStatusError, ConnectionFailure, DeadlineExceededError
 
 log = logging.getLogger("gateway.backends")
 

@@ -1,12 +1,22 @@
-"""Third-party REST model services (``/services/<name>``): POST the payload, map errors."""
+"""Third-party REST model services (``/services/<name>``): POST the payload, map errors.
+
+They take ``Invoke`` payloads only: every tensor API is refused with :class:`RestServiceError`.
+"""
 
 from __future__ import annotations
 
 import grpc
 import httpx
 
-from gateway.errors import BackendStatusError, DeadlineExceededError
-from gateway.router import ConnectionFailure
+from gateway import codec
+from gateway.backends.base import Backend, Call, TensorCall
+from gateway.errors import (
+    BackendStatusError,
+    ConnectionFailure,
+    DeadlineExceededError,
+    RestServiceError,
+)
+from gateway.table import Instance
 
 #: HTTP status -> gRPC code (the usual gRPC-HTTP mapping).
 HTTP_TO_GRPC = {
@@ -33,8 +43,11 @@ def grpc_code(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class RestBackend:
-    """One shared httpx client; :meth:`post` is one attempt against one URL."""
+class RestBackend(Backend):
+    """One shared httpx client; :meth:`post` is one ``Invoke`` attempt against one URL.
+
+    Every tensor API is refused with :class:`RestServiceError`.
+    """
 
     def __init__(self) -> None:
         self.client = httpx.AsyncClient(follow_redirects=False)
@@ -70,3 +83,12 @@ class RestBackend:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def _refuse(self, call: Call, instance: Instance, budget: float) -> bytes:
+        raise RestServiceError(call.model)
+
+    tfs_predict = tfs_metadata = tfs_only = _refuse
+    kserve_infer = kserve_metadata = kserve_only = _refuse
+
+    async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
+        raise RestServiceError(call.model)

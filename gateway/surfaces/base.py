@@ -18,9 +18,9 @@ import grpc
 
 import udl
 from gateway import codec
-from gateway.backends import tensors
-from gateway.backends.channels import ChannelPool, Metadata
-from gateway.backends.rest import RestBackend
+from gateway.backends.base import Api, Call, TensorCall
+from gateway.backends.channels import Metadata
+from gateway.backends.kinds import Backends
 from gateway.errors import status_of
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
@@ -73,8 +73,7 @@ class Core:
     def __init__(
         self,
         router: Router,
-        pool: ChannelPool,
-        rest: RestBackend,
+        backends: Backends,
         metrics: GatewayMetrics,
         plugins: PluginHost,
         *,
@@ -82,8 +81,7 @@ class Core:
         version: str,
     ) -> None:
         self.router = router
-        self.pool = pool
-        self.rest = rest
+        self.backends = backends
         self.metrics = metrics
         self.plugins = plugins
         self.default_timeout = default_timeout
@@ -233,6 +231,29 @@ class Core:
             target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
         )
 
+    async def forward(
+        self,
+        target: Target,
+        method: str,
+        request: bytes,
+        pinned: bytes,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
+        """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
+
+        ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
+        protocol; the others translate ``request``.
+        """
+        v = target.version.version
+        call = Call(target.model.name, v, method, request, pinned, self.forward_metadata(context))
+
+        async def attempt(instance: Instance, budget: float) -> bytes:
+            return await api(self.backends.of(instance))(call, instance, budget)
+
+        return await self.call(target, attempt, context, info)
+
     async def infer_flow(
         self,
         target: Target,
@@ -256,13 +277,12 @@ class Core:
                 request = await flow.preprocess(request)
             finally:
                 info.preprocess_s = time.perf_counter() - start
-            inputs = list(request.tensors.items())
+            call = TensorCall(
+                name, v, list(request.tensors.items()), request.request_id, md, outputs
+            )
 
             async def attempt(instance: Instance, budget: float) -> codec.Named:
-                return await tensors.infer(
-                    self.pool, instance, name, v, inputs,
-                    request_id=request.request_id, budget=budget, metadata=md, outputs=outputs,
-                )  # fmt: skip
+                return await self.backends.of(instance).infer(call, instance, budget)
 
             result = await self.call(target, attempt, context, info)
             response = udl.Response(model=name, version=v, tensors=dict(result))

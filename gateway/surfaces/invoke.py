@@ -79,7 +79,7 @@ class GatewaySurface:
             limit = service.timeout_s if service else self.core.default_timeout
 
             async def post(instance: Instance, budget: float) -> tuple[bytes, str]:
-                return await self.core.rest.post(
+                return await self.core.backends.rest.post(
                     instance.address, req.payload, req.content_type, min(budget, limit)
                 )
 

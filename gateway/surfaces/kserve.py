@@ -10,20 +10,19 @@ import grpc
 from tritonclient.grpc import service_pb2 as kserve
 
 import udl
-from gateway import codec, translate
-from gateway.backends import tfserving, triton
+from gateway import codec
+from gateway.backends import triton
+from gateway.backends.base import Api
 from gateway.backends.wire import length_delimited, parse
 from gateway.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ModelgateError,
-    UnimplementedError,
     status_of,
 )
 from gateway.router import Target
 from gateway.surfaces.base import CallInfo, Core, Handler, split_version
 from gateway.surfaces.partial import KServeRequest
-from gateway.table import Instance
 
 SURFACE = "kserve"
 _MANAGER_HINT = (
@@ -45,9 +44,13 @@ class KServeSurface:
                 "ServerReady": u(SURFACE, self.server_ready),
                 "ServerMetadata": u(SURFACE, self.server_metadata),
                 "ModelReady": u(SURFACE, self.model_ready),
-                "ModelMetadata": u(SURFACE, self.forward(triton.MODEL_METADATA)),
-                "ModelConfig": u(SURFACE, self.forward(triton.MODEL_CONFIG)),
-                "ModelStatistics": u(SURFACE, self.forward(triton.MODEL_STATISTICS)),
+                "ModelMetadata": u(
+                    SURFACE, self.forwarded("ModelMetadata", lambda b: b.kserve_metadata)
+                ),
+                "ModelConfig": u(SURFACE, self.forwarded("ModelConfig", lambda b: b.kserve_only)),
+                "ModelStatistics": u(
+                    SURFACE, self.forwarded("ModelStatistics", lambda b: b.kserve_only)
+                ),
                 "ModelInfer": u(SURFACE, self.model_infer),
                 "ModelStreamInfer": self.core.stream(SURFACE, self.stream_infer),
                 "RepositoryIndex": u(SURFACE, self.repository_index),
@@ -108,34 +111,20 @@ class KServeSurface:
             ready = False  # NOTE: as Triton does: unknown or unavailable is "not ready"
         return kserve.ModelReadyResponse(ready=ready).SerializeToString()
 
-    def forward(self, method: str) -> Handler:
+    @staticmethod
+    def _pinned(request: bytes, asked: str, target: Target) -> bytes:
+        v = target.version.version
+        return request if asked == str(v) else request + triton.version_suffix(v)
+
+    def forwarded(self, method: str, api: Api) -> Handler:
+        """A model-level method that each backend answers by ``api``."""
+
         async def handler(
             request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
         ) -> bytes:
-            target, asked = self._target(request, info, method.rsplit("/", 1)[1] + "Request")
-            v = target.version.version
-            payload = request if asked == str(v) else request + triton.version_suffix(v)
-            md = self.core.forward_metadata(context)
-
-            async def attempt(instance: Instance, budget: float) -> bytes:
-                if instance.protocol == "tfserving" and method == triton.MODEL_METADATA:
-                    name = target.model.name
-                    response = await self.core.pool.call(
-                        instance.address,
-                        tfserving.GET_MODEL_METADATA,
-                        translate.metadata_request_to_tf(name, v),
-                        budget,
-                        md,
-                    )
-                    return translate.tf_metadata_to_kserve(response, name, v)
-                if instance.protocol != "kserve":
-                    raise UnimplementedError(
-                        f"model {target.model.name!r} is served by TF-Serving: "
-                        f"{method.rsplit('/', 1)[1]} is available for KServe models only"
-                    )
-                return await self.core.pool.call(instance.address, method, payload, budget, md)
-
-            return await self.core.call(target, attempt, context, info)
+            target, asked = self._target(request, info, f"{method}Request")
+            pinned = self._pinned(request, asked, target)
+            return await self.core.forward(target, method, request, pinned, api, context, info)
 
         return handler
 
@@ -155,30 +144,10 @@ class KServeSurface:
     ) -> bytes:
         if target.model.record.plugin:
             return await self._infer_with_plugin(request, target, context, info)
-        name, v = target.model.name, target.version.version
-        md = self.core.forward_metadata(context)
-        translated: tuple[bytes, list[str], str] | None = None
-
-        async def attempt(instance: Instance, budget: float) -> bytes:
-            nonlocal translated
-            if instance.protocol == "kserve":
-                payload = request if asked == str(v) else request + triton.version_suffix(v)
-                return await self.core.pool.call(
-                    instance.address, triton.MODEL_INFER, payload, budget, md
-                )
-            if instance.protocol == "tfserving":
-                if translated is None:
-                    translated = translate.infer_to_predict(request, name, v)
-                body, requested, request_id = translated
-                response = await self.core.pool.call(
-                    instance.address, tfserving.PREDICT, body, budget, md
-                )
-                return translate.predict_response_to_infer(response, name, v, requested, request_id)
-            raise FailedPreconditionError(
-                f"model {name!r} is a third-party REST service: call it with Invoke"
-            )
-
-        return await self.core.call(target, attempt, context, info)
+        pinned = self._pinned(request, asked, target)
+        return await self.core.forward(
+            target, "ModelInfer", request, pinned, lambda b: b.kserve_infer, context, info
+        )
 
     async def _infer_with_plugin(
         self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo

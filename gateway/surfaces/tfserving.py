@@ -5,17 +5,16 @@ from __future__ import annotations
 import uuid
 
 import grpc
-from tritonclient.grpc import service_pb2 as kserve
 
 import udl
-from gateway import codec, translate
-from gateway.backends import tfserving, triton
+from gateway import codec
+from gateway.backends import tfserving
+from gateway.backends.base import Api
 from gateway.backends.wire import parse
-from gateway.errors import FailedPreconditionError, InvalidArgumentError, UnimplementedError
+from gateway.errors import InvalidArgumentError
 from gateway.router import Target
 from gateway.surfaces.base import CallInfo, Core, Handler
 from gateway.surfaces.partial import TfsMultiRequest, TfsRequest
-from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import inference_pb2, predict_pb2
 
 SURFACE = "tfserving"
@@ -31,9 +30,11 @@ class TFServingSurface:
             tfserving.SERVICE,
             {
                 "Predict": u(SURFACE, self.predict),
-                "Classify": u(SURFACE, self.passthrough("Classify")),
-                "Regress": u(SURFACE, self.passthrough("Regress")),
-                "GetModelMetadata": u(SURFACE, self.passthrough("GetModelMetadata")),
+                "Classify": u(SURFACE, self.forwarded("Classify", lambda b: b.tfs_only)),
+                "Regress": u(SURFACE, self.forwarded("Regress", lambda b: b.tfs_only)),
+                "GetModelMetadata": u(
+                    SURFACE, self.forwarded("GetModelMetadata", lambda b: b.tfs_metadata)
+                ),
                 "MultiInference": u(SURFACE, self.multi_inference),
             },
         )
@@ -46,16 +47,6 @@ class TFServingSurface:
         label = spec.version_label or None  # type: ignore[attr-defined]
         return self.core.resolve(info, name, asked, label), asked
 
-    def _not_tfserving(self, target: Target, method: str) -> Exception:
-        if target.model.kind == "rest":
-            return FailedPreconditionError(
-                f"model {target.model.name!r} is a third-party REST service: call it with Invoke"
-            )
-        return UnimplementedError(
-            f"model {target.model.name!r} is served by Triton (KServe v2): {method} is "
-            "available for TF-Serving models only; use Predict or KServe ModelInfer"
-        )
-
     async def predict(
         self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
     ) -> bytes:
@@ -63,28 +54,10 @@ class TFServingSurface:
         target, asked = self._target(head.model_spec, info, "PredictRequest")
         if target.model.record.plugin:
             return await self._predict_with_plugin(request, target, context, info)
-        name, v = target.model.name, target.version.version
-        payload = request if asked == v else request + tfserving.version_suffix(v)
-        md = self.core.forward_metadata(context)
-        translated: tuple[bytes, str] | None = None
-
-        async def attempt(instance: Instance, budget: float) -> bytes:
-            nonlocal translated
-            if instance.protocol == "tfserving":
-                return await self.core.pool.call(
-                    instance.address, tfserving.PREDICT, payload, budget, md
-                )
-            if instance.protocol == "kserve":
-                if translated is None:
-                    translated = translate.predict_to_infer(request, name, v)
-                body, signature = translated
-                response = await self.core.pool.call(
-                    instance.address, triton.MODEL_INFER, body, budget, md
-                )
-                return translate.infer_response_to_predict(response, name, v, signature)
-            raise self._not_tfserving(target, "Predict")
-
-        return await self.core.call(target, attempt, context, info)
+        pinned = self._pinned(request, asked, target)
+        return await self.core.forward(
+            target, "Predict", request, pinned, lambda b: b.tfs_predict, context, info
+        )
 
     async def _predict_with_plugin(
         self, request: bytes, target: Target, context: grpc.aio.ServicerContext, info: CallInfo
@@ -109,32 +82,21 @@ class TFServingSurface:
             out.outputs[name].CopyFrom(codec.array_to_tf(name, arr))
         return out.SerializeToString()
 
-    def passthrough(self, method_name: str) -> Handler:
-        method = tfserving.method(method_name)
+    @staticmethod
+    def _pinned(request: bytes, asked: int | None, target: Target) -> bytes:
+        v = target.version.version
+        return request if asked == v else request + tfserving.version_suffix(v)
+
+    def forwarded(self, method: str, api: Api) -> Handler:
+        """A method of one ``model_spec`` that each backend answers by ``api``."""
 
         async def handler(
             request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
         ) -> bytes:
-            head = parse(TfsRequest, request, f"{method_name}Request")
-            target, asked = self._target(head.model_spec, info, f"{method_name}Request")
-            v = target.version.version
-            payload = request if asked == v else request + tfserving.version_suffix(v)
-            md = self.core.forward_metadata(context)
-
-            async def attempt(instance: Instance, budget: float) -> bytes:
-                if instance.protocol == "kserve" and method_name == "GetModelMetadata":
-                    name = target.model.name
-                    request = kserve.ModelMetadataRequest(name=name, version=str(v))
-                    response = await self.core.pool.call(
-                        instance.address, triton.MODEL_METADATA, request.SerializeToString(),
-                        budget, md,
-                    )  # fmt: skip
-                    return translate.kserve_metadata_to_tf(response, name, v)
-                if instance.protocol != "tfserving":
-                    raise self._not_tfserving(target, method_name)
-                return await self.core.pool.call(instance.address, method, payload, budget, md)
-
-            return await self.core.call(target, attempt, context, info)
+            head = parse(TfsRequest, request, f"{method}Request")
+            target, asked = self._target(head.model_spec, info, f"{method}Request")
+            pinned = self._pinned(request, asked, target)
+            return await self.core.forward(target, method, request, pinned, api, context, info)
 
         return handler
 
@@ -151,18 +113,12 @@ class TFServingSurface:
             )
         target, asked = self._target(head.tasks[0].model_spec, info, "MultiInferenceRequest")
         v = target.version.version
-        payload = request
+        pinned = request
         if asked != v:  # NOTE: a repeated field cannot be pinned by appending; re-encode
             full = parse(inference_pb2.MultiInferenceRequest, request, "MultiInferenceRequest")
             for task in full.tasks:
                 task.model_spec.version.value = v
-            payload = full.SerializeToString()
-        md = self.core.forward_metadata(context)
-        method = tfserving.method("MultiInference")
-
-        async def attempt(instance: Instance, budget: float) -> bytes:
-            if instance.protocol != "tfserving":
-                raise self._not_tfserving(target, "MultiInference")
-            return await self.core.pool.call(instance.address, method, payload, budget, md)
-
-        return await self.core.call(target, attempt, context, info)
+            pinned = full.SerializeToString()
+        return await self.core.forward(
+            target, "MultiInference", request, pinned, lambda b: b.tfs_only, context, info
+        )

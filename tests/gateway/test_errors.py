@@ -43,12 +43,14 @@ def test_log_context_is_per_call():
     formatter = logs.ContextFormatter("%(message)s")
     record = logging.LogRecord("gateway.router", logging.INFO, __file__, 1, "hello", None, None)
 
-    async def call(model: str) -> str:
-        logs.set_call(model, "3", "rid-1")
-        await asyncio.sleep(0)
-        return formatter.format(record)
-
     async def both() -> list[str]:
+        both_set = asyncio.Barrier(2)  # each call formats only after the other set its context
+
+        async def call(model: str) -> str:
+            logs.set_call(model, "3", "rid-1")
+            await asyncio.wait_for(both_set.wait(), 10)
+            return formatter.format(record)
+
         return await asyncio.gather(asyncio.create_task(call("a")), asyncio.create_task(call("b")))
 
     assert asyncio.run(both()) == [

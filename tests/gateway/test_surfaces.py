@@ -16,9 +16,16 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2 as kserve
 from tritonclient.utils import InferenceServerException
 
 from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
+from protos.tfs.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    predict_pb2,
+)
 from registry import layout
 from registry.records import Service
 from tests.gateway.conftest import (
@@ -207,6 +214,64 @@ def test_errors_have_codes_and_actionable_messages(routed):
         == 1
     )
     client.close()
+
+
+def test_methods_a_backend_lacks_are_refused_with_what_to_call_instead(routed, registry):
+    """Each (caller API, backend protocol) pair without a translation says what works."""
+    registry.put(layout.service("svc"), Service(name="svc", urls=["http://127.0.0.1:1/x"]))
+    wait_for(lambda: "svc" in routed.app.router.table.models, what="service in the table")
+
+    def tfs(message, model):
+        message.model_spec.name = model
+        return message
+
+    def multi(model):
+        request = inference_pb2.MultiInferenceRequest()
+        request.tasks.add().model_spec.name = model
+        return request
+
+    predictions = "/tensorflow.serving.PredictionService/"
+    inference = "/inference.GRPCInferenceService/"
+    calls = {
+        "tfs": [
+            (predictions + "Predict", lambda m: tfs(predict_pb2.PredictRequest(), m)),
+            (predictions + "GetModelMetadata",
+             lambda m: tfs(get_model_metadata_pb2.GetModelMetadataRequest(), m)),
+            (predictions + "Classify",
+             lambda m: tfs(classification_pb2.ClassificationRequest(), m)),
+            (predictions + "MultiInference", multi),
+        ],
+        "kserve": [
+            (inference + "ModelInfer", lambda m: kserve.ModelInferRequest(model_name=m)),
+            (inference + "ModelMetadata", lambda m: kserve.ModelMetadataRequest(name=m)),
+            (inference + "ModelConfig", lambda m: kserve.ModelConfigRequest(name=m)),
+            (inference + "ModelStatistics", lambda m: kserve.ModelStatisticsRequest(name=m)),
+        ],
+    }  # fmt: skip
+
+    def status(method, request):
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(method)(request.SerializeToString(), timeout=20)
+        return err.value.code(), err.value.details()
+
+    with grpc.insecure_channel(routed.address) as channel:
+        for method, request in calls["tfs"] + calls["kserve"]:
+            assert status(method, request("svc")) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "model 'svc' is a third-party REST service: call it with Invoke",
+            ), method
+        lacking = [
+            (ADD_ONE, calls["tfs"][2:], "is served by Triton (KServe v2): {} is available for "
+             "TF-Serving models only; use Predict or KServe ModelInfer"),
+            (DOUBLE_MODEL, calls["kserve"][2:], "is served by TF-Serving: {} is available for "
+             "KServe models only"),
+        ]  # fmt: skip
+        for model, methods, message in lacking:
+            for method, request in methods:
+                assert status(method, request(model)) == (
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"model {model!r} " + message.format(method.rsplit("/", 1)[1]),
+                )
 
 
 def test_message_over_the_limit_is_resource_exhausted(gateway_settings, registry, triton_a):

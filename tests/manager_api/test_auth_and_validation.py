@@ -369,3 +369,9 @@ def test_writers_learn_that_a_missing_resource_is_missing(seeded, method, path, 
         r = seeded.request(method, path, json=body, headers=auth(role))
         assert r.status_code == 404, (role, r.text)
         assert "ghost" in r.json()["detail"]
+
+
+def test_schema_states_the_traffic_weight_bounds_the_server_enforces(app):
+    schema = app.openapi()["components"]["schemas"]["TrafficUpdate"]
+    (weight,) = schema["properties"]["weights"]["patternProperties"].values()
+    assert (weight["minimum"], weight["maximum"]) == (0, 100)

@@ -8,16 +8,28 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.settings import GatewaySettings
 from manager_api.app import create_app
 from registry import Registry, layout
-from registry.records import Model
+from registry.records import Gateway, GatewayPluginStatus, Model
+from tests.gateway.conftest import (
+    ADD_ONE,
+    RunningGateway,
+    gateway_settings,  # noqa: F401 (a fixture: the gateway tests' settings)
+    load_add_one,
+    put_model,
+    put_route,
+    put_version,
+)
 from tests.manager_api.conftest import TOKENS, LiveManager, settings_for, token_store
+from tests.servers.tls import self_signed
 from tests.servers.zk import wait_for
+from worker_agent.tritonserver import TritonServer
 
 
 @pytest.fixture
@@ -122,6 +134,9 @@ def test_errors_exit_non_zero_with_the_servers_message(mg):
     assert proc.returncode == 1 and "Invalid argument (422)" in proc.stderr
     proc = mg("models", "traffic", "x", "oops", check=False)
     assert proc.returncode == 2 and "key=value" in proc.stderr
+    # a token is a secret: only MODELGATE_TOKEN, never argv (visible to every local user)
+    proc = mg("groups", "list", "--token", TOKENS["admin"], token=None, check=False)
+    assert proc.returncode == 2 and "unrecognized arguments: --token" in proc.stderr
 
 
 def test_unreachable_manager_exits_2(tmp_path: Path):
@@ -187,6 +202,113 @@ def test_plugins_workers_services_groups(mg, sim_workers, tmp_path: Path):
     mg("services", "delete", "ocr")
     assert "deleted group vision" in mg("groups", "delete", "vision").stdout
     assert "(none)" in mg("gateways", "list").stdout
+
+
+def audited(tmp_path: Path) -> list[str]:
+    """The actions in the live manager's audit log (one per mutating request)."""
+    log = tmp_path / "audit.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line)["action"] for line in lines]
+
+
+def test_deploy_of_a_missing_model_fails_before_uploading(mg, tmp_path: Path):
+    archive = tmp_path / "ghost.tar.gz"
+    archive.write_bytes(os.urandom(300_000))
+    proc = mg("models", "deploy", "ghost", "--file", str(archive), check=False)
+    assert proc.returncode == 1
+    assert "Not found (404): model 'ghost' does not exist" in proc.stderr
+    assert "--backend triton|tfserving creates it" in proc.stderr
+    assert "uploading" not in proc.stderr
+    assert audited(tmp_path) == []  # nothing was POSTed
+
+    proc = mg("models", "deploy", "ghost", "--file", str(archive), "--backend", "triton")
+    assert "deployed ghost version 1" in proc.stdout and "100%" in proc.stderr
+    assert audited(tmp_path) == ["POST /v1/models", "POST /v1/models/{name}/versions:upload"]
+
+
+def test_deploy_backend_creates_the_model_only_when_the_lookup_says_404(mg, tmp_path: Path):
+    args = ("models", "deploy", "m", "--backend", "triton", "--uri", "file:///models/m/1")
+    proc = mg(*args, token="not-a-known-token", check=False)
+    assert proc.returncode == 1 and "Unauthorized (401)" in proc.stderr, proc.stderr
+    assert audited(tmp_path) == []  # no create attempted after the failed lookup
+    assert "deployed m version 1" in mg(*args).stdout
+    assert "deployed m version 2" in mg(*args).stdout  # exists now: a second version
+    assert audited(tmp_path).count("POST /v1/models") == 1
+
+
+def test_gateways_list_shows_plugins_and_their_load_errors(mg, registry: Registry):
+    error = "plugin digits@1.0.2 failed to load: ValueError: no weights.npz in the package"
+    record = Gateway(
+        gateway_id="gw-1",
+        address="10.0.0.7:8500",
+        version="0.1.0",
+        plugins={"digits": GatewayPluginStatus(serving="digits@1.0.1", error=error)},
+    )
+    registry.register_ephemeral(layout.gateway("gw-1"), record)
+    lines = mg("gateways", "list").stdout.splitlines()
+    assert lines[0].split() == ["GATEWAY", "ADDRESS", "VERSION", "PLUGINS", "PLUGIN", "ERRORS"]
+    assert lines[1].split()[:4] == ["gw-1", "10.0.0.7:8500", "0.1.0", "digits=digits@1.0.1"]
+    assert lines[1].endswith(f"digits: {error}")
+    listed = json.loads(mg("gateways", "list", "--json").stdout)
+    assert listed[0]["plugins"] == {"digits": {"serving": "digits@1.0.1", "error": error}}
+
+
+REQUEST = json.dumps(
+    {"inputs": [{"name": "INPUT0", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+)
+
+
+@pytest.fixture
+def add_one_gateway(
+    gateway_settings: GatewaySettings,  # noqa: F811 (the fixture imported above)
+    registry: Registry,
+    triton: TritonServer,
+) -> Iterator[Callable[..., RunningGateway]]:
+    """Start gateways (settings overrides as keywords) routing add_one_gw to the real Triton."""
+    load_add_one(triton)
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "w1", triton.address)
+    started: list[RunningGateway] = []
+
+    def start(**overrides: str) -> RunningGateway:
+        started.append(RunningGateway(gateway_settings.model_copy(update=overrides)))
+        wait_for(lambda: started[-1].instances(ADD_ONE) == 1, timeout=30, what="the route")
+        return started[-1]
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def test_json_infer_prints_a_json_payload_as_json(mg, add_one_gateway):
+    gateway = add_one_gateway()
+    call = ("infer", ADD_ONE, "--gateway", gateway.address, "--data", REQUEST)
+    answer = json.loads(mg(*call, "--json", "--version", "1").stdout)
+    assert answer["model"] == ADD_ONE and answer["version"] == "1"
+    assert answer["content_type"] == "application/json"
+    assert answer["payload"]["outputs"][0]["name"] == "OUTPUT0"
+    assert answer["payload"]["outputs"][0]["data"] == [2.0, 3.0]
+    # without --json the payload is printed as it came
+    assert json.loads(mg(*call).stdout)["outputs"][0]["data"] == [2.0, 3.0]
+
+
+def test_infer_over_mtls_with_certificate_files(mg, add_one_gateway, tmp_path: Path):
+    cert, key = self_signed(tmp_path)
+    gateway = add_one_gateway(tls_cert=str(cert), tls_key=str(key), tls_client_ca=str(cert))
+    # the certificate names localhost, not 127.0.0.1
+    call = ("infer", ADD_ONE, "--gateway", f"localhost:{gateway.app.port}", "--data", REQUEST)
+    tls = ("--tls-ca", str(cert), "--tls-cert", str(cert), "--tls-key", str(key))
+    assert json.loads(mg(*call, *tls).stdout)["outputs"][0]["data"] == [2.0, 3.0]
+
+    no_client_cert = mg(*call, "--tls-ca", str(cert), "--timeout", "5", check=False)
+    assert no_client_cert.returncode == 2 and "UNAVAILABLE" in no_client_cert.stderr
+    plain = mg(*call, "--timeout", "5", check=False)
+    assert plain.returncode == 2 and "UNAVAILABLE" in plain.stderr
+    half = mg(*call, "--tls-cert", str(cert), check=False)
+    assert half.returncode == 2 and "both --tls-cert and --tls-key" in half.stderr
+    missing = mg(*call, "--tls-ca", str(tmp_path / "nope.pem"), check=False)
+    assert missing.returncode == 2 and "cannot read --tls-ca" in missing.stderr
 
 
 def test_console_script_is_installed():

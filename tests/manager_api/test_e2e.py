@@ -111,7 +111,7 @@ def infer_via_gateway(address: str) -> list[float] | None:
         return None
     answer = json.loads(proc.stdout)
     assert answer["model"] == "add" and answer["version"] == "1"
-    outputs = json.loads(answer["payload"])["outputs"]
+    outputs = answer["payload"]["outputs"]  # a JSON payload is printed as JSON
     return [float(v) for v in outputs[0]["data"]]
 
 
@@ -208,10 +208,9 @@ def test_deploy_offline_online_and_failover(
                 "manager_api.cli",
                 "--manager",
                 url,
-                "--token",
-                TOKENS["admin"],
                 *args,
             ],
+            env={**os.environ, "MODELGATE_TOKEN": TOKENS["admin"]},
             capture_output=True,
             text=True,
             timeout=120,

@@ -175,3 +175,21 @@ def test_offline_and_online_through_the_api(zookeeper, zk_root, registry, tmp_pa
         metrics = client.get("/metrics").text
         assert "modelgate_manager_leader 1.0" in metrics
         assert 'modelgate_manager_assignment_changes_total{change="removed"} 2.0' in metrics
+
+
+def test_a_shortfall_is_logged_when_it_appears_or_changes_not_every_pass(
+    registry: Registry, sim_workers, reconcilers, caplog
+):
+    caplog.set_level("INFO", logger="manager_api.reconcile")
+    sim_workers("a")
+    add_model(registry, replicas=2)
+    rec = reconcilers("m1")
+    wait_for(lambda: rec.passes >= 5, timeout=30)  # interval 0.5 s: passes keep coming
+    shortfall_lines = [r for r in caplog.records if "1/2 placed" in r.getMessage()]
+    assert len(shortfall_lines) == 1, [r.getMessage() for r in shortfall_lines]
+    sim_workers("b")
+    wait_for(lambda: assigned(registry) == {"a", "b"}, timeout=30)
+    passes = rec.passes
+    wait_for(lambda: rec.passes >= passes + 2, timeout=30)
+    assert any("m@1: every replica placed" in r.getMessage() for r in caplog.records)
+    assert len([r for r in caplog.records if "placed:" in r.getMessage()]) == 1

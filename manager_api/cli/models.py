@@ -1,0 +1,301 @@
+"""``modelgate models ...`` and ``modelgate versions ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from manager_api.cli.context import Cli, CliError, Commands, pairs
+from manager_api.cli.output import cell
+
+MODEL_COLUMNS = [
+    ("name", "NAME"),
+    ("backend", "BACKEND"),
+    ("group", "GROUP"),
+    ("state", "STATE"),
+    ("replicas", "REPLICAS"),
+    ("versions", "VERSIONS"),
+    ("traffic", "TRAFFIC"),
+    ("plugin", "PLUGIN"),
+]
+VERSION_COLUMNS = [
+    ("version", "VERSION"),
+    ("labels", "LABELS"),
+    ("artifact_uri", "ARTIFACT"),
+    ("sha256", "SHA256"),
+]
+STATUS_COLUMNS = [
+    ("name", "MODEL"),
+    ("state", "STATE"),
+    ("ready", "READY"),
+    ("desired", "DESIRED"),
+    ("message", "MESSAGE"),
+]
+VERSION_STATUS_COLUMNS = [
+    ("version", "VERSION"),
+    ("labels", "LABELS"),
+    ("weight", "WEIGHT"),
+    ("ready", "READY"),
+    ("assigned", "ASSIGNED"),
+    ("desired", "DESIRED"),
+    ("message", "MESSAGE"),
+]
+INSTANCE_COLUMNS = [
+    ("version", "VERSION"),
+    ("worker_id", "WORKER"),
+    ("ready", "READY"),
+    ("state", "STATE"),
+    ("error", "ERROR"),
+]
+#: Options of ``models create/update/deploy`` that go into the body as they are.
+MODEL_FIELDS = (
+    "backend",
+    "replicas",
+    "group",
+    "plugin",
+    "policy",
+    "sticky_header",
+    "memory_mb",
+    "description",
+)
+
+
+def _model_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": args.name} if creating else {}
+    for attr in MODEL_FIELDS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            body[attr] = value
+    if getattr(args, "plugin_config", None):
+        try:
+            body["plugin_config"] = json.loads(args.plugin_config)
+        except json.JSONDecodeError as err:
+            raise CliError(f"--plugin-config is not JSON: {err}", 2) from None
+    if getattr(args, "constraint", None):
+        body["constraints"] = pairs(args.constraint, "--constraint")
+    if creating and getattr(args, "offline", False):
+        body["state"] = "offline"
+    return body
+
+
+def _archive(args: argparse.Namespace) -> Path | None:
+    """The ``--file`` to upload (checked before anything is sent), or None for ``--uri``."""
+    if not args.file:
+        return None
+    file = Path(args.file)
+    if not file.is_file():
+        raise CliError(f"{file} is not a file", 2)
+    return file
+
+
+def _add_version(cli: Cli, args: argparse.Namespace, archive: Path | None) -> Any:
+    labels = args.label or []
+    if archive is not None:
+        data: dict[str, Any] = {"labels": ",".join(labels)}
+        if args.version:
+            data["version"] = str(args.version)
+        return cli.upload_file(f"/v1/models/{args.name}/versions:upload", archive, data)
+    body: dict[str, Any] = {"artifact_uri": args.uri, "labels": labels}
+    if args.version:
+        body["version"] = args.version
+    if args.sha256:
+        body["sha256"] = args.sha256
+    return cli.api.call("POST", f"/v1/models/{args.name}/versions", json=body)
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def models_list(cli: Cli, args: argparse.Namespace) -> None:
+    params = {"group": args.filter_group} if args.filter_group else None
+    models = cli.api.call("GET", "/v1/models", params=params)
+    if cli.out.as_json:
+        cli.out.json(models)
+    else:
+        rows = [{**m, "versions": [v["version"] for v in m.get("versions", [])]} for m in models]
+        cli.out.table(rows, MODEL_COLUMNS)
+
+
+def models_get(cli: Cli, args: argparse.Namespace) -> None:
+    model = cli.api.call("GET", f"/v1/models/{args.name}")
+    cli.out.show(model)
+    if not cli.out.as_json:
+        cli.out.write("")
+        cli.out.table(model["versions"], VERSION_COLUMNS)
+
+
+def models_create(cli: Cli, args: argparse.Namespace) -> None:
+    cli.out.show(cli.api.call("POST", "/v1/models", json=_model_body(args, creating=True)))
+
+
+def models_update(cli: Cli, args: argparse.Namespace) -> None:
+    body = _model_body(args, creating=False)
+    if args.clear_plugin:
+        body["clear_plugin"] = True
+    if args.clear_constraints:
+        body["constraints"] = {}
+    if not body:
+        raise CliError("nothing to update: pass at least one option", 2)
+    cli.out.show(cli.api.call("PATCH", f"/v1/models/{args.name}", json=body))
+
+
+def models_deploy(cli: Cli, args: argparse.Namespace) -> None:
+    archive = _archive(args)
+    # NOTE: look the model up before uploading anything; only a 404 means "missing" (a 401
+    # or an unreachable manager is reported as it is, never answered by creating the model).
+    try:
+        cli.api.call("GET", f"/v1/models/{args.name}")
+    except CliError as err:
+        if err.status != 404:
+            raise
+        if not args.backend:
+            raise CliError(
+                f"{err} (nothing was sent; --backend triton|tfserving creates it)"
+            ) from None
+        cli.api.call("POST", "/v1/models", json=_model_body(args, creating=True))
+    version = _add_version(cli, args, archive)
+    cli.out.done(f"deployed {args.name} version {version['version']}", version)
+
+
+def models_set_state(cli: Cli, args: argparse.Namespace) -> None:
+    model = cli.api.call("POST", f"/v1/models/{args.name}:{args.state}")
+    cli.out.done(f"{args.name} is {model['state']}", model)
+
+
+def models_status(cli: Cli, args: argparse.Namespace) -> None:
+    if not args.name:
+        cli.out.show(cli.api.call("GET", "/v1/status"), STATUS_COLUMNS)
+        return
+    status = cli.api.call("GET", f"/v1/models/{args.name}/status")
+    if cli.out.as_json:
+        cli.out.json(status)
+        return
+    cli.out.details(status)
+    cli.out.write("")
+    cli.out.table(status["versions"], VERSION_STATUS_COLUMNS)
+    instances = [{**i, "version": v["version"]} for v in status["versions"] for i in v["instances"]]
+    if instances:
+        cli.out.write("")
+        cli.out.table(instances, INSTANCE_COLUMNS)
+
+
+def models_delete(cli: Cli, args: argparse.Namespace) -> None:
+    cli.api.call("DELETE", f"/v1/models/{args.name}")
+    cli.out.done(f"deleted model {args.name}")
+
+
+def models_traffic(cli: Cli, args: argparse.Namespace) -> None:
+    if args.clear:
+        weights: dict[str, int] = {}
+    elif args.weights:
+        try:
+            weights = {k: int(v) for k, v in pairs(args.weights, "weight").items()}
+        except ValueError:
+            raise CliError("weights are VERSION=PERCENT, e.g. 1=90 2=10", 2) from None
+    else:
+        traffic = cli.api.call("GET", f"/v1/models/{args.name}")["traffic"]
+        if cli.out.as_json:
+            cli.out.json(traffic)
+        else:
+            cli.out.details(traffic or {"(newest)": 100})
+        return
+    model = cli.api.call("PUT", f"/v1/models/{args.name}/traffic", json={"weights": weights})
+    cli.out.done(f"traffic of {args.name}: {cell(model['traffic'])}", model)
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+def versions_list(cli: Cli, args: argparse.Namespace) -> None:
+    cli.out.show(cli.api.call("GET", f"/v1/models/{args.name}/versions"), VERSION_COLUMNS)
+
+
+def versions_create(cli: Cli, args: argparse.Namespace) -> None:
+    archive = _archive(args)
+    if archive is not None:  # a missing model fails before the upload, not after it
+        cli.api.call("GET", f"/v1/models/{args.name}")
+    cli.out.show(_add_version(cli, args, archive))
+
+
+def versions_delete(cli: Cli, args: argparse.Namespace) -> None:
+    cli.api.call("DELETE", f"/v1/models/{args.name}/versions/{args.version}")
+    cli.out.done(f"deleted {args.name} version {args.version}")
+
+
+def versions_label(cli: Cli, args: argparse.Namespace) -> None:
+    path = f"/v1/models/{args.name}/versions/{args.version}/labels"
+    cli.out.show(cli.api.call("PUT", path, json={"labels": args.labels}))
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+
+def _model_options(p: argparse.ArgumentParser, creating: bool) -> None:
+    p.add_argument("--backend", choices=["triton", "tfserving"], required=False)
+    p.add_argument("--replicas", type=int)
+    p.add_argument("--group")
+    p.add_argument("--plugin", help="name@version")
+    p.add_argument("--plugin-config", help="JSON object")
+    p.add_argument("--policy", choices=["round_robin", "least_request", "sticky"])
+    p.add_argument("--sticky-header")
+    p.add_argument("--constraint", action="append", help="worker label key=value (repeat)")
+    p.add_argument("--memory-mb", type=int)
+    p.add_argument("--description")
+    if creating:
+        p.add_argument("--offline", action="store_true", help="create it offline")
+
+
+def _version_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--uri", help="artifact URI (file://, s3://, http(s)://, ...)")
+    src.add_argument("--file", help="model archive to upload (.tar.gz/.zip)")
+    p.add_argument("--version", type=int, help="version number (default: newest + 1)")
+    p.add_argument("--label", action="append", help="e.g. stable, canary (repeat)")
+    p.add_argument("--sha256", help="expected sha256 of the artifact at --uri")
+
+
+def add_commands(commands: Commands) -> None:
+    mc = commands.area("models", "models: list|get|create|update|deploy|online|offline|...")
+    mc.add("list", "list models", models_list).add_argument("--group", dest="filter_group")
+    mc.add("get", "show a model", models_get).add_argument("name")
+    p = mc.add("create", "create a model", models_create)
+    p.add_argument("name")
+    _model_options(p, creating=True)
+    p = mc.add("update", "change a model", models_update)
+    p.add_argument("name")
+    _model_options(p, creating=False)
+    p.add_argument("--clear-plugin", action="store_true")
+    p.add_argument("--clear-constraints", action="store_true", help="place on any worker")
+    p = mc.add(
+        "deploy", "add a version (uploading an archive); --backend creates the model", models_deploy
+    )
+    p.add_argument("name")
+    _version_source(p)
+    _model_options(p, creating=True)
+    for state, help_ in (("online", "place replicas again"), ("offline", "remove every replica")):
+        p = mc.add(state, help_, models_set_state)
+        p.add_argument("name")
+        p.set_defaults(state=state)
+    mc.add("status", "desired vs ready replicas", models_status).add_argument("name", nargs="?")
+    mc.add("delete", "delete a model and its versions", models_delete).add_argument("name")
+    p = mc.add("traffic", "show or set traffic weights: traffic NAME 1=90 2=10", models_traffic)
+    p.add_argument("name")
+    p.add_argument("weights", nargs="*", help="VERSION=PERCENT")
+    p.add_argument("--clear", action="store_true", help="all traffic to the newest version")
+
+    vc = commands.area("versions", "model versions: list|create|delete|label")
+    vc.add("list", "list versions of a model", versions_list).add_argument("name")
+    p = vc.add("create", "add a version from --uri or --file", versions_create)
+    p.add_argument("name")
+    _version_source(p)
+    p = vc.add("delete", "delete a version", versions_delete)
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p = vc.add(
+        "label", "set the labels of a version: label NAME VERSION stable ...", versions_label
+    )
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("labels", nargs="*")
