@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 $(GENERATED): $(STAMP) protos/modelgate/v1/gateway.proto protos/generate.py
 	$(PY) -m protos.generate
 
-generate: $(STAMP) ## regenerate the Python protobuf modules under protos/
+generate: $(STAMP) ## regenerate the Python protobuf modules under protos/ (for the editable install; a wheel build generates its own)
 	$(PY) -m protos.generate
 
 lint: setup ## ruff and mypy
@@ -57,5 +57,5 @@ bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/late
 	$(PY) -m bench
 
 clean: ## remove the virtualenv, generated code and local state
-	rm -rf $(VENV) .run protos/tfs protos/descriptors build *.egg-info
+	rm -rf $(VENV) .run protos/tfs protos/descriptors build dist *.egg-info
 	find protos -name '*_pb2*.py*' -delete

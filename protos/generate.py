@@ -1,6 +1,10 @@
-"""Generate the Python modules under ``protos/`` (run as ``python -m protos.generate``).
+"""Generate the Python modules under ``protos/``.
 
-Two outputs:
+Run by the wheel build (``build_backend.py``: into the build directory, so every wheel and
+every install from the sdist carries them) and by ``make generate`` (``python -m
+protos.generate``: into the source tree, for editable installs). Never committed. This is the
+only place that needs ``grpcio-tools`` and ``tensorflow-serving-api``: the installed package
+imports neither. Two outputs:
 
 1. ``protos/modelgate/v1/gateway_pb2*.py`` from ``protos/modelgate/v1/gateway.proto``.
 2. ``protos/tfs/...``: light TF-Serving stubs. ``tensorflow-serving-api`` ships generated
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 REPO = Path(__file__).resolve().parent.parent
+GATEWAY_PROTO = REPO / "protos" / "modelgate" / "v1" / "gateway.proto"
 TFS_PREFIX = "protos/tfs/"
 TFS_MODULES = [
     "tensorflow_serving.apis.prediction_service_pb2",
@@ -73,22 +79,22 @@ def _renamed(name: str) -> str:
     return name if name.startswith("google/protobuf/") else TFS_PREFIX + name
 
 
-def generate_gateway() -> None:
+def generate_gateway(out: Path) -> None:
     _protoc(
-        "-I.",
-        "--python_out=.",
-        "--pyi_out=.",
-        "--grpc_python_out=.",
-        "protos/modelgate/v1/gateway.proto",
+        f"-I{REPO}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        str(GATEWAY_PROTO),
     )
 
 
-def generate_tfserving() -> None:
+def generate_tfserving(out: Path) -> None:
     # Importing these initialises TensorFlow; that is the price paid once, here.
     files = [importlib.import_module(m).DESCRIPTOR for m in TFS_MODULES]
     originals = _collect(files)
 
-    descriptors = REPO / "protos" / "descriptors"
+    descriptors = out / "protos" / "descriptors"
     descriptors.mkdir(parents=True, exist_ok=True)
     original_set = descriptor_pb2.FileDescriptorSet(file=originals)
     (descriptors / "tfserving.pb").write_bytes(original_set.SerializeToString())
@@ -103,24 +109,27 @@ def generate_tfserving() -> None:
         copy.dependency.extend(_renamed(d) for d in proto.dependency)
         if copy.name.startswith(TFS_PREFIX):
             to_generate.append(copy.name)
-    renamed_path = descriptors / "tfserving-renamed.pb"
-    renamed_path.write_bytes(renamed_set.SerializeToString())
+    with tempfile.TemporaryDirectory() as scratch:
+        renamed_path = Path(scratch) / "tfserving-renamed.pb"
+        renamed_path.write_bytes(renamed_set.SerializeToString())
+        _protoc(
+            f"--descriptor_set_in={renamed_path}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *to_generate,
+        )
 
-    _protoc(
-        f"--descriptor_set_in={renamed_path}",
-        "--python_out=.",
-        "--pyi_out=.",
-        "--grpc_python_out=.",
-        *to_generate,
-    )
+
+def generate(out: Path) -> None:
+    """Write the generated modules and descriptor sets under ``out`` (``out/protos/...``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    generate_gateway(out)
+    generate_tfserving(out)
 
 
 def main() -> None:
-    import os
-
-    os.chdir(REPO)
-    generate_gateway()
-    generate_tfserving()
+    generate(REPO)
     print(f"generated protos/modelgate and protos/tfs ({sys.executable})")
 
 
