@@ -9,19 +9,24 @@
 - ``tfs_double`` (session): the TF-Serving double (named ``double-a``) serving version 1 of
   ``DOUBLE_MODEL``: ``y = 2 * x``.
 
-When a test that used ZooKeeper fails, the tail of the ZooKeeper log is printed.
+When a test that used ZooKeeper fails, the tail of the ZooKeeper log is printed. The run
+fails if it leaves a process behind (every process the tests start carries
+``MODELGATE_TEST_RUN`` in its environment; see ``_no_process_left_behind``).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry
+from registry.processes import marked_pids, wait_while
 from tests.servers.tfserving import DOUBLE_MODEL, TFServingDouble, write_double_model
 from worker_agent.tritonserver import TritonServer
 
@@ -31,6 +36,32 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+TEST_RUN_MARKER = "MODELGATE_TEST_RUN"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Fail the run if any process a test started (ZooKeeper, Triton and its stubs, the
+    roles, the TF-Serving double) still runs once every fixture has stopped its own.
+
+    Autouse and session-scoped, so it is set up first and torn down last.
+    """
+    run = uuid.uuid4().hex
+    os.environ[TEST_RUN_MARKER] = run  # inherited by everything the tests start
+    yield
+    wait_while(lambda: bool(marked_pids(TEST_RUN_MARKER, run)), 10.0)
+    left = marked_pids(TEST_RUN_MARKER, run)
+    if left:
+        described = []
+        for pid in left:
+            try:
+                described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:200]}")
+            except psutil.Error:
+                continue
+        if described:
+            pytest.fail("the tests left processes running:\n" + "\n".join(described))
 
 
 @pytest.fixture(scope="session")

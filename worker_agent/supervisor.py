@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from registry.processes import terminate
+from registry.processes import ServerProcess
 from worker_agent.metrics import WorkerMetrics
 from worker_agent.tritonserver import TritonServer
 
@@ -62,8 +60,7 @@ class TritonLauncher:
 
     @property
     def pid(self) -> int | None:
-        proc = self.server.proc if self.server else None
-        return proc.pid if proc else None
+        return self.server.pid if self.server else None
 
     def start(self) -> None:
         self.server = TritonServer(
@@ -85,10 +82,12 @@ class CommandLauncher:
     """Any model-server command line (e.g. tensorflow_model_server ...) at a known address."""
 
     def __init__(self, command: str, address: str, workdir: Path) -> None:
-        self.command = shlex.split(command)
         self._address = address
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process = ServerProcess(
+            shlex.split(command),
+            owner=str(workdir.resolve()),
+            log_path=workdir / "model-server.log",
+        )
 
     @property
     def address(self) -> str:
@@ -96,18 +95,13 @@ class CommandLauncher:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.running
 
     def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with (self.workdir / "model-server.log").open("ab") as logf:
-            self.proc = subprocess.Popen(
-                self.command, stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ)
-            )
+        self.process.start()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc)
+        self.process.stop()
 
 
 class Supervisor:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.processes import listening_ports, terminate
+from registry.processes import ServerProcess, listening_ports
 
 log = logging.getLogger("worker_agent.tritonserver")
 
@@ -89,8 +88,8 @@ class TritonServer:
         self.host = host
         self.extra_args = extra_args
         self.port: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "tritonserver.log"
+        self.process: ServerProcess | None = None
 
     @property
     def address(self) -> str:
@@ -98,7 +97,11 @@ class TritonServer:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.running
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until its gRPC port answers ServerReady."""
@@ -123,25 +126,31 @@ class TritonServer:
             "--exit-timeout-secs=5",
             *self.extra_args,
         ]
-        logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+        # NOTE: the owner is the work dir: a restarted agent (same work dir) stops what a
+        # SIGKILLed one left (a Triton without parent-death signal, Python-backend stubs).
+        self.process = ServerProcess(
+            cmd,
+            owner=str(self.workdir.resolve()),
+            log_path=self.log_path,
+            env=env,
+            cwd=self.workdir,
         )
-        logf.close()
+        self.process.start()
         self._wait_ready(timeout)
-        log.info("tritonserver ready at %s (pid %d)", self.address, self.proc.pid)
+        log.info("tritonserver ready at %s (pid %s)", self.address, self.pid)
 
     def _wait_ready(self, timeout: float) -> None:
         import tritonclient.grpc as triton_grpc  # heavy import, only when launching
 
-        assert self.proc is not None
+        assert self.process is not None and self.process.proc is not None
+        proc = self.process.proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}"
+                    f"tritonserver exited with {proc.returncode}; log:\n{self.log_tail()}"
                 )
-            ports = listening_ports(self.proc.pid)
+            ports = listening_ports(proc.pid)
             if ports:
                 self.port = self.requested_port or ports[0]
                 try:
@@ -157,16 +166,14 @@ class TritonServer:
         raise RuntimeError(f"tritonserver not ready within {timeout:g}s; log:\n{self.log_tail()}")
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        terminate(self.proc, grace)
-        self.proc = None
+        """Stop the server and everything it started (its Python-backend stubs)."""
+        if self.process is not None:
+            self.process.stop(grace)
 
     def kill(self) -> None:
-        """SIGKILL the server (for failure tests); :attr:`proc` is kept to read the exit code."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL the server alone, as the OOM killer does (for failure tests)."""
+        if self.process is not None:
+            self.process.kill()
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -14,13 +14,12 @@ import fcntl
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import TextIO
 
 import psutil
 
-from deploy.local.runner import alive, stop_groups, wait_while
+from registry.processes import alive, kill, stop_groups
 
 log = logging.getLogger("deploy.local")
 
@@ -94,18 +93,6 @@ def kill_leftovers(run_dir: Path) -> None:
     if pids:
         log.warning("killing leftover processes of a previous run: %s", pids)
         kill(pids)
-
-
-def kill(pids: list[int]) -> None:
-    """SIGTERM each of ``pids`` (not our children), SIGKILL those left after 5 s."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    wait_while(lambda: any(alive(p) for p in pids), 5.0)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def is_ours(pid: int, run_dir: Path) -> bool:

@@ -15,29 +15,22 @@ everything it started), with its output appended to a log file, and passes it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
 from registry import readyfile
+from registry.processes import stop_groups
 
 REPO = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("deploy.local")
 
 T = TypeVar("T")
-
-#: After the leader of a group is gone, what is left of the group gets this long after its
-#: SIGTERM before the SIGKILL.
-_REST_GRACE = 3.0
 
 
 class ProcessFailed(RuntimeError):
@@ -155,67 +148,3 @@ class Process:
 def stop_all(processes: Sequence[Process], grace: float) -> None:
     """Stop processes together (see :func:`stop_groups`); those never started are skipped."""
     stop_groups([(p.pid, p.popen) for p in processes if p.popen is not None], grace)
-
-
-def stop_groups(groups: Sequence[tuple[int, subprocess.Popen[bytes] | None]], grace: float) -> None:
-    """Stop process groups, given as (leader pid, its Popen if it is our child).
-
-    SIGTERM to each leader (every role stops its own children: the agent its Triton), up
-    to ``grace`` seconds for the leaders to exit, then SIGTERM to what is left of each group
-    and SIGKILL to anything still there 3 s later; returns once the groups are gone (or 3 s
-    after the SIGKILL).
-    """
-
-    def leader_alive(pid: int, popen: subprocess.Popen[bytes] | None) -> bool:
-        return popen.poll() is None if popen is not None else alive(pid)
-
-    for pgid, _ in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pgid, signal.SIGTERM)
-    wait_while(lambda: any(leader_alive(*g) for g in groups), grace)
-    _signal_groups([g for g, _ in groups], signal.SIGTERM)
-    wait_while(lambda: any(group_members(g) for g, _ in groups), _REST_GRACE)
-    left = [g for g, _ in groups if group_members(g)]
-    for pgid in left:
-        log.warning("process group %d did not stop within %gs: SIGKILL", pgid, grace)
-    _signal_groups(left, signal.SIGKILL)
-    # SIGKILL is delivered asynchronously
-    wait_while(lambda: any(group_members(g) for g in left), _REST_GRACE)
-    for _, popen in groups:
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5)
-
-
-def wait_while(condition: Callable[[], bool], seconds: float) -> None:
-    """Poll ``condition`` until it is false or ``seconds`` have passed."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and condition():
-        time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, waiting to be reaped by its parent, has ended)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    members = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return members
-
-
-def _signal_groups(pgids: Sequence[int], sig: signal.Signals) -> None:
-    for pgid in pgids:
-        if group_members(pgid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)

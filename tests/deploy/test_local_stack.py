@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.leftovers import stack_pids
-from deploy.local.runner import alive
 from deploy.local.stack import LocalStack, StackError
+from registry.processes import alive
 
 pytestmark = pytest.mark.slow
 

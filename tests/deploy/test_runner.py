@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.runner import Process, ProcessFailed, alive, group_members
+from deploy.local.runner import Process, ProcessFailed
 from registry import readyfile
+from registry.processes import alive, group_members
 
 # Each script gets ``--ready-file PATH`` appended by the runner: sys.argv[2] is PATH.
 SERVES = """

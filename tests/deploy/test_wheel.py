@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from registry.local_zookeeper import LocalZooKeeper
 
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from registry import Registry, layout
-from registry.local_zookeeper import LocalZooKeeper
 from registry.records import Gateway
 from tests.gateway.conftest import ADD_ONE, load_add_one, put_model, put_route
 from tests.servers.zk import wait_for

@@ -9,6 +9,7 @@ import httpx
 
 from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry, layout
+from registry.processes import SERVER_MARKER, alive, marked_pids
 from tests.servers.zk import expire_session, wait_for
 from tests.worker_agent.conftest import AgentFactory
 from tests.worker_agent.helpers import (
@@ -136,8 +137,14 @@ def test_a_killed_launched_triton_is_restarted_and_its_models_come_back(
     launcher = agent.agent.launcher
     assert launcher is not None
     old_pid = launcher.pid  # type: ignore[attr-defined]
+    owner = str((tmp_path / "work").resolve())
 
-    launcher.kill()  # type: ignore[attr-defined]
+    def stubs() -> list[int]:  # Triton's Python-backend stub processes (one per model)
+        triton = launcher.pid  # type: ignore[attr-defined]
+        return [p for p in marked_pids(SERVER_MARKER, owner) if p != triton]
+
+    old_stubs = wait_for(stubs, what="phoenix's Python-backend stub")
+    launcher.kill()  # type: ignore[attr-defined]  (SIGKILL, as the OOM killer does)
     wait_for(
         lambda: (w := worker(registry, "w1")) is not None and w.restarts == 1,
         what="the restart to be recorded",
@@ -150,6 +157,8 @@ def test_a_killed_launched_triton_is_restarted_and_its_models_come_back(
         what="phoenix@1 READY with a route again",
     )
     assert launcher.pid != old_pid  # type: ignore[attr-defined]
+    assert not any(alive(p) for p in old_stubs), "the killed Triton's stubs were left running"
+    assert len(stubs()) == 1 and not set(stubs()) & set(old_stubs)
     assert infer_add_one(found.address, "phoenix", 1, [41.0]) == [42.0]
     assert metric(agent.agent, "modelgate_worker_backend_restarts_total") == 1
     assert metric(agent.agent, "modelgate_worker_pulls_total", {"result": "ok"}) == 1

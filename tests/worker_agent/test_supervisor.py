@@ -32,11 +32,11 @@ async def test_a_launched_command_that_dies_is_restarted_and_reported(tmp_path: 
     )
     await supervisor.start()
     try:
-        assert launcher.running and launcher.proc is not None
-        first = launcher.proc.pid
-        launcher.proc.kill()
+        assert launcher.running and launcher.process.pid is not None
+        first = launcher.process.pid
+        launcher.process.kill()
         await asyncio.wait_for(restarted.wait(), 30)
-        assert launcher.running and launcher.proc.pid != first
+        assert launcher.running and launcher.process.pid != first
         assert supervisor.restarts == 1
         assert metrics.registry.get_sample_value("modelgate_worker_backend_restarts_total") == 1
         assert (tmp_path / "work" / "model-server.log").exists()
