@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from registry.local_zookeeper import LocalZooKeeper
 
+from deploy.local.zookeeper import LocalZooKeeper
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from registry import Registry, layout
