@@ -76,8 +76,15 @@ class VersionOut(BaseModel):
     labels: list[str]
 
 
+PLUGIN_SERVING = (
+    "Per gateway id: the plugin version serving the model there and the last load error. It "
+    "differs from `plugin` (the version wanted) while a new version loads or after it failed "
+    "to load (the previous one keeps serving)."
+)
+
+
 class ModelOut(BaseModel):
-    """A model as stored, with its versions."""
+    """A model as stored, with its versions and the plugin each gateway serves for it."""
 
     name: str
     backend: str
@@ -93,6 +100,7 @@ class ModelOut(BaseModel):
     memory_mb: int
     description: str
     versions: list[VersionOut] = Field(default_factory=list)
+    plugin_serving: dict[str, GatewayPluginStatus] = Field(description=PLUGIN_SERVING)
 
 
 class VersionCreate(Body):
@@ -159,6 +167,8 @@ class ModelStatus(BaseModel):
     ready: int
     message: str
     versions: list[VersionStatus]
+    plugin: str | None = Field(description='UDL plugin wanted, "name@version".')
+    plugin_serving: dict[str, GatewayPluginStatus] = Field(description=PLUGIN_SERVING)
 
 
 class WorkerOut(BaseModel):

@@ -1,11 +1,14 @@
-"""Desired versus actual replicas, aggregated from /models, /assignments, /routes, /workers."""
+"""Desired versus actual: replicas, aggregated from /models, /assignments, /routes, /workers,
+and plugins, from /gateways."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from manager_api.placement import Placement, place
 from manager_api.schemas import InstanceStatus, ModelStatus, VersionStatus
 from manager_api.state import ClusterState
-from registry.records import Model
+from registry.records import Gateway, GatewayPluginStatus, Model
 
 
 def plan(state: ClusterState) -> Placement:
@@ -13,7 +16,25 @@ def plan(state: ClusterState) -> Placement:
     return place(state.demands(), state.worker_views(), state.current(), ready=state.routes)
 
 
-def model_status(state: ClusterState, model: Model, placement: Placement) -> ModelStatus:
+def plugin_serving(model: Model, gateways: Mapping[str, Gateway]) -> dict[str, GatewayPluginStatus]:
+    """Per gateway id: the plugin version serving ``model`` there and its last load error.
+
+    While the model wants a plugin every gateway is listed (one that has not reported the
+    model yet serves nothing); without one, only the gateways still reporting a plugin.
+    """
+    out: dict[str, GatewayPluginStatus] = {}
+    for gateway_id, gateway in sorted(gateways.items()):
+        reported = gateway.plugins.get(model.name)
+        if reported is not None:
+            out[gateway_id] = reported
+        elif model.plugin is not None:
+            out[gateway_id] = GatewayPluginStatus()
+    return out
+
+
+def model_status(
+    state: ClusterState, model: Model, placement: Placement, gateways: Mapping[str, Gateway]
+) -> ModelStatus:
     versions = state.versions.get(model.name, {})
     active = set(state.active_versions(model))
     assigned_on: dict[int, list[str]] = {}
@@ -92,4 +113,6 @@ def model_status(state: ClusterState, model: Model, placement: Placement) -> Mod
         ready=ready_total,
         message=summary,
         versions=out,
+        plugin=model.plugin,
+        plugin_serving=plugin_serving(model, gateways),
     )

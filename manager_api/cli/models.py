@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ STATUS_COLUMNS = [
     ("state", "STATE"),
     ("ready", "READY"),
     ("desired", "DESIRED"),
+    ("plugin", "PLUGIN"),
     ("message", "MESSAGE"),
 ]
 VERSION_STATUS_COLUMNS = [
@@ -48,6 +50,11 @@ INSTANCE_COLUMNS = [
     ("ready", "READY"),
     ("state", "STATE"),
     ("error", "ERROR"),
+]
+GATEWAY_PLUGIN_COLUMNS = [
+    ("gateway_id", "GATEWAY"),
+    ("serving", "PLUGIN SERVING"),
+    ("error", "PLUGIN LOAD ERROR"),
 ]
 #: Options of ``models create/update/deploy`` that go into the body as they are.
 MODEL_FIELDS = (
@@ -105,6 +112,48 @@ def _add_version(cli: Cli, args: argparse.Namespace, archive: Path | None) -> An
     return cli.api.call("POST", f"/v1/models/{args.name}/versions", json=body)
 
 
+def plugin_summary(wanted: str | None, serving: dict[str, dict[str, Any]]) -> str | None:
+    """The plugin wanted and, where gateways serve something else, what and why, e.g.
+    ``digits@1.0.2 (serving 1.0.1 on 2/2 gateways: load failed)``."""
+    apart = Counter(
+        (status["serving"], bool(status["error"]))
+        for status in serving.values()
+        if status["serving"] != wanted or status["error"]
+    )
+    if not apart:
+        return wanted
+    name = wanted.partition("@")[0] if wanted else None
+    parts = []
+    for (actual, failed), count in sorted(apart.items(), key=lambda i: (i[0][0] or "", i[0][1])):
+        if actual is None:
+            what = "not serving"
+        else:
+            actual_name, _, actual_version = actual.partition("@")
+            what = f"serving {actual_version if actual_name == name else actual}"
+        why = "load failed" if failed else "loading" if wanted else "being removed"
+        parts.append(f"{what} on {count}/{len(serving)} gateways: {why}")
+    return f"{wanted or '-'} ({'; '.join(parts)})"
+
+
+def _summarised(record: dict[str, Any]) -> dict[str, Any]:
+    """A model or its status for a table: the plugin summarised (per gateway: its own table)."""
+    shown = {key: value for key, value in record.items() if key != "plugin_serving"}
+    shown["plugin"] = plugin_summary(record["plugin"], record["plugin_serving"])
+    return shown
+
+
+def _plugin_per_gateway(cli: Cli, record: dict[str, Any]) -> None:
+    rows = [{"gateway_id": gid, **status} for gid, status in record["plugin_serving"].items()]
+    if rows:
+        cli.out.write("")
+        cli.out.table(rows, GATEWAY_PLUGIN_COLUMNS)
+
+
+def _show_model(cli: Cli, model: dict[str, Any]) -> None:
+    """A model as details, its plugin summarised (with ``--json``: as the server sent it)."""
+    cli.out.show(model if cli.out.as_json else _summarised(model))
+
+
 # -- models --------------------------------------------------------------------------------
 
 
@@ -114,20 +163,24 @@ def models_list(cli: Cli, args: argparse.Namespace) -> None:
     if cli.out.as_json:
         cli.out.json(models)
     else:
-        rows = [{**m, "versions": [v["version"] for v in m.get("versions", [])]} for m in models]
+        rows = [
+            {**_summarised(m), "versions": [v["version"] for v in m.get("versions", [])]}
+            for m in models
+        ]
         cli.out.table(rows, MODEL_COLUMNS)
 
 
 def models_get(cli: Cli, args: argparse.Namespace) -> None:
     model = cli.api.call("GET", f"/v1/models/{args.name}")
-    cli.out.show(model)
+    _show_model(cli, model)
     if not cli.out.as_json:
         cli.out.write("")
         cli.out.table(model["versions"], VERSION_COLUMNS)
+        _plugin_per_gateway(cli, model)
 
 
 def models_create(cli: Cli, args: argparse.Namespace) -> None:
-    cli.out.show(cli.api.call("POST", "/v1/models", json=_model_body(args, creating=True)))
+    _show_model(cli, cli.api.call("POST", "/v1/models", json=_model_body(args, creating=True)))
 
 
 def models_update(cli: Cli, args: argparse.Namespace) -> None:
@@ -138,7 +191,7 @@ def models_update(cli: Cli, args: argparse.Namespace) -> None:
         body["constraints"] = {}
     if not body:
         raise CliError("nothing to update: pass at least one option", 2)
-    cli.out.show(cli.api.call("PATCH", f"/v1/models/{args.name}", json=body))
+    _show_model(cli, cli.api.call("PATCH", f"/v1/models/{args.name}", json=body))
 
 
 def models_deploy(cli: Cli, args: argparse.Namespace) -> None:
@@ -166,19 +219,23 @@ def models_set_state(cli: Cli, args: argparse.Namespace) -> None:
 
 def models_status(cli: Cli, args: argparse.Namespace) -> None:
     if not args.name:
-        cli.out.show(cli.api.call("GET", "/v1/status"), STATUS_COLUMNS)
+        statuses = cli.api.call("GET", "/v1/status")
+        cli.out.show(
+            statuses if cli.out.as_json else [_summarised(s) for s in statuses], STATUS_COLUMNS
+        )
         return
     status = cli.api.call("GET", f"/v1/models/{args.name}/status")
     if cli.out.as_json:
         cli.out.json(status)
         return
-    cli.out.details(status)
+    cli.out.details(_summarised(status))
     cli.out.write("")
     cli.out.table(status["versions"], VERSION_STATUS_COLUMNS)
     instances = [{**i, "version": v["version"]} for v in status["versions"] for i in v["instances"]]
     if instances:
         cli.out.write("")
         cli.out.table(instances, INSTANCE_COLUMNS)
+    _plugin_per_gateway(cli, status)
 
 
 def models_delete(cli: Cli, args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from manager_api.schemas import (
     VersionOut,
 )
 from manager_api.state import read_state
-from manager_api.status import model_status, plan
+from manager_api.status import model_status, plan, plugin_serving
 from registry import Registry, layout
 from registry.errors import (
     ConflictError,
@@ -31,7 +31,7 @@ from registry.errors import (
     NotFoundError,
 )
 from registry.layout import NAME_PATTERN
-from registry.records import Model, ModelVersion
+from registry.records import Gateway, Model, ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=PROBLEM_RESPONSES)
 
@@ -68,9 +68,16 @@ def _versions(reg: Registry, name: str) -> dict[int, ModelVersion]:
     }
 
 
-def _out(reg: Registry, model: Model) -> ModelOut:
+def _gateways(reg: Registry) -> dict[str, Gateway]:
+    """The ``/gateways`` records (few: read once per request, never once per model)."""
+    return reg.read_children(layout.GATEWAYS, Gateway)
+
+
+def _out(reg: Registry, model: Model, gateways: dict[str, Gateway] | None = None) -> ModelOut:
+    """``model`` with its versions and its plugin per gateway (``gateways`` when already read)."""
     versions = [VersionOut(**v.model_dump()) for _, v in sorted(_versions(reg, model.name).items())]
-    return ModelOut(**model.model_dump(), versions=versions)
+    serving = plugin_serving(model, _gateways(reg) if gateways is None else gateways)
+    return ModelOut(**model.model_dump(), versions=versions, plugin_serving=serving)
 
 
 def _check_group(reg: Registry, group: str) -> None:
@@ -131,7 +138,10 @@ def modify_model(
 def list_models(m: Ctx, caller: Caller, group: str | None = None) -> list[ModelOut]:
     require_role(caller, "viewer", "listing models")
     models = m.registry.read_children(layout.MODELS, Model)
-    return [_out(m.registry, mod) for mod in models.values() if group in (None, mod.group)]
+    gateways = _gateways(m.registry)
+    return [
+        _out(m.registry, mod, gateways) for mod in models.values() if group in (None, mod.group)
+    ]
 
 
 @router.post(
@@ -394,12 +404,14 @@ def read_status(m: Ctx, caller: Caller, name: ModelName) -> ModelStatus:
     state = read_state(m.registry)
     if name not in state.models:
         raise NotFoundError(f"model '{name}' does not exist")
-    return model_status(state, state.models[name], plan(state))
+    return model_status(state, state.models[name], plan(state), _gateways(m.registry))
 
 
 @router.get("/status", response_model=list[ModelStatus], summary="Status of every model")
 def read_all_status(m: Ctx, caller: Caller) -> list[ModelStatus]:
     require_role(caller, "viewer", "reading status")
     state = read_state(m.registry)
-    placement = plan(state)
-    return [model_status(state, mod, placement) for _, mod in sorted(state.models.items())]
+    placement, gateways = plan(state), _gateways(m.registry)
+    return [
+        model_status(state, mod, placement, gateways) for _, mod in sorted(state.models.items())
+    ]
