@@ -211,6 +211,8 @@ class Router:
         At most ``max_attempts`` instances, all within ``deadline`` (a ``clock()`` value).
         Application errors and deadline errors are raised at once, never retried.
         """
+        if target.model.record.policy == "sticky" and not key:
+            self.metrics.sticky_without_key.labels(target.model.name).inc()
         tried: set[str] = set()
         last: ConnectionFailure | None = None
         for n in range(self.max_attempts):
