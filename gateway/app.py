@@ -15,6 +15,7 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 
 from gateway.backends import tfserving, triton
 from gateway.backends.kinds import Backends
+from gateway.backends.rest import ServiceProber
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
@@ -23,7 +24,7 @@ from gateway.surfaces import invoke
 from gateway.surfaces.base import Core
 from gateway.surfaces.kserve import KServeSurface
 from gateway.surfaces.tfserving import TFServingSurface
-from gateway.table import RoutingTable
+from gateway.table import RoutingTable, with_service_health
 from gateway.watcher import TableWatcher
 
 # NOTE: imported for their descriptors, so that reflection can describe these services.
@@ -31,7 +32,7 @@ from protos.tfs.tensorflow_serving.apis import prediction_service_pb2  # noqa: F
 from registry import EphemeralNode, Registry, layout
 from registry.errors import ModelgateError
 from registry.records import Gateway as GatewayRecord
-from registry.records import GatewayPluginStatus
+from registry.records import GatewayPluginStatus, Record
 from registry.status_server import StatusServer
 from registry.version import version
 
@@ -61,6 +62,9 @@ class GatewayApp:
             eject_seconds=settings.eject_s,
         )
         self.backends = Backends(settings.max_message_bytes)
+        self.prober = ServiceProber(self.backends.rest.client, self._on_probe)
+        #: The routing table as ZooKeeper has it (the router's adds what the probes say).
+        self.configured = RoutingTable()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = StatusServer(
@@ -74,6 +78,10 @@ class GatewayApp:
         self._model_health: set[str] = set()
         self._stopping = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._health_lock = asyncio.Lock()
+        self._node_lock = asyncio.Lock()
+        #: The gateway record as it should be in ZooKeeper (written by :meth:`_update_node`).
+        self._wanted: Record | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -139,9 +147,14 @@ class GatewayApp:
             address=s.address(self.port),
             version=version(),
             plugins=self.plugins.status(),
+            services=self.prober.health(self.configured.services),
         )
         self.node = await asyncio.to_thread(
             self.registry.register_ephemeral, layout.gateway(record.gateway_id), record
+        )
+        # NOTE: what changed while the node was being created
+        self._update_record(
+            plugins=self.plugins.status(), services=self.prober.health(self.configured.services)
         )
         log.info(
             "gateway %s serving on %s (metrics on %d), %d models routable",
@@ -169,6 +182,7 @@ class GatewayApp:
         await self.http.stop()
         if self.plugins is not None:
             await self.plugins.close()
+        await self.prober.close()
         await self.backends.close()
         if self._own_registry and self.registry is not None:
             await asyncio.to_thread(self.registry.stop)
@@ -181,46 +195,71 @@ class GatewayApp:
     # -- table and health ---------------------------------------------------------------
 
     def _on_table(self, table: RoutingTable) -> None:
-        self.router.set_table(table)
+        self.configured = table
+        self.prober.sync(table.services)
+        self._publish_table()
         if self.plugins is not None:
             self.plugins.sync(table.models)
+        self._update_record(services=self.prober.health(table.services))
+
+    def _on_probe(self) -> None:
+        """A REST service URL went down or came back: route, report health and record it."""
+        self._publish_table()
+        self._update_record(services=self.prober.health(self.configured.services))
+
+    def _publish_table(self) -> None:
+        table = with_service_health(self.configured, self.prober.down)
+        self.router.set_table(table)
         counts = table.describe()
         for name, ready in counts.items():
             self.metrics.routes.labels(name).set(ready)
         for name in self._model_health - set(counts):
             self.metrics.routes.labels(name).set(0)
-        live = {i.address for m in table.models.values() for v in m.versions.values()
-                for i in v.instances}  # fmt: skip
-        task = asyncio.ensure_future(self._apply_health(counts, live))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._apply_health())
 
-    async def _apply_health(self, counts: dict[str, int], live: set[str]) -> None:
-        if self._stopping:
-            return
-        for name, ready in counts.items():
-            await self.health.set(f"model/{name}", SERVING if ready else NOT_SERVING)
-        for name in self._model_health - set(counts):
-            await self.health.set(f"model/{name}", NOT_SERVING)
-        self._model_health |= set(counts)
-        await self.backends.pool.forget(live)
+    async def _apply_health(self) -> None:
+        # NOTE: the latest table under a lock: an older task never overwrites a newer state
+        async with self._health_lock:
+            if self._stopping:
+                return
+            table = self.router.table
+            counts = table.describe()
+            for name, ready in counts.items():
+                await self.health.set(f"model/{name}", SERVING if ready else NOT_SERVING)
+            for name in self._model_health - set(counts):
+                await self.health.set(f"model/{name}", NOT_SERVING)
+            self._model_health |= set(counts)
+            live = {i.address for m in table.models.values() for v in m.versions.values()
+                    for i in v.instances}  # fmt: skip
+            await self.backends.pool.forget(live)
 
     def _on_plugins(self, status: dict[str, GatewayPluginStatus]) -> None:
         """Publish plugin status (serving version, load errors) in /gateways/<id>."""
+        self._update_record(plugins=status)
+
+    def _update_record(self, **update: Any) -> None:
+        """Change fields of this gateway's record in /gateways/<id> (no-op before start)."""
         if self.node is None or self._stopping:
             return
-        record = self.node.record.model_copy(update={"plugins": status})
-        assert isinstance(record, GatewayRecord)
-        task = asyncio.ensure_future(self._update_node(record))
+        record = self._wanted or self.node.record
+        if all(getattr(record, k) == v for k, v in update.items()):
+            return
+        self._wanted = record.model_copy(update=update)
+        self._spawn(self._update_node())
+
+    async def _update_node(self) -> None:
+        assert self.node is not None and self._wanted is not None
+        # NOTE: writes in order, each the latest wanted record: concurrent updates lose nothing
+        async with self._node_lock:
+            try:
+                await asyncio.to_thread(self.node.update, self._wanted)
+            except ModelgateError as err:  # kept; written when the node is re-created
+                log.warning("could not publish the gateway record: %s", err)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _update_node(self, record: GatewayRecord) -> None:
-        assert self.node is not None
-        try:
-            await asyncio.to_thread(self.node.update, record)
-        except ModelgateError as err:  # kept; written when the node is re-created
-            log.warning("could not publish plugin status: %s", err)
 
     def _healthz(self) -> tuple[bool, dict[str, Any]]:
         zk = "connected" if self.registry is not None and self.registry.connected else "unreachable"

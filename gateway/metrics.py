@@ -45,6 +45,12 @@ class GatewayMetrics:
             ["address"],
             registry=registry,
         )
+        self.sticky_without_key = Counter(
+            "modelgate_gateway_sticky_without_key",
+            "Calls to a sticky model without its sticky header (routed round-robin).",
+            ["model"],
+            registry=registry,
+        )
         self.routes = Gauge(
             "modelgate_gateway_routes",
             "Ready instances per model in the current routing table.",

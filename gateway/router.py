@@ -99,7 +99,7 @@ class Router:
         """Swap in a new table (one assignment: calls see the old or the new one whole)."""
         self.table = table
         live = {i.address for m in table.models.values() for v in m.versions.values()
-                for i in v.instances}  # fmt: skip
+                for i in (*v.instances, *v.down)}  # fmt: skip
         for address in list(self.addresses):
             if address not in live and self.addresses[address].in_flight == 0:
                 del self.addresses[address]
@@ -140,12 +140,14 @@ class Router:
                 raise ModelNotFoundError(
                     f"model {name!r} has no version {version} (versions: {known})"
                 )
-            if not ventry.instances:
+            if not ventry.instances and not ventry.down:
                 raise ModelUnavailableError(
                     f"model {name!r} version {version} has no ready instance"
                 )
             return Target(entry, ventry, pinned=True)
-        weights = entry.weights()
+        # NOTE: a REST service whose URLs all fail the probe is still called (as every
+        # ejected backend is): the probe may lag, and the caller gets the service's own error
+        weights = entry.weights() or {v: 1 for v, e in entry.versions.items() if e.down}
         if not weights:
             raise ModelUnavailableError(f"model {name!r} has no ready instance")
         if len(weights) == 1:
@@ -175,13 +177,15 @@ class Router:
     ) -> Instance | None:
         """One instance of ``target`` by the model's policy, skipping ``exclude``.
 
-        Ejected instances are skipped unless every remaining one is ejected.
+        Ejected instances are skipped unless every remaining one is ejected; the URLs of a
+        REST service that fail its probe (``down``) come after those.
         """
-        candidates = [i for i in target.version.instances if i.address not in exclude]
-        if not candidates:
+        ready = [i for i in target.version.instances if i.address not in exclude]
+        pool = [i for i in ready if not self.ejected(i.address)] or ready
+        if not pool:
+            pool = [i for i in target.version.down if i.address not in exclude]
+        if not pool:
             return None
-        healthy = [i for i in candidates if not self.ejected(i.address)]
-        pool = healthy or candidates
         if len(pool) == 1:
             return pool[0]
         policy = target.model.record.policy
@@ -211,6 +215,8 @@ class Router:
         At most ``max_attempts`` instances, all within ``deadline`` (a ``clock()`` value).
         Application errors and deadline errors are raised at once, never retried.
         """
+        if target.model.record.policy == "sticky" and not key:
+            self.metrics.sticky_without_key.labels(target.model.name).inc()
         tried: set[str] = set()
         last: ConnectionFailure | None = None
         for n in range(self.max_attempts):

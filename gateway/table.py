@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from registry import layout
@@ -34,6 +34,9 @@ class VersionEntry:
     version: int
     labels: tuple[str, ...] = ()
     instances: tuple[Instance, ...] = ()
+    #: URLs of a REST service that fail its health probe: not ready, and called only when
+    #: no ready instance is left (as an ejected backend is).
+    down: tuple[Instance, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,3 +151,26 @@ def build_table(nodes: Mapping[str, bytes | None], generation: int = 0) -> Routi
             "rest",
         )
     return RoutingTable(entries, services, generation)
+
+
+def with_service_health(table: RoutingTable, down: Mapping[str, Mapping[str, str]]) -> RoutingTable:
+    """``table`` with each REST service's URLs in ``down`` (service -> URL -> why) moved
+    from its ready instances to :attr:`VersionEntry.down`."""
+    models = dict(table.models)
+    for name in table.services:
+        entry = models.get(name)
+        if entry is None or entry.kind != "rest" or not down.get(name):
+            continue
+        urls = entry.versions[1].instances
+        models[name] = replace(
+            entry,
+            versions={
+                1: VersionEntry(
+                    1,
+                    (),
+                    tuple(i for i in urls if i.address not in down[name]),
+                    tuple(i for i in urls if i.address in down[name]),
+                )
+            },
+        )
+    return replace(table, models=models)

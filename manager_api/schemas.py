@@ -215,6 +215,15 @@ class ServiceCreate(Body):
     )
     timeout_s: float = Field(default=10.0, gt=0, le=600)
     group: Name = "default"
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/[^\s#]*$",
+        max_length=1024,
+        description="Path the gateways GET on each URL's origin every few seconds: a URL is "
+        "up while it answers 2xx. Unset: GET / on the origin, up on any answer but "
+        "502/503/504. A down URL is skipped (called only if every URL is down).",
+        examples=["/healthz"],
+    )
 
 
 class PluginOut(BaseModel):

@@ -107,6 +107,15 @@ class GatewayPluginStatus(BaseModel):
     error: str | None = None
 
 
+class ServiceHealth(BaseModel):
+    """A REST service as one gateway's health probe sees it."""
+
+    #: URLs that answered the last probe (or have not been probed yet).
+    ready: list[str] = Field(default_factory=list)
+    #: URLs that failed the last probe, with what the probe saw.
+    down: dict[str, str] = Field(default_factory=dict)
+
+
 class Gateway(Record):
     """``/gateways/<gateway_id>`` (ephemeral): one gateway process."""
 
@@ -116,6 +125,8 @@ class Gateway(Record):
     started: float = Field(default_factory=now)
     #: Plugin state per model name: the ``name@version`` serving it and the last load error.
     plugins: dict[str, GatewayPluginStatus] = Field(default_factory=dict)
+    #: Health of each REST service's URLs, by service name, as this gateway probes them.
+    services: dict[str, ServiceHealth] = Field(default_factory=dict)
 
 
 class Model(Record):
@@ -184,6 +195,9 @@ class Service(Record):
     urls: list[Annotated[str, StringConstraints(pattern=r"^https?://")]] = Field(min_length=1)
     timeout_s: float = Field(default=10.0, gt=0, le=600)
     group: Name = "default"
+    #: Path the gateways probe on each URL's origin (``GET``; up when it answers 2xx). None:
+    #: ``GET /`` on the origin, up when the server answers anything but 502/503/504.
+    health_path: str | None = Field(default=None, pattern=r"^/[^\s#]*$", max_length=1024)
 
 
 class Plugin(Record):

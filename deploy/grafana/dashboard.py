@@ -161,6 +161,18 @@ def build() -> dict[str, Any]:
         desc="Backend addresses ejected after consecutive connection failures.",
     )
     b.panel(
+        "Sticky calls without a key by model",
+        [
+            (
+                f"sum by (model) (rate(modelgate_gateway_sticky_without_key_total{{{M}}}{RATE}))",
+                "{{model}}",
+            )
+        ],
+        "reqps",
+        "Calls to a sticky model that carried no sticky header (routed round-robin): "
+        "clients that forgot the header.",
+    )
+    b.panel(
         "ZooKeeper sessions and routing-table swaps",
         [
             ("sum(modelgate_gateway_zk_connected)", "gateways connected"),

@@ -5,6 +5,10 @@ They take ``Invoke`` payloads only: every tensor API is refused with :class:`Res
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
 import grpc
 import httpx
 
@@ -17,6 +21,16 @@ from gateway.errors import (
     RestServiceError,
 )
 from gateway.table import Instance
+from registry.records import Service, ServiceHealth
+
+log = logging.getLogger("gateway.backends.rest")
+
+#: Seconds between two probes of one URL.
+PROBE_INTERVAL_S = 2.0
+#: Longest a probe may take before the URL counts as down.
+PROBE_TIMEOUT_S = 2.0
+#: What a proxy answers when the server behind it is not there.
+_PROXY_DOWN = frozenset({502, 503, 504})
 
 #: HTTP status -> gRPC code (the usual gRPC-HTTP mapping).
 HTTP_TO_GRPC = {
@@ -92,3 +106,90 @@ class RestBackend(Backend):
 
     async def infer(self, call: TensorCall, instance: Instance, budget: float) -> codec.Named:
         raise RestServiceError(call.model)
+
+
+class ServiceProber:
+    """Probes every URL of every REST service off the serving path, one task per URL.
+
+    A probe is ``GET`` on the URL's origin + the service's ``health_path`` (up on 2xx), or
+    ``GET /`` on the origin when it has none (up on any answer but 502/503/504: the server
+    is there). ``down`` maps service -> URL -> what the failed probe saw; a URL counts as
+    up until its first probe. ``on_change`` is called when a URL goes down or comes back.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        on_change: Callable[[], None],
+        *,
+        interval: float = PROBE_INTERVAL_S,
+        timeout: float = PROBE_TIMEOUT_S,
+    ) -> None:
+        self.client = client
+        self.on_change = on_change
+        self.interval = interval
+        self.timeout = timeout
+        self.down: dict[str, dict[str, str]] = {}
+        self._tasks: dict[tuple[str, str, str | None], asyncio.Task[None]] = {}
+
+    def sync(self, services: Mapping[str, Service]) -> None:
+        """Probe the URLs of ``services``: start the new ones, stop the ones gone."""
+        wanted = {(name, url, s.health_path) for name, s in services.items() for url in s.urls}
+        for key in self._tasks.keys() - wanted:
+            self._tasks.pop(key).cancel()
+            self._mark(key[0], key[1], None)
+        for key in wanted - self._tasks.keys():
+            self._tasks[key] = asyncio.create_task(self._watch(*key), name=f"probe {key[1]}")
+
+    def health(self, services: Mapping[str, Service]) -> dict[str, ServiceHealth]:
+        """What the probes say of each of ``services`` (for the gateway's record)."""
+        out = {}
+        for name, service in services.items():
+            down = self.down.get(name, {})
+            ready = [url for url in service.urls if url not in down]
+            out[name] = ServiceHealth(ready=ready, down=dict(down))
+        return out
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, name: str, url: str, health_path: str | None) -> None:
+        while True:
+            problem = await self.probe(url, health_path)
+            if self._mark(name, url, problem):
+                if problem is None:
+                    log.info("service %s: %s answers its health probe again", name, url)
+                else:
+                    log.warning("service %s: %s fails its health probe: %s", name, url, problem)
+                self.on_change()
+            await asyncio.sleep(self.interval)
+
+    def _mark(self, name: str, url: str, problem: str | None) -> bool:
+        """Record a probe's outcome; True when the URL went down or came back."""
+        down = self.down.setdefault(name, {})
+        was_down = url in down
+        if problem is None:
+            down.pop(url, None)
+        elif not was_down:
+            down[url] = problem
+        if not down:
+            del self.down[name]
+        return was_down != (problem is not None)
+
+    async def probe(self, url: str, health_path: str | None) -> str | None:
+        """None when ``url`` passes the probe, else what the probe saw."""
+        try:
+            target = httpx.URL(url).join(health_path or "/")
+            async with self.client.stream("GET", target, timeout=self.timeout) as response:
+                status = response.status_code
+        except httpx.TimeoutException:
+            return f"no answer within {self.timeout:g}s"
+        except (httpx.HTTPError, httpx.InvalidURL) as err:
+            return f"{type(err).__name__}: {err}"
+        if status in _PROXY_DOWN or (health_path and not 200 <= status < 300):
+            return f"GET {target.path} answered HTTP {status}"
+        return None

@@ -6,7 +6,13 @@ import argparse
 
 from manager_api.cli.context import Cli, Commands
 
-SERVICE_COLUMNS = [("name", "NAME"), ("group", "GROUP"), ("timeout_s", "TIMEOUT"), ("urls", "URLS")]
+SERVICE_COLUMNS = [
+    ("name", "NAME"),
+    ("group", "GROUP"),
+    ("timeout_s", "TIMEOUT"),
+    ("health_path", "HEALTH PATH"),
+    ("urls", "URLS"),
+]
 GROUP_COLUMNS = [("name", "NAME"), ("description", "DESCRIPTION")]
 
 
@@ -18,6 +24,8 @@ def services_create(cli: Cli, args: argparse.Namespace) -> None:
     body = {"name": args.name, "urls": args.url, "group": args.group}
     if args.service_timeout is not None:
         body["timeout_s"] = args.service_timeout
+    if args.health_path is not None:
+        body["health_path"] = args.health_path
     cli.out.show(cli.api.call("POST", "/v1/services", json=body))
 
 
@@ -47,6 +55,11 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("name")
     p.add_argument("--url", action="append", required=True, help="http(s) URL (repeat)")
     p.add_argument("--service-timeout", type=float, help="seconds per call")
+    p.add_argument(
+        "--health-path",
+        help="path probed with GET on each URL's origin, up on 2xx (default: GET /, up "
+        "unless 502/503/504)",
+    )
     p.add_argument("--group", default="default")
     sc.add("delete", "delete a service", services_delete).add_argument("name")
 

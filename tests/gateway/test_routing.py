@@ -84,6 +84,7 @@ def test_route_removed_then_added_without_restart(registry, two_instances, trito
 
 
 def test_sticky_policy_keeps_a_user_on_one_instance(registry, two_instances, triton_a, triton_b):
+    """With the header a key sticks; without it calls go round-robin and are counted."""
     put_model(registry, ADD_ONE, policy="sticky", sticky_header="x-user")
     wait_for(
         lambda: two_instances.app.router.table.models[ADD_ONE].record.policy == "sticky",
@@ -92,12 +93,24 @@ def test_sticky_policy_keeps_a_user_on_one_instance(registry, two_instances, tri
     client = triton_grpc.InferenceServerClient(two_instances.address)
     x = triton_grpc.InferInput("INPUT0", [1], "FP32")
     x.set_data_from_numpy(np.array([1.0], dtype=np.float32))
-    for user in ("alice", "bob", "carol"):
+    without_key = {"model": ADD_ONE}
+
+    def spread(headers: dict[str, str]) -> list[int]:
+        """Calls per instance of 6 calls with ``headers``."""
         before = (inference_count(triton_a.address, ADD_ONE, "1"),
                   inference_count(triton_b.address, ADD_ONE, "1"))  # fmt: skip
         for _ in range(6):
-            client.infer(ADD_ONE, [x], model_version="1", headers={"x-user": user})
+            client.infer(ADD_ONE, [x], model_version="1", headers=headers)
         delta = (inference_count(triton_a.address, ADD_ONE, "1") - before[0],
                  inference_count(triton_b.address, ADD_ONE, "1") - before[1])  # fmt: skip
-        assert sorted(delta) == [0, 6], (user, delta)
+        return sorted(delta)
+
+    for user in ("alice", "bob", "carol"):
+        assert spread({"x-user": user}) == [0, 6], user
+    metric = "modelgate_gateway_sticky_without_key_total"
+    assert two_instances.metric(metric, without_key) == 0
+    assert spread({}) == [3, 3]
+    assert two_instances.metric(metric, without_key) == 6
+    assert spread({"x-user": "alice"}) == [0, 6]
+    assert two_instances.metric(metric, without_key) == 6
     client.close()

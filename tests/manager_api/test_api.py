@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from manager_api.app import create_app
 from registry import Registry, layout
-from registry.records import Assignment, Model, WorkerSpec
+from registry.records import Assignment, Model, Service, WorkerSpec
 from tests.manager_api.conftest import auth, settings_for, token_store
 
 PROBLEM = "application/problem+json"
@@ -252,6 +252,14 @@ def test_groups_and_services(client: TestClient, registry: Registry):
     problem(client.post("/v1/services", json=svc, headers=auth("admin")), 409)
     bad = {**svc, "name": "bad", "urls": ["ftp://x"]}
     problem(client.post("/v1/services", json=bad, headers=auth("admin")), 422)
+    assert client.get("/v1/services/ocr", headers=auth("viewer")).json()["health_path"] is None
+    probed = {**svc, "name": "ocr-probed", "health_path": "/healthz?deep=1"}
+    assert client.post("/v1/services", json=probed, headers=auth("operator")).status_code == 201
+    stored = registry.read(layout.service("ocr-probed"), Service)
+    assert stored is not None and stored.health_path == "/healthz?deep=1"
+    unrooted = {**svc, "name": "bad", "health_path": "healthz"}
+    refused = client.post("/v1/services", json=unrooted, headers=auth("admin"))
+    assert "health_path" in problem(refused, 422)["detail"]
 
     assert create_model(client, group="vision").status_code == 201
     busy = client.delete("/v1/groups/vision", headers=auth("admin"))

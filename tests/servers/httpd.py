@@ -9,9 +9,12 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` in a thread; yield the base URL (``http://127.0.0.1:<port>``)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """Serve ``handler`` in a thread; yield the base URL (``http://127.0.0.1:<port>``).
+
+    ``port`` 0 picks a free one; a server's own port brings a stopped server back.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
