@@ -41,8 +41,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # Never in a run-time install: the build requirements of the stubs.
 BUILD_ONLY = ("tensorflow", "tensorflow_serving", "grpc_tools")
-# What the role extras add, absent from the bare package.
-ROLE_ONLY = ("fastapi", "uvicorn", "tritonclient", "prometheus_client", "pydantic_settings")
+# What the role extras add, absent from the bare package (which has tritonclient's base for
+# modelgate_client's datatype table, but not its gRPC client's extras).
+ROLE_ONLY = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "prometheus_client",
+    "pydantic_settings",
+    "grpc_health",
+    "grpc_reflection",
+    "psutil",
+)
 
 
 def outside_checkout() -> dict[str, str]:
