@@ -94,7 +94,8 @@ class Models:
             live = {
                 v: s for (n, v), (st, s) in self.versions.items() if n == name and st == AVAILABLE
             }
-        if not live:
+        # NOTE: TF-Serving's words (ServableRequest::DebugString in core/manager.h)
+        if version is None and not live:
             raise LookupError(f"Servable not found for request: Latest({name})")
         if version is None:
             version = max(live)
