@@ -1,7 +1,10 @@
 """The gateway's errors (subclasses of :mod:`registry.errors`) and their one mapping to gRPC.
 
 :func:`status_of` is the only place that turns an exception into a gRPC status; the
-surface wrapper in :mod:`gateway.surfaces.base` calls it for every handler.
+surface wrapper in :mod:`gateway.surfaces.base` calls it for every handler. Every value a
+caller sent goes into a message through :func:`shown`, and every message leaves through
+:func:`status_of`, which bounds it too: gRPC carries the message in the trailers, and a
+client refuses trailers over a few KB (RESOURCE_EXHAUSTED instead of the real error).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from registry.errors import (
 log = logging.getLogger("gateway.errors")
 
 __all__ = [
+    "MESSAGE_BYTES",
+    "SHOWN_BYTES",
     "BackendStatusError",
     "ConnectionFailure",
     "DeadlineExceededError",
@@ -33,12 +38,36 @@ __all__ = [
     "ModelUnavailableError",
     "ModelgateError",
     "NotFoundError",
+    "NotFoundWords",
     "ResourceExhaustedError",
     "RestServiceError",
     "UnavailableError",
     "UnimplementedError",
+    "shown",
+    "source_of",
     "status_of",
 ]
+
+#: Most UTF-8 bytes of one caller-supplied value shown in an error message.
+SHOWN_BYTES = 100
+#: Most UTF-8 bytes of a whole error message (gRPC percent-encodes non-ASCII bytes in the
+#: trailers, so this is at most ~3 KB on the wire, under every client's limit).
+MESSAGE_BYTES = 1024
+_ELLIPSIS = "\u2026"
+
+
+def shown(value: str | bytes, limit: int = SHOWN_BYTES) -> str:
+    """``value`` as it may appear in an error message: at most ``limit`` UTF-8 bytes.
+
+    A longer value is cut at a character boundary and ends with an ellipsis; bytes and
+    lone surrogates are made valid UTF-8 (U+FFFD, ``?``), so the message always encodes.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    cut = limit - len(_ELLIPSIS.encode())
+    return data[:cut].decode("utf-8", "ignore") + _ELLIPSIS
 
 
 class ModelNotFoundError(NotFoundError):
@@ -76,11 +105,54 @@ class BackendStatusError(ModelgateError):
         self.address = address
 
 
+class NotFoundWords:
+    """How a surface words "no such model, version or label": modelgate's own words.
+
+    The KServe and TF-Serving surfaces subclass it to answer in their peer server's words
+    first (clients match on those), followed by these as modelgate's hint.
+    """
+
+    def model(self, name: str, version: int | None) -> ModelNotFoundError:
+        return ModelNotFoundError(self.model_hint(name))
+
+    def version(self, name: str, version: int, known: str) -> ModelNotFoundError:
+        return ModelNotFoundError(self.version_hint(name, version, known))
+
+    def label(self, name: str, label: str, known: str) -> ModelNotFoundError:
+        return ModelNotFoundError(self.label_hint(name, label, known))
+
+    @staticmethod
+    def peer(words: str, hint: str) -> str:
+        """A peer server's own ``words``, then modelgate's ``hint``."""
+        return f"{words} (modelgate: {hint})"
+
+    @staticmethod
+    def model_hint(name: str) -> str:
+        return (
+            f"model {shown(name)!r} is not known to the gateway; ListModels or RepositoryIndex "
+            "lists the routable models"
+        )
+
+    @staticmethod
+    def version_hint(name: str, version: int, known: str) -> str:
+        return f"model {shown(name)!r} has no version {version} (versions: {known})"
+
+    @staticmethod
+    def label_hint(name: str, label: str, known: str) -> str:
+        return f"model {shown(name)!r} has no version labelled {shown(label)!r} (labels: {known})"
+
+
 def status_of(err: BaseException, *, where: str = "") -> tuple[grpc.StatusCode, str]:
     """The gRPC status a caller sees for ``err``. Unknown errors are logged with traceback."""
     if isinstance(err, BackendStatusError):
-        return err.code, str(err)
+        return err.code, shown(str(err), MESSAGE_BYTES)
     if isinstance(err, ModelgateError):
-        return type(err).grpc_code, str(err)
+        return type(err).grpc_code, shown(str(err), MESSAGE_BYTES)
     log.error("internal error in %s", where or "a gateway call", exc_info=err)
     return grpc.StatusCode.INTERNAL, "internal error in the gateway (logged)"
+
+
+def source_of(err: BaseException) -> str:
+    """Who decided the answer to a failed call: ``backend`` when its code and message are a
+    backend's own answer passed through, else ``gateway`` (for the metrics)."""
+    return "backend" if isinstance(err, BackendStatusError) else "gateway"

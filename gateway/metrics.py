@@ -20,6 +20,13 @@ class GatewayMetrics:
             ["model", "version", "surface", "code"],
             registry=registry,
         )
+        self.errors = Counter(
+            "modelgate_gateway_errors",
+            "Calls answered with a code other than OK, by model, version, surface, code and "
+            "source: backend (the backend's own answer, passed through) or gateway.",
+            ["model", "version", "surface", "code", "source"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "modelgate_gateway_latency_seconds",
             "Time spent per stage (preprocess, route, backend, postprocess, total).",

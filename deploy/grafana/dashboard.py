@@ -105,6 +105,18 @@ def build() -> dict[str, Any]:
         "reqps",
         "TF-Serving, KServe v2 and modelgate.v1 surfaces; in-flight calls per surface.",
     )
+    b.panel(
+        "Errors by source and code",
+        [
+            (
+                f"sum by (source, code) (rate(modelgate_gateway_errors_total{{{M}}}{RATE}))",
+                "{{source}} {{code}}",
+            )
+        ],
+        "reqps",
+        "Failed calls: source=backend is a backend's own answer passed through, "
+        "source=gateway an answer the gateway decided (unknown model, bad bytes, no instance).",
+    )
     b.end_row()
 
     b.row("Gateway: latency")

@@ -15,17 +15,29 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from tritonclient.grpc import service_pb2 as kserve
 
 import udl
 from gateway import codec
 from gateway.backends.base import Api, Call, TensorCall
 from gateway.backends.channels import Metadata
 from gateway.backends.kinds import Backends
-from gateway.errors import status_of
+from gateway.backends.wire import parse
+from gateway.errors import (
+    BackendStatusError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    NotFoundWords,
+    shown,
+    source_of,
+    status_of,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
 from gateway.table import Instance
+from protos.tfs.tensorflow_serving.apis import prediction_service_pb2
 from registry.logs import set_call
 
 log = logging.getLogger("gateway.surfaces")
@@ -42,6 +54,27 @@ _HOP_HEADERS = frozenset(
 #: Metrics label of calls naming a model the gateway does not know.
 UNKNOWN_MODEL = "_unknown"
 
+#: modelgate's own words for an unknown model, version or label (the Invoke surface).
+MODELGATE_WORDS = NotFoundWords()
+
+_INT64_MAX = 2**63 - 1
+
+
+def _request_types() -> dict[str, Any]:
+    """Request message class of every method of the two peer APIs, by method name."""
+    services = (
+        kserve.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+    )
+    types = {m.name: message_factory.GetMessageClass(m.input_type) for s in services
+             for m in s.methods}  # fmt: skip
+    assert len(types) == sum(len(s.methods) for s in services), "method names must be unique"
+    return types
+
+
+#: What :meth:`Core.forward` re-parses a request as when the backend answered INTERNAL.
+REQUEST_TYPES = _request_types()
+
 
 @dataclass
 class CallInfo:
@@ -49,6 +82,8 @@ class CallInfo:
 
     model: str = ""
     version: str = ""
+    #: Who decided a failed call's answer (:func:`gateway.errors.source_of`).
+    source: str = "gateway"
     route_s: float = 0.0
     backend_s: float = 0.0
     preprocess_s: float = 0.0
@@ -58,13 +93,21 @@ class CallInfo:
 Handler = Callable[[Any, grpc.aio.ServicerContext, CallInfo], Awaitable[Any]]
 
 
+def version_number(text: str) -> int | None:
+    """``text`` as a version number if it is one (ASCII digits), else None."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text) > 19 or int(text) > _INT64_MAX:
+        raise InvalidArgumentError(f"version {shown(text)!r} is out of range (at most 2**63-1)")
+    return int(text)
+
+
 def split_version(text: str) -> tuple[int | None, str | None]:
     """KServe's ``model_version`` string: digits are a version, anything else a label."""
     if not text:
         return None, None
-    if text.isdigit():
-        return int(text), None
-    return None, text
+    version = version_number(text)
+    return (version, None) if version is not None else (None, text)
 
 
 class Core:
@@ -89,7 +132,7 @@ class Core:
         self.clock = router.clock
         #: Metric children per (model, version, surface, code): labels() costs a lock and
         #: a dict lookup per metric per call otherwise.
-        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, ...]] = {}
+        self._children: dict[tuple[str, str, str, grpc.StatusCode, str], tuple[Any, ...]] = {}
 
     # -- wrappers -----------------------------------------------------------------------
 
@@ -118,6 +161,7 @@ class Core:
                 raise
             except Exception as err:
                 code, message = status_of(err, where=f"{surface} {info.model}")
+                info.source = source_of(err)
                 await context.abort(code, message)
             finally:
                 in_flight.dec()
@@ -148,12 +192,15 @@ class Core:
         if info.model and info.model not in self.router.table.models:
             # NOTE: names come from callers; unknown ones share a label (bounded cardinality)
             info.model, info.version = UNKNOWN_MODEL, ""
-        key = (info.model, info.version, surface, code)
+        key = (info.model, info.version, surface, code, info.source)
         children = self._children.get(key)
         if children is None:
             m = self.metrics
             children = self._children[key] = (
                 m.requests.labels(info.model, info.version, surface, code.name),
+                None
+                if code == grpc.StatusCode.OK
+                else m.errors.labels(info.model, info.version, surface, code.name, info.source),
                 m.latency.labels("total", info.model, surface),
                 m.latency.labels("route", info.model, surface),
                 m.latency.labels("backend", info.model, surface),
@@ -162,8 +209,10 @@ class Core:
             )
             if len(self._children) > 10_000:  # NOTE: bound the cache (label churn)
                 self._children.clear()
-        requests, total_h, route_h, backend_h, pre_h, post_h = children
+        requests, errors, total_h, route_h, backend_h, pre_h, post_h = children
         requests.inc()
+        if errors is not None:
+            errors.inc()
         total_h.observe(total)
         if info.route_s:
             route_h.observe(info.route_s)
@@ -201,15 +250,43 @@ class Core:
                 return value if isinstance(value, str) else value.decode(errors="replace")
         return ""
 
-    def resolve(self, info: CallInfo, name: str, version: int | None, label: str | None) -> Target:
+    def resolve(
+        self,
+        info: CallInfo,
+        name: str,
+        version: int | None,
+        label: str | None,
+        words: NotFoundWords = MODELGATE_WORDS,
+    ) -> Target:
+        """The version the call goes to; an unknown model, version or label in ``words``."""
         start = time.perf_counter()
         info.model = name
-        set_call(name, str(version or label or ""))
-        target = self.router.resolve(name, version, label)
+        set_call(shown(name), str(version) if version is not None else shown(label or ""))
+        if version is None and label and label.isdigit():
+            # NOTE: the router reads a label of digits as a version; only ASCII ones are
+            if not label.isascii():
+                raise self._not_found(name, None, label, words)
+            version, label = version_number(label), None
+        try:
+            target = self.router.resolve(name, version, label)
+        except ModelNotFoundError:
+            raise self._not_found(name, version, label, words) from None
         info.version = str(target.version.version)
         set_call(name, info.version)
         info.route_s = time.perf_counter() - start
         return target
+
+    def _not_found(
+        self, name: str, version: int | None, label: str | None, words: NotFoundWords
+    ) -> ModelNotFoundError:
+        """Which of model, version or label is unknown, in the surface's words."""
+        entry = self.router.table.models.get(name)
+        if entry is None:
+            return words.model(name, version)
+        if version is None and label:
+            return words.label(name, label, ", ".join(sorted(entry.labels)) or "none")
+        known = ", ".join(str(v) for v in entry.versions) or "none"
+        return words.version(name, version or 0, known)
 
     async def call(
         self,
@@ -252,7 +329,16 @@ class Core:
         async def attempt(instance: Instance, budget: float) -> bytes:
             return await api(self.backends.of(instance))(call, instance, budget)
 
-        return await self.call(target, attempt, context, info)
+        try:
+            return await self.call(target, attempt, context, info)
+        except BackendStatusError as err:
+            if err.code == grpc.StatusCode.INTERNAL:
+                # NOTE: the partial parse reads the routing fields only, so bytes broken
+                # elsewhere reach the backend, which answers INTERNAL ("Unable to parse
+                # request"). Only then is the full parse paid: bytes that do not parse are
+                # the caller's INVALID_ARGUMENT, not a server error.
+                parse(REQUEST_TYPES[method], request, f"{method}Request")
+            raise
 
     async def infer_flow(
         self,

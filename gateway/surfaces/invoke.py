@@ -9,7 +9,7 @@ import grpc
 
 import udl
 from gateway.backends.wire import parse
-from gateway.errors import InvalidArgumentError
+from gateway.errors import InvalidArgumentError, shown
 from gateway.flow import JSON_FLOW
 from gateway.surfaces.base import CallInfo, Core, split_version
 from gateway.table import Instance
@@ -67,7 +67,9 @@ class GatewaySurface:
             raise InvalidArgumentError("InvokeRequest.model is empty")
         version, label = split_version(req.version)
         if req.version and version is None:
-            raise InvalidArgumentError(f"InvokeRequest.version {req.version!r} is not a number")
+            raise InvalidArgumentError(
+                f"InvokeRequest.version {shown(req.version)!r} is not a number"
+            )
         target = self.core.resolve(info, req.model, version, label or req.version_label or None)
         name, v = target.model.name, target.version.version
         request_id = req.request_id or uuid.uuid4().hex

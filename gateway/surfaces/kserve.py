@@ -18,6 +18,10 @@ from gateway.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ModelgateError,
+    ModelNotFoundError,
+    NotFoundWords,
+    shown,
+    source_of,
     status_of,
 )
 from gateway.router import Target
@@ -29,6 +33,29 @@ _MANAGER_HINT = (
     "the gateway does not load or unload models: deploy, undeploy or take models "
     "online/offline with the manager (REST API or the `modelgate` CLI)"
 )
+#: The Triton extensions (``ServerMetadata.extensions``) the gateway serves for
+#: Triton-hosted models; see docs/gateway.md for what is left out and why.
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "parameters",
+              "statistics")  # fmt: skip
+
+
+class TritonWords(NotFoundWords):
+    """Triton's own words (2.51) for an unknown model or version, then modelgate's hint.
+
+    Triton has no version labels: an unknown label is worded by modelgate only.
+    """
+
+    def model(self, name: str, version: int | None) -> ModelNotFoundError:
+        # NOTE: Triton words an unknown model the same with or without a version
+        words = f"Request for unknown model: '{shown(name)}' is not found"
+        return ModelNotFoundError(self.peer(words, self.model_hint(name)))
+
+    def version(self, name: str, version: int, known: str) -> ModelNotFoundError:
+        words = f"Request for unknown model: '{shown(name)}' version {version} is not found"
+        return ModelNotFoundError(self.peer(words, self.version_hint(name, version, known)))
+
+
+WORDS = TritonWords()
 
 
 class KServeSurface:
@@ -70,7 +97,7 @@ class KServeSurface:
 
     async def server_metadata(self, request: bytes, context: object, info: CallInfo) -> bytes:
         return kserve.ServerMetadataResponse(
-            name="modelgate-gateway", version=self.core.version, extensions=[]
+            name="modelgate", version=self.core.version, extensions=EXTENSIONS
         ).SerializeToString()
 
     async def refuse(self, request: bytes, context: object, info: CallInfo) -> bytes:
@@ -99,7 +126,8 @@ class KServeSurface:
         if not head.model_name:
             raise InvalidArgumentError(f"{what}: model name is empty")
         version, label = split_version(head.model_version)
-        return self.core.resolve(info, head.model_name, version, label), head.model_version
+        target = self.core.resolve(info, head.model_name, version, label, WORDS)
+        return target, head.model_version
 
     async def model_ready(self, request: bytes, context: object, info: CallInfo) -> bytes:
         try:
@@ -188,6 +216,7 @@ class KServeSurface:
                 yield length_delimited(2, response)  # ModelStreamInferResponse.infer_response
             except Exception as err:
                 code, message = status_of(err, where="ModelStreamInfer")
+                info.source = source_of(err)
                 yield length_delimited(1, message.encode())  # .error_message
             finally:
                 self.core.observe(SURFACE + "_stream", info, code, time.perf_counter() - start)

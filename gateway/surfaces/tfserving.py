@@ -7,22 +7,65 @@ import uuid
 import grpc
 
 import udl
-from gateway import codec
+from gateway import codec, translate
 from gateway.backends import tfserving
 from gateway.backends.base import Api
 from gateway.backends.wire import parse
-from gateway.errors import InvalidArgumentError
+from gateway.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    NotFoundWords,
+    shown,
+)
 from gateway.router import Target
 from gateway.surfaces.base import CallInfo, Core, Handler
 from gateway.surfaces.partial import TfsMultiRequest, TfsRequest
-from protos.tfs.tensorflow_serving.apis import inference_pb2, predict_pb2
+from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, inference_pb2, predict_pb2
 
 SURFACE = "tfserving"
+
+
+class TFServingWords(NotFoundWords):
+    """TF-Serving's own words for an unknown model, version or label, then modelgate's hint.
+
+    TF-Serving answers an unknown label INVALID_ARGUMENT; the gateway keeps NOT_FOUND.
+    """
+
+    def model(self, name: str, version: int | None) -> ModelNotFoundError:
+        request = (
+            f"Latest({shown(name)})" if version is None else f"Specific({shown(name)}, {version})"
+        )
+        words = f"Servable not found for request: {request}"
+        return ModelNotFoundError(self.peer(words, self.model_hint(name)))
+
+    def version(self, name: str, version: int, known: str) -> ModelNotFoundError:
+        words = f"Servable not found for request: Specific({shown(name)}, {version})"
+        return ModelNotFoundError(self.peer(words, self.version_hint(name, version, known)))
+
+    def label(self, name: str, label: str, known: str) -> ModelNotFoundError:
+        words = f"Unrecognized servable version label: {shown(label)}"
+        return ModelNotFoundError(self.peer(words, self.label_hint(name, label, known)))
+
+
+WORDS = TFServingWords()
+
+
+def signature_names(response: bytes) -> frozenset[str]:
+    """The SignatureDef keys in a GetModelMetadataResponse."""
+    resp = parse(get_model_metadata_pb2.GetModelMetadataResponse, response, "metadata")
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    if "signature_def" in resp.metadata:
+        resp.metadata["signature_def"].Unpack(sigmap)
+    return frozenset(sigmap.signature_def)
 
 
 class TFServingSurface:
     def __init__(self, core: Core) -> None:
         self.core = core
+        #: Signature names per (model, version), for the routing table of ``_generation``.
+        self._signatures: dict[tuple[str, int], frozenset[str]] = {}
+        self._generation = -1
 
     def handler(self) -> grpc.GenericRpcHandler:
         u = self.core.unary
@@ -45,13 +88,39 @@ class TFServingSurface:
             raise InvalidArgumentError(f"{what}: model_spec.name is empty")
         asked = spec.version.value if spec.HasField("version") else None  # type: ignore[attr-defined]
         label = spec.version_label or None  # type: ignore[attr-defined]
-        return self.core.resolve(info, name, asked, label), asked
+        return self.core.resolve(info, name, asked, label, WORDS), asked
+
+    async def _check_signature(
+        self, target: Target, signature: str, context: grpc.aio.ServicerContext, info: CallInfo
+    ) -> None:
+        """Refuse a ``signature_name`` the model version does not have, as TF-Serving does.
+
+        The names come from the version's metadata, fetched once per routing table.
+        """
+        table = self.core.router.table
+        if self._generation != table.generation:
+            self._signatures.clear()
+            self._generation = table.generation
+        name, v = target.model.name, target.version.version
+        known = self._signatures.get((name, v))
+        if known is None:
+            body = translate.metadata_request_to_tf(name, v)
+            response = await self.core.forward(
+                target, "GetModelMetadata", body, body, lambda b: b.tfs_metadata, context, info
+            )
+            known = self._signatures[(name, v)] = signature_names(response)
+        if signature not in known:
+            words = f'Serving signature key "{shown(signature)}" not found.'
+            hint = f"model {name!r} version {v} has the signatures {', '.join(sorted(known))}"
+            raise FailedPreconditionError(NotFoundWords.peer(words, shown(hint, 300)))
 
     async def predict(
         self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
     ) -> bytes:
         head = parse(TfsRequest, request, "PredictRequest")
         target, asked = self._target(head.model_spec, info, "PredictRequest")
+        if head.model_spec.signature_name:
+            await self._check_signature(target, head.model_spec.signature_name, context, info)
         if target.model.record.plugin:
             return await self._predict_with_plugin(request, target, context, info)
         pinned = self._pinned(request, asked, target)
@@ -109,7 +178,8 @@ class TFServingSurface:
         names = {t.model_spec.name for t in head.tasks}
         if len(names) != 1:
             raise InvalidArgumentError(
-                f"MultiInferenceRequest tasks name several models {sorted(names)}; use one model"
+                f"MultiInferenceRequest tasks name several models {shown(str(sorted(names)))}; "
+                "use one model"
             )
         target, asked = self._target(head.tasks[0].model_spec, info, "MultiInferenceRequest")
         v = target.version.version

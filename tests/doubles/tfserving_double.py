@@ -97,7 +97,8 @@ class Models:
             live = {
                 v: s for (n, v), (st, s) in self.versions.items() if n == name and st == AVAILABLE
             }
-        if not live:
+        # NOTE: TF-Serving's words (ServableRequest::DebugString in core/manager.h)
+        if version is None and not live:
             raise LookupError(f"Servable not found for request: Latest({name})")
         if version is None:
             version = max(live)
@@ -127,7 +128,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input tensor alias not found in signature: {list(request.inputs)}",
             )
-        x = tf.make_ndarray(request.inputs[spec["input"]])
+        try:
+            x = tf.make_ndarray(request.inputs[spec["input"]])
+        except (ValueError, TypeError):  # NOTE: TF-Serving's words (predict_util.cc)
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {spec['input']}"
+            )
         y = x + spec["value"] if spec["op"] == "add" else x * spec["value"]
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
