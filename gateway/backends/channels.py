@@ -35,6 +35,10 @@ class ChannelPool:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
+            # NOTE: a backend's long error message (Triton echoes input names) must reach the
+            # gateway, which bounds it for the caller (errors.status_of); gRPC's default
+            # metadata limit would turn it into RESOURCE_EXHAUSTED instead.
+            ("grpc.max_metadata_size", 1024 * 1024),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
