@@ -191,12 +191,17 @@ def _from_python(name: str, value: Any) -> np.ndarray:
     except ValueError as err:
         raise ValueError(f"tensor {quoted(name)}: {err}") from None
     kinds = _kinds(np.array(value, dtype=object).reshape(-1).tolist())
-    if kinds == {"int"} and inferred.dtype.kind not in "iu":
-        datatype = "INT64"  # beyond INT64 and UINT64: typed_array names the value
-    elif "text" in kinds:
+    if "text" in kinds:
         datatype = "BYTES"
-    elif inferred.dtype.kind == "O" and kinds <= {"bool", "int", "float"}:
-        datatype = "FP64"
+    elif kinds == {"int"} and inferred.dtype.kind not in "iu":
+        datatype = "INT64"  # beyond INT64 and UINT64: typed_array names the value
+    elif inferred.dtype.kind == "O":
+        # numbers among other values: the datatype they ask for, which names the others
+        datatype = next(
+            (dt for kind, dt in (("float", "FP64"), ("int", "INT64"), ("bool", "BOOL"))
+             if kind in kinds),
+            "BYTES",
+        )  # fmt: skip
     else:
         datatype = datatype_of(inferred)
     return typed_array(name, datatype, value).reshape(inferred.shape)
