@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as kserve
@@ -15,10 +16,13 @@ from tritonclient.grpc import service_pb2 as kserve
 from gateway import codec, translate
 from gateway.backends.wire import parse
 from gateway.surfaces.partial import KServeRequest, TfsMultiRequest, TfsRequest
+from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from registry.errors import InvalidArgumentError
+from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, put_model, put_route, put_version
+from tests.servers.zk import wait_for
 
 SEED = 13
 #: Mutated payloads per decoder.
@@ -255,3 +259,144 @@ def test_decoders_raise_only_invalid_argument_on_mutated_payloads():
             only_invalid_argument(
                 f"partial {i}", parse, cls, mutate_bytes(rng, predict + body), cls.__name__
             )
+
+
+# -- end to end: each surface of a real gateway -------------------------------------------
+
+
+@pytest.fixture
+def routed(registry, triton_a, tfs_double, gateway):
+    """add_one (Triton) and dbl (the TF-Serving double): calls on the other protocol's
+    surface are decoded and translated, so the decoders see the caller's tensors."""
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    put_model(registry, DOUBLE_MODEL, backend="tfserving")
+    put_version(registry, DOUBLE_MODEL, 1)
+    put_route(registry, DOUBLE_MODEL, 1, "worker-d", tfs_double.address, "tfserving")
+    wait_for(
+        lambda: gateway.instances(ADD_ONE) == 1 and gateway.instances(DOUBLE_MODEL) == 1,
+        what="routes in the gateway",
+    )
+    return gateway
+
+
+def status(address: str, method: str, request: bytes) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary(method)(request, timeout=20)
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+    return grpc.StatusCode.OK, ""
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+INT32_RANGE = "(INT32: integers from -2147483648 to 2147483647)"
+
+
+def test_invoke_refuses_values_that_do_not_fit_their_datatype(routed):
+    def invoke(data: Any, datatype: str = "INT32", shape: Any = (1,)) -> tuple[Any, str]:
+        inputs = [{"name": "x", "shape": list(shape), "datatype": datatype, "data": data}]
+        payload = json.dumps({"inputs": inputs}).encode()
+        if data == "deep":
+            payload = payload.replace(b'"deep"', b"[" * 100_000 + b"]" * 100_000)
+        request = gateway_pb2.InvokeRequest(model=DOUBLE_MODEL, payload=payload)
+        return status(routed.address, "/modelgate.v1.Gateway/Invoke", request.SerializeToString())
+
+    # each of these was answered OK with a wrapped, truncated or infinite value, or INTERNAL
+    assert invoke([2147483648]) == (
+        INVALID,
+        f"tensor 'x': value 2147483648 is out of range {INT32_RANGE}",
+    )
+    assert invoke([2**40]) == (
+        INVALID,
+        f"tensor 'x': value 1099511627776 is out of range {INT32_RANGE}",
+    )
+    assert invoke([1.7]) == (INVALID, f"tensor 'x': value 1.7 is not an integer {INT32_RANGE}")
+    assert invoke([1e39], "FP32") == (
+        INVALID,
+        "tensor 'x': value 1e+39 is out of range (FP32: numbers from -3.402823e+38 to "
+        "3.402823e+38)",
+    )
+    code, message = invoke([2**64], "INT64")
+    assert code == INVALID and message.startswith("tensor 'x': value 18446744073709551616 is out")
+    code, message = invoke("deep")
+    assert code == INVALID and message.endswith("JSON nested too deeply")
+    code, message = invoke(["x" * 100_000])
+    assert code == INVALID and len(message) < 200 and "…" in message
+    # and values that fit still work
+    with grpc.insecure_channel(routed.address) as channel:
+        payload = json.dumps(
+            {"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [4, 2**31]}]}
+        ).encode()
+        response = gateway_pb2_grpc.GatewayStub(channel).Invoke(
+            gateway_pb2.InvokeRequest(model=DOUBLE_MODEL, payload=payload), timeout=20
+        )
+    outputs = {o["name"]: o["data"] for o in json.loads(response.payload)["outputs"]}
+    assert outputs["y"] == [8.0, 2.0**32]
+
+
+def test_kserve_infer_refuses_bad_tensors(routed):
+    def infer(request: kserve.ModelInferRequest) -> tuple[grpc.StatusCode, str]:
+        request.model_name = DOUBLE_MODEL
+        return status(
+            routed.address,
+            "/inference.GRPCInferenceService/ModelInfer",
+            request.SerializeToString(),
+        )
+
+    wrapped = kserve.ModelInferRequest()
+    wrapped.inputs.add(name="x", datatype="INT8", shape=[2]).contents.int_contents.extend([1, 300])
+    assert infer(wrapped) == (
+        INVALID,
+        "tensor 'x': value 300 is out of range (INT8: integers from -128 to 127)",
+    )
+    extra = kserve.ModelInferRequest(raw_input_contents=[b"\x00" * 4, b"\x00" * 4])
+    extra.inputs.add(name="x", datatype="FP32", shape=[1])
+    assert infer(extra) == (INVALID, "raw_input_contents has 2 entries for 1 inputs")
+    short = kserve.ModelInferRequest(raw_input_contents=[b"\x00" * 7])
+    short.inputs.add(name="x", datatype="FP32", shape=[2])
+    assert infer(short) == (
+        INVALID,
+        "tensor 'x': raw contents of 7 bytes are not a multiple of the 4 bytes of one FP32",
+    )
+
+
+def test_tfserving_predict_refuses_bad_tensors(routed):
+    def predict(tensor: tensor_pb2.TensorProto) -> tuple[grpc.StatusCode, str]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = ADD_ONE
+        request.inputs["INPUT0"].CopyFrom(tensor)
+        return status(
+            routed.address,
+            "/tensorflow.serving.PredictionService/Predict",
+            request.SerializeToString(),
+        )
+
+    def tensor(shape: list[int], **fields: Any) -> tensor_pb2.TensorProto:
+        out = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, **fields)
+        for d in shape:
+            out.tensor_shape.dim.add(size=d)
+        return out
+
+    # was INTERNAL ("buffer size must be a multiple of element size")
+    assert predict(tensor([2], tensor_content=b"\x00" * 7)) == (
+        INVALID,
+        "tensor 'INPUT0': tensor_content of 7 bytes is not a multiple of the 4 bytes of one "
+        "DT_FLOAT",
+    )
+    assert predict(tensor([2, 2], tensor_content=b"\x00" * 4)) == (
+        INVALID,
+        "tensor 'INPUT0': 1 values do not fill shape [2, 2]",
+    )
+    assert predict(tensor([1], string_val=[b"1.0"])) == (
+        INVALID,
+        "tensor 'INPUT0': DT_FLOAT values belong in float_val or tensor_content, not string_val",
+    )
+    unknown = tensor([], float_val=[1.0])
+    unknown.tensor_shape.unknown_rank = True
+    assert predict(unknown) == (
+        INVALID,
+        "tensor 'INPUT0': tensor_shape has unknown_rank; a tensor value needs its shape",
+    )
+    assert predict(tensor([1], float_val=[1.0]))[0] == grpc.StatusCode.OK
