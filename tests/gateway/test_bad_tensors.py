@@ -1,20 +1,26 @@
 """Bad tensors: every decoder answers INVALID_ARGUMENT saying what is wrong, never another
-error (a seeded fuzz of mutated valid payloads), and each surface of a real gateway does too."""
+error (a seeded fuzz of mutated valid payloads), each surface of a real gateway does too, and
+a plugin's tensor that is not a numpy array is named as the plugin's fault."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2 as kserve
 
+import udl
 from gateway import codec, translate
 from gateway.backends.wire import parse
+from gateway.flow import PluginFlow
+from gateway.metrics import GatewayMetrics
 from gateway.surfaces.partial import KServeRequest, TfsMultiRequest, TfsRequest
 from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
@@ -23,6 +29,8 @@ from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_p
 from registry.errors import InvalidArgumentError
 from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, put_model, put_route, put_version
 from tests.servers.zk import wait_for
+from udl.loader import LoadedPlugin, PluginFailedError
+from udl.package import PluginManifest
 
 SEED = 13
 #: Mutated payloads per decoder.
@@ -259,6 +267,26 @@ def test_decoders_raise_only_invalid_argument_on_mutated_payloads():
             only_invalid_argument(
                 f"partial {i}", parse, cls, mutate_bytes(rng, predict + body), cls.__name__
             )
+
+
+class ListTensors(udl.Plugin):
+    """Produces a plain list as a tensor: a plugin bug the gateway must name."""
+
+    async def preprocess(self, request: udl.Request) -> udl.Request:
+        request.tensors = {"INPUT0": [1, 2, 3]}  # type: ignore[dict-item]
+        return request
+
+
+async def test_a_plugin_tensor_that_is_not_a_numpy_array_is_named(tmp_path):
+    manifest = PluginManifest(name="lists", version="1", entrypoint="m:ListTensors")
+    with ThreadPoolExecutor(1) as pool:
+        plugin = LoadedPlugin(manifest, "0" * 64, tmp_path, ListTensors(), None, pool)
+        flow = PluginFlow(plugin, GatewayMetrics(CollectorRegistry()))
+        with pytest.raises(PluginFailedError) as err:
+            await flow.preprocess(udl.Request(model="m", payload=b"", request_id="r1"))
+    assert str(err.value) == (
+        "plugin lists@1 preprocess produced tensor 'INPUT0' as list, not a numpy array (request r1)"
+    )
 
 
 # -- end to end: each surface of a real gateway -------------------------------------------
