@@ -1,7 +1,10 @@
 """Tensor conversion between KServe v2, TF-Serving and the JSON codec of ``Invoke``.
 
 numpy arrays are the common form; BYTES/DT_STRING tensors are object arrays of ``bytes``.
-Any dtype outside ``SUPPORTED_DATATYPES`` is refused with INVALID_ARGUMENT naming it.
+Any dtype outside ``SUPPORTED_DATATYPES`` is refused with INVALID_ARGUMENT naming it, and so
+is anything a decoder cannot take as it is: a value that does not fit its datatype (the rule
+of :func:`modelgate_client.tensors.typed_array`), contents whose size does not match the
+shape and datatype, an impossible shape. Echoed names and values are capped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tritonclient.utils import (
 )
 
 from gateway.errors import InvalidArgumentError
+from modelgate_client.tensors import capped, quoted, shown, typed_array
 from protos.tfs.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 Named = list[tuple[str, np.ndarray]]
@@ -85,26 +89,55 @@ def _numpy_dtype(name: str, datatype: str) -> np.dtype:
 
 def _unsupported(name: str, dtype: object) -> InvalidArgumentError:
     return InvalidArgumentError(
-        f"tensor {name!r}: datatype {dtype} is not supported by the gateway (supported: "
-        f"{', '.join(SUPPORTED_DATATYPES)})"
+        f"tensor {quoted(name)}: datatype {capped(str(dtype))} is not supported by the gateway "
+        f"(supported: {', '.join(SUPPORTED_DATATYPES)})"
     )
+
+
+def _checked(name: str, datatype: str, values: Any) -> np.ndarray:
+    """``values`` (JSON or protobuf scalars) as a flat array of ``datatype``, each value
+    checked to fit it: INVALID_ARGUMENT naming the first that does not."""
+    try:
+        return typed_array(name, datatype, values)
+    except ValueError as err:
+        raise InvalidArgumentError(str(err)) from None
 
 
 #: Most elements a single broadcast value may fill (a bad shape must not exhaust memory).
 MAX_BROADCAST = 1 << 24
+#: Most dimensions of a tensor (numpy's limit).
+MAX_DIMS = 32
 
 
-def _shape(name: str, values: np.ndarray, shape: list[int]) -> np.ndarray:
+def _check_shape(name: str, shape: list[int], itemsize: int) -> int:
+    """The element count of ``shape``; INVALID_ARGUMENT for a shape no tensor can have."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: shape has {len(shape)} dimensions (at most {MAX_DIMS})"
+        )
     if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"tensor {name!r}: negative dimension in shape {shape}")
-    count = math.prod(shape)
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: negative dimension in shape {shown(shape)}"
+        )
+    # NOTE: numpy refuses even an empty array whose other dimensions overflow its size
+    if math.prod(d for d in shape if d) * max(itemsize, 1) > np.iinfo(np.intp).max:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: shape {shown(shape)} has more elements than a tensor can hold"
+        )
+    return math.prod(shape)
+
+
+def _shape(name: str, values: np.ndarray, shape: list[int], broadcast: bool = True) -> np.ndarray:
+    """``values`` in ``shape``. A single value fills the shape when ``broadcast`` (TF-Serving
+    typed values); otherwise the count must match (raw bytes)."""
+    count = _check_shape(name, shape, values.dtype.itemsize)
     if values.size == count:
         return values.reshape(shape)
-    if values.size == 1 and count <= MAX_BROADCAST:
+    if broadcast and values.size == 1 and count <= MAX_BROADCAST:
         # NOTE: TF-Serving broadcasts a single typed value to the whole shape
         return np.full(shape, values.reshape(())[()], dtype=values.dtype)
     raise InvalidArgumentError(
-        f"tensor {name!r}: {values.size} values do not fill shape {list(shape)}"
+        f"tensor {quoted(name)}: {values.size} values do not fill shape {shown(shape)}"
     )
 
 
@@ -115,7 +148,7 @@ def decode_bytes(name: str, raw: bytes) -> np.ndarray:
     try:
         return deserialize_bytes_tensor(raw)
     except struct.error:
-        raise InvalidArgumentError(f"tensor {name!r}: truncated BYTES contents") from None
+        raise InvalidArgumentError(f"tensor {quoted(name)}: truncated BYTES contents") from None
 
 
 def encode_bytes(values: np.ndarray) -> bytes:
@@ -124,57 +157,86 @@ def encode_bytes(values: np.ndarray) -> bytes:
     return b"".join(serialize_byte_tensor(values).reshape(-1))
 
 
-def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndarray:
-    dtype = _numpy_dtype(name, datatype)
-    if datatype == "BYTES":
-        return _shape(name, decode_bytes(name, raw), shape)
-    if len(raw) % dtype.itemsize:
-        raise InvalidArgumentError(f"tensor {name!r}: raw contents not a multiple of {datatype}")
-    return _shape(name, np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype), shape)
+#: Datatypes carried in a wider protobuf field (int32/uint32): their values are range-checked.
+_NARROWER_THAN_FIELD = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 
 
-def _from_contents(name: str, datatype: str, contents: Any, shape: list[int]) -> np.ndarray:
-    dtype = _numpy_dtype(name, datatype)
-    field = _KSERVE_FIELDS.get(datatype)
-    if field is None:
-        raise _unsupported(name, datatype)
-    values = list(getattr(contents, field))
+def _proto_values(name: str, datatype: str, values: list[Any]) -> np.ndarray:
+    """The values of a typed protobuf field as a flat array of ``datatype``."""
+    if datatype in _NARROWER_THAN_FIELD:
+        return _checked(name, datatype, values)
     if datatype == "BYTES":
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
-    else:
-        arr = np.asarray(values, dtype=dtype)
-    return _shape(name, arr, shape)
+        return arr
+    # NOTE: the field's own type (float, int64, ...) fits the datatype: no check needed
+    return np.array(values, dtype=triton_to_np_dtype(datatype))
+
+
+def _bytes_of(size: int) -> str:
+    return f"{size} byte{'s' if size != 1 else ''}"
+
+
+def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndarray:
+    dtype = _numpy_dtype(name, datatype)
+    if datatype == "BYTES":
+        return _shape(name, decode_bytes(name, raw), shape, broadcast=False)
+    if len(raw) % dtype.itemsize:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: raw contents of {_bytes_of(len(raw))} are not a multiple "
+            f"of the {_bytes_of(dtype.itemsize)} of one {datatype}"
+        )
+    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    return _shape(name, values, shape, broadcast=False)
+
+
+def _from_contents(name: str, datatype: str, contents: Any, shape: list[int]) -> np.ndarray:
+    _numpy_dtype(name, datatype)
+    field = _KSERVE_FIELDS.get(datatype)
+    if field is None:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: {datatype} has no typed contents field; send it in raw "
+            "contents"
+        )
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: {datatype} values belong in contents.{field}, not "
+            f"contents.{others[0]}"
+        )
+    return _shape(name, _proto_values(name, datatype, list(getattr(contents, field))), shape)
+
+
+def _kserve_tensors(tensors: Any, raw: Any, what: str) -> Named:
+    """The tensors of a ModelInferRequest (``what`` = "input") or ModelInferResponse."""
+    if raw and len(raw) != len(tensors):
+        raise InvalidArgumentError(
+            f"raw_{what}_contents has {len(raw)} entries for {len(tensors)} {what}s"
+        )
+    out: Named = []
+    seen: set[str] = set()
+    for i, tensor in enumerate(tensors):
+        name, shape = tensor.name, list(tensor.shape)
+        if name in seen:
+            raise InvalidArgumentError(f"{what} {quoted(name)} appears twice")
+        seen.add(name)
+        if raw and tensor.contents.ListFields():
+            raise InvalidArgumentError(
+                f"tensor {quoted(name)}: contents and raw_{what}_contents are both set"
+            )
+        if raw:
+            out.append((name, _from_raw(name, tensor.datatype, raw[i], shape)))
+        else:
+            out.append((name, _from_contents(name, tensor.datatype, tensor.contents, shape)))
+    return out
 
 
 def kserve_request_inputs(request: kserve.ModelInferRequest) -> Named:
-    raw = request.raw_input_contents
-    out: Named = []
-    for i, tensor in enumerate(request.inputs):
-        shape = list(tensor.shape)
-        if raw:
-            if i >= len(raw):
-                raise InvalidArgumentError(f"tensor {tensor.name!r}: missing raw_input_contents")
-            out.append((tensor.name, _from_raw(tensor.name, tensor.datatype, raw[i], shape)))
-        else:
-            out.append(
-                (tensor.name, _from_contents(tensor.name, tensor.datatype, tensor.contents, shape))
-            )
-    return out
+    return _kserve_tensors(request.inputs, request.raw_input_contents, "input")
 
 
 def kserve_response_outputs(response: kserve.ModelInferResponse) -> Named:
-    raw = response.raw_output_contents
-    out: Named = []
-    for i, tensor in enumerate(response.outputs):
-        shape = list(tensor.shape)
-        if raw:
-            out.append((tensor.name, _from_raw(tensor.name, tensor.datatype, raw[i], shape)))
-        else:
-            out.append(
-                (tensor.name, _from_contents(tensor.name, tensor.datatype, tensor.contents, shape))
-            )
-    return out
+    return _kserve_tensors(response.outputs, response.raw_output_contents, "output")
 
 
 def kserve_datatype(name: str, arr: np.ndarray) -> str:
@@ -206,25 +268,57 @@ def add_kserve_outputs(response: kserve.ModelInferResponse, tensors: Named) -> N
 # -- TF-Serving TensorProto ----------------------------------------------------------------
 
 
+#: Every typed value field of a TensorProto.
+_TF_VALUE_FIELDS = frozenset(
+    f.name for f in tensor_pb2.TensorProto.DESCRIPTOR.fields if f.name.endswith("_val")
+)
+
+
 def tf_to_array(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
     spec = TF_DTYPES.get(tensor.dtype)
+    dtype_name = (
+        types_pb2.DataType.Name(tensor.dtype)
+        if tensor.dtype in types_pb2.DataType.values()
+        else str(tensor.dtype)
+    )
     if spec is None:
-        known = tensor.dtype in types_pb2.DataType.values()
-        dtype_name = types_pb2.DataType.Name(tensor.dtype) if known else tensor.dtype
         raise _unsupported(name, dtype_name)
     dtype, field = spec
+    if tensor.tensor_shape.unknown_rank:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: tensor_shape has unknown_rank; a tensor value needs its shape"
+        )
     shape = [d.size for d in tensor.tensor_shape.dim]
-    if tensor.tensor_content and dtype.kind != "O":
+    others = [f.name for f, _ in tensor.ListFields() if f.name in _TF_VALUE_FIELDS - {field}]
+    if others:
+        raise InvalidArgumentError(
+            f"tensor {quoted(name)}: {dtype_name} values belong in {field}"
+            f"{' or tensor_content' if dtype.kind != 'O' else ''}, not {others[0]}"
+        )
+    if tensor.tensor_content:
+        if dtype.kind == "O":
+            raise InvalidArgumentError(
+                f"tensor {quoted(name)}: {dtype_name} values belong in string_val, not "
+                "tensor_content"
+            )
+        size = len(tensor.tensor_content)
+        if size % dtype.itemsize:
+            raise InvalidArgumentError(
+                f"tensor {quoted(name)}: tensor_content of {_bytes_of(size)} is not a multiple "
+                f"of the {_bytes_of(dtype.itemsize)} of one {dtype_name}"
+            )
         arr = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype)
-        return _shape(name, arr, shape)
-    values = getattr(tensor, field)
-    if dtype.kind == "O":
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = list(values)
-    elif field == "half_val":
-        arr = np.asarray(list(values), dtype=np.uint16).view(np.float16)
+        return _shape(name, arr, shape, broadcast=False)
+    values = list(getattr(tensor, field))
+    if field == "half_val":
+        if values and (min(values) < 0 or max(values) > 0xFFFF):
+            bad = next(v for v in values if not 0 <= v <= 0xFFFF)
+            raise InvalidArgumentError(
+                f"tensor {quoted(name)}: half_val {bad} is not a 16-bit pattern (0 to 65535)"
+            )
+        arr = np.array(values, dtype=np.uint16).view(np.float16)
     else:
-        arr = np.asarray(list(values), dtype=dtype)
+        arr = _proto_values(name, np_to_triton_dtype(dtype), values)
     return _shape(name, arr, shape)
 
 
@@ -250,31 +344,47 @@ def array_to_tf(name: str, arr: np.ndarray) -> tensor_pb2.TensorProto:
 # -- JSON codec of Invoke ------------------------------------------------------------------
 
 
+_JSON_FIELDS = ("name", "shape", "datatype", "data")
+
+
+def _not_a_request(detail: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        'payload is not a JSON tensor request {"inputs": [{"name", "shape", "datatype", '
+        f'"data"}}]}}: {detail}'
+    )
+
+
 def json_to_tensors(payload: bytes) -> Named:
-    """``{"inputs": [{"name", "shape", "datatype", "data"}]}`` -> named arrays."""
+    """``{"inputs": [{"name", "shape", "datatype", "data"}]}`` -> named arrays, every value
+    checked to fit its datatype (:func:`modelgate_client.tensors.typed_array`)."""
     try:
         doc = json.loads(payload or b"{}")
-        items = doc["inputs"]
-        out: Named = []
-        for item in items:
-            name, datatype = str(item["name"]), str(item["datatype"]).upper()
-            dtype = _numpy_dtype(name, datatype)
-            data = item["data"]
-            if datatype == "BYTES":
-                flat = np.asarray(data, dtype=object).reshape(-1)
-                arr = np.empty(flat.size, dtype=object)
-                arr[:] = [x.encode() if isinstance(x, str) else bytes(x) for x in flat]
-            else:
-                arr = np.asarray(data, dtype=dtype).reshape(-1)
-            out.append((name, _shape(name, arr, [int(s) for s in item["shape"]])))
-        return out
-    except InvalidArgumentError:
-        raise
-    except (ValueError, KeyError, TypeError) as err:
-        raise InvalidArgumentError(
-            'payload is not a JSON tensor request {"inputs": [{"name", "shape", "datatype", '
-            f'"data"}}]}}: {type(err).__name__}: {err}'
-        ) from None
+    except RecursionError:
+        raise _not_a_request("JSON nested too deeply") from None
+    except ValueError as err:  # also bytes that are not UTF-8, and over-long integers
+        raise _not_a_request(f"{type(err).__name__}: {capped(str(err))}") from None
+    items = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise _not_a_request('"inputs" is not a list')
+    out: Named = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict) or any(key not in item for key in _JSON_FIELDS):
+            raise _not_a_request(f"input {shown(item)} lacks one of {', '.join(_JSON_FIELDS)}")
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise _not_a_request(f"name {shown(name)} or datatype {shown(datatype)} is not text")
+        if name in seen:
+            raise InvalidArgumentError(f"input {quoted(name)} appears twice")
+        seen.add(name)
+        datatype = datatype.upper()
+        _numpy_dtype(name, datatype)
+        if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+            raise InvalidArgumentError(
+                f"tensor {quoted(name)}: shape {shown(shape)} is not a list of integers"
+            )
+        out.append((name, _shape(name, _checked(name, datatype, item["data"]), shape)))
+    return out
 
 
 def tensors_to_json(model: str, version: str, tensors: Named) -> bytes:
@@ -300,6 +410,7 @@ def select(model: str, tensors: dict[str, np.ndarray], names: list[str]) -> Name
     missing = [n for n in names if n not in tensors]
     if missing:
         raise InvalidArgumentError(
-            f"model {model!r} has no output {missing[0]!r} (it returned {sorted(tensors)})"
+            f"model {quoted(model)} has no output {quoted(missing[0])} (it returned "
+            f"{shown(sorted(tensors))})"
         )
     return [(n, tensors[n]) for n in names]

@@ -13,6 +13,7 @@ import logging
 
 import grpc
 
+from modelgate_client.tensors import capped
 from registry.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -28,7 +29,6 @@ log = logging.getLogger("gateway.errors")
 
 __all__ = [
     "MESSAGE_BYTES",
-    "SHOWN_BYTES",
     "BackendStatusError",
     "ConnectionFailure",
     "DeadlineExceededError",
@@ -43,31 +43,15 @@ __all__ = [
     "RestServiceError",
     "UnavailableError",
     "UnimplementedError",
-    "shown",
+    "capped",
     "source_of",
     "status_of",
 ]
 
 #: Most UTF-8 bytes of one caller-supplied value shown in an error message.
-SHOWN_BYTES = 100
 #: Most UTF-8 bytes of a whole error message (gRPC percent-encodes non-ASCII bytes in the
 #: trailers, so this is at most ~3 KB on the wire, under every client's limit).
 MESSAGE_BYTES = 1024
-_ELLIPSIS = "\u2026"
-
-
-def shown(value: str | bytes, limit: int = SHOWN_BYTES) -> str:
-    """``value`` as it may appear in an error message: at most ``limit`` UTF-8 bytes.
-
-    A longer value is cut at a character boundary and ends with an ellipsis; bytes and
-    lone surrogates are made valid UTF-8 (U+FFFD, ``?``), so the message always encodes.
-    """
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return data.decode("utf-8")
-    cut = limit - len(_ELLIPSIS.encode())
-    return data[:cut].decode("utf-8", "ignore") + _ELLIPSIS
 
 
 class ModelNotFoundError(NotFoundError):
@@ -129,25 +113,25 @@ class NotFoundWords:
     @staticmethod
     def model_hint(name: str) -> str:
         return (
-            f"model {shown(name)!r} is not known to the gateway; ListModels or RepositoryIndex "
+            f"model {capped(name)!r} is not known to the gateway; ListModels or RepositoryIndex "
             "lists the routable models"
         )
 
     @staticmethod
     def version_hint(name: str, version: int, known: str) -> str:
-        return f"model {shown(name)!r} has no version {version} (versions: {known})"
+        return f"model {capped(name)!r} has no version {version} (versions: {known})"
 
     @staticmethod
     def label_hint(name: str, label: str, known: str) -> str:
-        return f"model {shown(name)!r} has no version labelled {shown(label)!r} (labels: {known})"
+        return f"model {capped(name)!r} has no version labelled {capped(label)!r} (labels: {known})"
 
 
 def status_of(err: BaseException, *, where: str = "") -> tuple[grpc.StatusCode, str]:
     """The gRPC status a caller sees for ``err``. Unknown errors are logged with traceback."""
     if isinstance(err, BackendStatusError):
-        return err.code, shown(str(err), MESSAGE_BYTES)
+        return err.code, capped(str(err), MESSAGE_BYTES)
     if isinstance(err, ModelgateError):
-        return type(err).grpc_code, shown(str(err), MESSAGE_BYTES)
+        return type(err).grpc_code, capped(str(err), MESSAGE_BYTES)
     log.error("internal error in %s", where or "a gateway call", exc_info=err)
     return grpc.StatusCode.INTERNAL, "internal error in the gateway (logged)"
 

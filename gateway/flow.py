@@ -15,10 +15,12 @@ import time
 from typing import Protocol
 
 import grpc
+import numpy as np
 
 from gateway import codec
 from gateway.errors import InvalidArgumentError
 from gateway.metrics import GatewayMetrics
+from modelgate_client.tensors import quoted
 from registry.errors import ModelgateError
 from udl import Request, Response
 from udl.loader import LoadedPlugin, PluginFailedError
@@ -72,6 +74,14 @@ class PluginFlow:
                     f"plugin {self.plugin.key} preprocess produced no input tensors "
                     f"(request {request.request_id})"
                 )
+            for name, tensor in request.tensors.items():
+                # NOTE: the gateway cannot guess a datatype for plain Python values
+                if not isinstance(tensor, np.ndarray):
+                    raise PluginFailedError(
+                        f"plugin {self.plugin.key} preprocess produced tensor {quoted(name)} "
+                        f"as {type(tensor).__name__}, not a numpy array (request "
+                        f"{request.request_id})"
+                    )
             return request
         except Exception as err:
             self._count_error("preprocess", err)

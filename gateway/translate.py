@@ -71,8 +71,9 @@ def tf_metadata_to_kserve(response: bytes, name: str, version: int) -> bytes:
     """GetModelMetadataResponse (serving_default signature) -> ModelMetadataResponse."""
     resp = parse(get_model_metadata_pb2.GetModelMetadataResponse, response, "metadata")
     sigmap = get_model_metadata_pb2.SignatureDefMap()
-    if "signature_def" in resp.metadata:
-        resp.metadata["signature_def"].Unpack(sigmap)
+    packed = resp.metadata.get("signature_def")
+    if packed is not None and packed.Is(sigmap.DESCRIPTOR):
+        sigmap = parse(get_model_metadata_pb2.SignatureDefMap, packed.value, "signature_def")
     out = kserve.ModelMetadataResponse(
         name=name, versions=[str(version)], platform="tensorflow_savedmodel"
     )

@@ -29,7 +29,7 @@ from gateway.errors import (
     InvalidArgumentError,
     ModelNotFoundError,
     NotFoundWords,
-    shown,
+    capped,
     source_of,
     status_of,
 )
@@ -98,7 +98,7 @@ def version_number(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()):
         return None
     if len(text) > 19 or int(text) > _INT64_MAX:
-        raise InvalidArgumentError(f"version {shown(text)!r} is out of range (at most 2**63-1)")
+        raise InvalidArgumentError(f"version {capped(text)!r} is out of range (at most 2**63-1)")
     return int(text)
 
 
@@ -261,7 +261,7 @@ class Core:
         """The version the call goes to; an unknown model, version or label in ``words``."""
         start = time.perf_counter()
         info.model = name
-        set_call(shown(name), str(version) if version is not None else shown(label or ""))
+        set_call(capped(name), str(version) if version is not None else capped(label or ""))
         if version is None and label and label.isdigit():
             # NOTE: the router reads a label of digits as a version; only ASCII ones are
             if not label.isascii():

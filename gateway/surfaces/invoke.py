@@ -9,7 +9,7 @@ import grpc
 
 import udl
 from gateway.backends.wire import parse
-from gateway.errors import InvalidArgumentError, shown
+from gateway.errors import InvalidArgumentError, capped
 from gateway.flow import JSON_FLOW
 from gateway.surfaces.base import CallInfo, Core, split_version
 from gateway.table import Instance
@@ -68,7 +68,7 @@ class GatewaySurface:
         version, label = split_version(req.version)
         if req.version and version is None:
             raise InvalidArgumentError(
-                f"InvokeRequest.version {shown(req.version)!r} is not a number"
+                f"InvokeRequest.version {capped(req.version)!r} is not a number"
             )
         target = self.core.resolve(info, req.model, version, label or req.version_label or None)
         name, v = target.model.name, target.version.version

@@ -20,7 +20,7 @@ from gateway.errors import (
     ModelgateError,
     ModelNotFoundError,
     NotFoundWords,
-    shown,
+    capped,
     source_of,
     status_of,
 )
@@ -47,11 +47,11 @@ class TritonWords(NotFoundWords):
 
     def model(self, name: str, version: int | None) -> ModelNotFoundError:
         # NOTE: Triton words an unknown model the same with or without a version
-        words = f"Request for unknown model: '{shown(name)}' is not found"
+        words = f"Request for unknown model: '{capped(name)}' is not found"
         return ModelNotFoundError(self.peer(words, self.model_hint(name)))
 
     def version(self, name: str, version: int, known: str) -> ModelNotFoundError:
-        words = f"Request for unknown model: '{shown(name)}' version {version} is not found"
+        words = f"Request for unknown model: '{capped(name)}' version {version} is not found"
         return ModelNotFoundError(self.peer(words, self.version_hint(name, version, known)))
 
 

@@ -16,7 +16,7 @@ from gateway.errors import (
     InvalidArgumentError,
     ModelNotFoundError,
     NotFoundWords,
-    shown,
+    capped,
 )
 from gateway.router import Target
 from gateway.surfaces.base import CallInfo, Core, Handler
@@ -34,17 +34,17 @@ class TFServingWords(NotFoundWords):
 
     def model(self, name: str, version: int | None) -> ModelNotFoundError:
         request = (
-            f"Latest({shown(name)})" if version is None else f"Specific({shown(name)}, {version})"
+            f"Latest({capped(name)})" if version is None else f"Specific({capped(name)}, {version})"
         )
         words = f"Servable not found for request: {request}"
         return ModelNotFoundError(self.peer(words, self.model_hint(name)))
 
     def version(self, name: str, version: int, known: str) -> ModelNotFoundError:
-        words = f"Servable not found for request: Specific({shown(name)}, {version})"
+        words = f"Servable not found for request: Specific({capped(name)}, {version})"
         return ModelNotFoundError(self.peer(words, self.version_hint(name, version, known)))
 
     def label(self, name: str, label: str, known: str) -> ModelNotFoundError:
-        words = f"Unrecognized servable version label: {shown(label)}"
+        words = f"Unrecognized servable version label: {capped(label)}"
         return ModelNotFoundError(self.peer(words, self.label_hint(name, label, known)))
 
 
@@ -110,9 +110,9 @@ class TFServingSurface:
             )
             known = self._signatures[(name, v)] = signature_names(response)
         if signature not in known:
-            words = f'Serving signature key "{shown(signature)}" not found.'
+            words = f'Serving signature key "{capped(signature)}" not found.'
             hint = f"model {name!r} version {v} has the signatures {', '.join(sorted(known))}"
-            raise FailedPreconditionError(NotFoundWords.peer(words, shown(hint, 300)))
+            raise FailedPreconditionError(NotFoundWords.peer(words, capped(hint, 300)))
 
     async def predict(
         self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
@@ -178,7 +178,7 @@ class TFServingSurface:
         names = {t.model_spec.name for t in head.tasks}
         if len(names) != 1:
             raise InvalidArgumentError(
-                f"MultiInferenceRequest tasks name several models {shown(str(sorted(names)))}; "
+                f"MultiInferenceRequest tasks name several models {capped(str(sorted(names)))}; "
                 "use one model"
             )
         target, asked = self._target(head.tasks[0].model_spec, info, "MultiInferenceRequest")

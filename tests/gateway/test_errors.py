@@ -15,7 +15,7 @@ from gateway.errors import (
     MESSAGE_BYTES,
     BackendStatusError,
     ModelNotFoundError,
-    shown,
+    capped,
     status_of,
 )
 from protos.modelgate.v1 import gateway_pb2
@@ -79,11 +79,11 @@ def test_log_context_is_per_call():
 
 
 def test_shown_bounds_a_value_and_keeps_it_valid_utf8():
-    assert shown("add_one") == "add_one"
+    assert capped("add_one") == "add_one"
     long = "é" * 100  # 200 UTF-8 bytes
-    cut = shown(long, limit=51)
+    cut = capped(long, limit=51)
     assert len(cut.encode()) <= 51 and cut.endswith("\u2026") and cut.startswith("é" * 24)
-    assert shown(b"\xffab") == "\ufffdab" and shown("a\ud800b") == "a?b"
+    assert capped(b"\xffab") == "\ufffdab" and capped("a\ud800b") == "a?b"
     code, message = status_of(ModelNotFoundError("x" * 100_000))
     assert code == grpc.StatusCode.NOT_FOUND and len(message.encode()) <= MESSAGE_BYTES
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from gateway import codec as gateway_codec
-from modelgate_client.tensors import DATATYPES, datatype_of, decode_outputs, encode_inputs
+from modelgate_client.tensors import (
+    DATATYPES,
+    datatype_of,
+    decode_outputs,
+    encode_inputs,
+    typed_array,
+)
 
 NUMERIC = [name for name in DATATYPES if name != "BYTES"]
 
@@ -68,3 +74,72 @@ def test_malformed_responses_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="name, shape, datatype, data"):
         decode_outputs(b'{"outputs": [{"name": "o"}]}')
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # numpy would make these BYTES ("18446744073709551616"), lossy FP64, INT64 1, text "1"
+        ([2**64], "value 18446744073709551616 is out of range (INT64: integers from"),
+        ([-1, 2**63], "value 9223372036854775808 is out of range (INT64: integers from"),
+        ([True, 2], "value true is not an integer (INT64"),
+        (["a", 1], "value 1 is not text (BYTES: strings)"),
+        ([1.5, None], "value null is not a number (FP64"),
+        (np.array([b"a", 7], dtype=object), "value 7 is not text (BYTES: strings)"),
+    ],
+)
+def test_python_values_that_do_not_fit_are_refused(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        encode_inputs({"x": value})
+    assert str(err.value).startswith(f"tensor 'x': {message}")
+
+
+def test_python_values_that_fit_keep_the_datatype_numpy_infers() -> None:
+    doc = json.loads(
+        encode_inputs({"i": [[1, 2], [3, 4]], "u": [2**63], "f": [1, 2.5], "b": [True]})
+    )
+    assert [(t["datatype"], t["shape"], t["data"]) for t in doc["inputs"]] == [
+        ("INT64", [2, 2], [1, 2, 3, 4]),
+        ("UINT64", [1], [2**63]),
+        ("FP64", [2], [1.0, 2.5]),
+        ("BOOL", [1], [True]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        (
+            "INT32",
+            [2147483648],
+            "value 2147483648 is out of range (INT32: integers from -2147483648 to 2147483647)",
+        ),
+        ("INT32", [1.7], "value 1.7 is not an integer (INT32"),
+        ("FP32", [1e39], "value 1e+39 is out of range (FP32"),
+        ("UINT8", [256], "value 256 is out of range (UINT8: integers from 0 to 255)"),
+    ],
+)
+def test_response_values_that_do_not_fit_their_datatype_are_refused(
+    datatype: str, data: list, message: str
+) -> None:
+    payload = json.dumps(
+        {"outputs": [{"name": "o", "shape": [1], "datatype": datatype, "data": data}]}
+    ).encode()
+    with pytest.raises(ValueError) as err:
+        decode_outputs(payload)
+    assert str(err.value).startswith(f"tensor 'o': {message}")
+
+
+def test_typed_array_is_the_rule_the_gateway_applies() -> None:
+    for datatype, data in [("INT32", [2**31]), ("FP16", [1e5]), ("BOOL", [0]), ("INT8", [1.0])]:
+        with pytest.raises(ValueError) as client_err:
+            typed_array("x", datatype, data)
+        payload = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1], "datatype": datatype, "data": data}]}
+        ).encode()
+        with pytest.raises(gateway_codec.InvalidArgumentError) as gateway_err:
+            gateway_codec.json_to_tensors(payload)
+        assert str(gateway_err.value) == str(client_err.value)
+    assert typed_array("x", "FP32", [1, 0.5]).dtype == np.float32
+    with pytest.raises(ValueError, match=r"value 1 is not text \(BYTES"):
+        typed_array("x", "BYTES", [1])
