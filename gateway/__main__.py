@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 
-from pydantic import ValidationError
-
 from gateway.settings import GatewaySettings
-from registry import logs, readyfile
-from registry.errors import ModelgateError
-from registry.settings_cli import parse_settings
+from registry import entrypoint, readyfile
 
 log = logging.getLogger("gateway")
 
@@ -26,10 +20,7 @@ async def run(settings: GatewaySettings) -> None:
 
     app = GatewayApp(settings)
     await app.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = entrypoint.stop_event()
     if settings.ready_file is not None:
         readyfile.write(settings.ready_file, {"grpc": app.port, "metrics": app.metrics_port})
     await stop.wait()
@@ -38,20 +29,10 @@ async def run(settings: GatewaySettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = parse_settings(
-            GatewaySettings, argv, prog="python -m gateway", description=DESCRIPTION
-        )
-    except ValidationError as err:
-        print(f"invalid settings:\n{err}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_json)
-    try:
-        asyncio.run(run(settings))
-    except ModelgateError as err:  # e.g. ZooKeeper unreachable at start-up
-        log.error("%s", err)
-        return 1
-    return 0
+    settings = entrypoint.settings_or_exit(
+        GatewaySettings, argv, prog="python -m gateway", description=DESCRIPTION
+    )
+    return entrypoint.run(run(settings), log)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,12 @@ import sys
 from pathlib import Path
 
 import uvicorn
-from pydantic import ValidationError
 
 from manager_api.app import create_app
 from manager_api.auth import TokenStore
 from manager_api.settings import ManagerSettings
-from registry import Registry, logs, readyfile
+from registry import Registry, entrypoint, readyfile
 from registry.errors import ModelgateError
-from registry.settings_cli import parse_settings
 
 DESCRIPTION = "modelgate manager: admin REST API, placement and reconcile loop."
 
@@ -35,14 +33,9 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = parse_settings(
-            ManagerSettings, argv, prog="python -m manager_api", description=DESCRIPTION
-        )
-    except ValidationError as err:
-        print(f"invalid settings:\n{err}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_json)
+    settings = entrypoint.settings_or_exit(
+        ManagerSettings, argv, prog="python -m manager_api", description=DESCRIPTION
+    )
     log = logging.getLogger("manager_api")
     if settings.tokens_file is None:
         log.error("no tokens file: set --tokens-file or MODELGATE_MANAGER_TOKENS_FILE")

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from registry import logs, readyfile
-from registry.errors import ModelgateError
-from registry.settings_cli import parse_settings
+from registry import entrypoint, readyfile
 from worker_agent.agent import WorkerAgent
 from worker_agent.settings import WorkerSettings
 
@@ -26,10 +20,7 @@ DESCRIPTION = (
 
 async def run(settings: WorkerSettings) -> None:
     agent = WorkerAgent(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = entrypoint.stop_event()
     try:
         await agent.start()
     except BaseException:
@@ -50,20 +41,10 @@ async def run(settings: WorkerSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = parse_settings(
-            WorkerSettings, argv, prog="python -m worker_agent", description=DESCRIPTION
-        )
-    except ValidationError as err:
-        print(f"invalid settings:\n{err}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_json)
-    try:
-        asyncio.run(run(settings))
-    except ModelgateError as err:
-        log.error("%s", err)
-        return 1
-    return 0
+    settings = entrypoint.settings_or_exit(
+        WorkerSettings, argv, prog="python -m worker_agent", description=DESCRIPTION
+    )
+    return entrypoint.run(run(settings), log)
 
 
 if __name__ == "__main__":
