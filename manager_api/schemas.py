@@ -189,16 +189,6 @@ class WorkerOut(BaseModel):
     models: dict[str, ModelHealth] = Field(default_factory=dict)
 
 
-class GatewayOut(BaseModel):
-    """A running gateway and its plugins (with their last load errors)."""
-
-    gateway_id: str
-    address: str
-    version: str
-    started: float
-    plugins: dict[str, GatewayPluginStatus]
-
-
 class GroupCreate(Body):
     """A business group; every model and service belongs to one."""
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from manager_api.auth import require_role
 from manager_api.context import Caller, Ctx, Manager
 from manager_api.errors import PROBLEM_RESPONSES
-from manager_api.schemas import GatewayOut, WorkerOut
+from manager_api.schemas import WorkerOut
 from manager_api.state import read_state
 from registry import layout
 from registry.errors import ConflictError, FailedPreconditionError, NotFoundError
@@ -134,9 +134,12 @@ def remove_worker(
 
 
 @router.get(
-    "/gateways", response_model=list[GatewayOut], summary="List gateways", tags=["gateways"]
+    "/gateways",
+    response_model=list[Gateway],
+    summary="List gateways: plugins serving (and their load errors), REST service health",
+    tags=["gateways"],
 )
-def list_gateways(m: Ctx, caller: Caller) -> list[GatewayOut]:
+def list_gateways(m: Ctx, caller: Caller) -> list[Gateway]:
     require_role(caller, "viewer", "listing gateways")
     gateways = m.registry.read_children(layout.GATEWAYS, Gateway)
-    return [GatewayOut(**g.model_dump()) for _, g in sorted(gateways.items())]
+    return [g for _, g in sorted(gateways.items())]
