@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 
 from gateway.backends.channels import ChannelPool
 from gateway.backends.rest import RestBackend
+from gateway.dataplane.controller import DataPlane
 from gateway.httpserver import MetricsServer
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
@@ -63,6 +64,21 @@ class GatewayApp:
         self.server: grpc.aio.Server | None = None
         self.http = MetricsServer(self.metrics.registry, self._healthz)
         self.watcher: TableWatcher | None = None
+        #: HAProxy in front (``--dataplane haproxy``); None when Python serves the port alone.
+        self.dataplane = (
+            DataPlane(
+                self.metrics,
+                binary=settings.haproxy_bin,
+                max_message_bytes=settings.max_message_bytes,
+                grace_seconds=settings.grace_seconds,
+                tls=(settings.tls_cert, settings.tls_key)
+                if settings.tls_cert and settings.tls_key
+                else None,
+                client_ca=settings.tls_client_ca,
+            )
+            if settings.dataplane == "haproxy"
+            else None
+        )
         self.plugins: PluginHost | None = None
         self.node: EphemeralNode | None = None
         self.port = 0
@@ -123,12 +139,18 @@ class GatewayApp:
             self.server,
         )
         address = f"{s.host}:{s.port}"
-        if s.tls_cert and s.tls_key:
+        if self.dataplane is not None:
+            # NOTE: HAProxy takes the public port (and TLS); Python serves it on loopback
+            address = f"127.0.0.1:{s.internal_port}"
+            self.port = self.server.add_insecure_port(address)
+        elif s.tls_cert and s.tls_key:
             creds = await asyncio.to_thread(_credentials, s)
             self.port = self.server.add_secure_port(address, creds)
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.dataplane is not None:
+            self.port = await self.dataplane.start(s.host, s.port, self.port)
         self.metrics_port = await self.http.start(s.host, s.metrics_port)
         await self.health.set("", SERVING)
         record = GatewayRecord(
@@ -154,6 +176,8 @@ class GatewayApp:
             return
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        if self.dataplane is not None:
+            await self.dataplane.stop()
         if self.server is not None:
             await self.server.stop(self.settings.grace_seconds)
         if self.node is not None:
@@ -180,6 +204,8 @@ class GatewayApp:
 
     def _on_table(self, table: RoutingTable) -> None:
         self.router.set_table(table)
+        if self.dataplane is not None:
+            self.dataplane.on_table(table)
         if self.plugins is not None:
             self.plugins.sync(table.models)
         counts = table.describe()

@@ -1,0 +1,230 @@
+"""The gateway as HAProxy's control plane: writes its base configuration, supervises it,
+turns each routing table into Runtime API commands, and counts the fast-path calls from its
+access log (one datagram per call on a Unix socket) in the gateway's own metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from gateway.dataplane.config import LOG_TAG, Layout, Listener, render
+from gateway.dataplane.plan import SURFACES, Address, Programmer, fast_routes
+from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
+from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
+from gateway.metrics import GatewayMetrics
+from gateway.table import RoutingTable
+
+log = logging.getLogger("gateway.dataplane")
+
+#: gRPC code of an HTTP status HAProxy answered or relayed without a grpc-status header
+#: (gRPC's own HTTP-to-gRPC mapping).
+_HTTP_CODES = {
+    "200": "OK", "400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
+    "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE", "503": "UNAVAILABLE",
+    "504": "UNAVAILABLE",
+}  # fmt: skip
+_GRPC_CODES = {str(code.value[0]): code.name for code in grpc.StatusCode}
+
+
+class DataPlane:
+    """HAProxy on the public port in front of the Python gateway (on ``python_port``)."""
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        binary: str,
+        max_message_bytes: int,
+        grace_seconds: float,
+        tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
+        layout: Layout | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.binary = binary
+        self.max_message_bytes = max_message_bytes
+        self.grace_seconds = grace_seconds
+        self.tls = tls
+        self.client_ca = client_ca
+        self._own_dir = layout is None
+        self.layout = layout or Layout(Path(tempfile.mkdtemp(prefix="modelgate-haproxy-")))
+        self.api = RuntimeApi(self.layout.admin_socket)
+        self.programmer = Programmer(
+            str(self.layout.route_map), self.layout.slots, self.layout.servers
+        )
+        self.supervisor: Supervisor | None = None
+        self.state = State.LATENT
+        self._table = RoutingTable()
+        self._dirty = asyncio.Event()
+        self._reset = False
+        self._addresses: dict[str, Address | None] = {}
+        self._applier: asyncio.Task[None] | None = None
+        self._log: asyncio.DatagramTransport | None = None
+        self._public: socket.socket | None = None
+        self.applied = asyncio.Event()
+
+    async def start(self, host: str, port: int, python_port: int) -> int:
+        """Start HAProxy on ``host:port`` (0 picks a free port); returns the port.
+
+        The gateway opens the listening socket and HAProxy inherits it, so calls wait in its
+        backlog (instead of being refused) while a crashed HAProxy is restarted.
+        """
+        if self.state is not State.LATENT:
+            raise RuntimeError(f"data plane is {self.state.value}")
+        if shutil.which(self.binary) is None:
+            raise DataPlaneError(
+                f"haproxy binary {self.binary!r} not found: install it (Debian: apt-get install "
+                "-y haproxy) or run the gateway with --dataplane python"
+            )
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._public = public = socket.create_server((host, port), family=family, backlog=1024)
+        public.set_inheritable(True)
+        await asyncio.to_thread(self._write_files, public.fileno(), python_port)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _AccessLog(self), local_addr=str(self.layout.log_socket), family=socket.AF_UNIX
+        )
+        self._log = transport
+        self.supervisor = Supervisor(
+            self.binary,
+            self.layout.config,
+            self.api,
+            pass_fds=(public.fileno(),),
+            on_restart=self._on_restart,
+            count_restart=self.metrics.dataplane_restarts.inc,
+        )
+        await self.supervisor.start()
+        self.state = State.RUNNING
+        self._applier = asyncio.create_task(self._apply_loop(), name="haproxy-programmer")
+        self._dirty.set()
+        return int(public.getsockname()[1])
+
+    def _write_files(self, fd: int, python_port: int) -> None:
+        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.log_socket.unlink(missing_ok=True)
+        self.layout.route_map.write_text("")
+        listener = Listener(fd)
+        if self.tls is not None:
+            cert, key = self.tls
+            pem = self.layout.tls_pem
+            pem.touch(mode=0o600)
+            pem.write_bytes(Path(cert).read_bytes().rstrip(b"\n") + b"\n" + Path(key).read_bytes())
+            listener = Listener(fd, pem, Path(self.client_ca) if self.client_ca else None)
+        self.layout.config.write_text(
+            render(self.layout, listener, python_port, max_message_bytes=self.max_message_bytes)
+        )
+
+    def on_table(self, table: RoutingTable) -> None:
+        """A new routing table (cheap: the commands are computed and sent by a task)."""
+        self._table = table
+        self.applied.clear()
+        self._dirty.set()
+
+    async def _on_restart(self) -> None:
+        self._reset = True
+        self.applied.clear()
+        self._dirty.set()
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self.state is not State.RUNNING:
+                return
+            if self._reset:
+                self._reset = False
+                self.programmer.reset()
+            table = self._table
+            await self._resolve(table)
+            routes = fast_routes(table, self._addresses.get)
+            commands = self.programmer.plan(routes)
+            try:
+                outputs = await self.api.execute(commands)
+            except RuntimeApiError as err:
+                # NOTE: HAProxy went away; the supervisor restarts it and asks for a full resync
+                log.warning("could not program haproxy: %s", err)
+                continue
+            for command, output in zip(commands, outputs, strict=True):
+                if output and " addr " not in command:
+                    log.warning("haproxy: %r -> %s", command, output)
+            if commands:
+                log.info("haproxy programmed: %d commands, %d fast-path routes",
+                         len(commands), len(routes))  # fmt: skip
+            if not self._dirty.is_set():
+                self.applied.set()
+
+    async def _resolve(self, table: RoutingTable) -> None:
+        """Resolve instance host names once each (HAProxy's ``set server addr`` takes IPs)."""
+        live = {i.address for m in table.models.values() for v in m.versions.values()
+                for i in v.instances if i.protocol != "rest"}  # fmt: skip
+        for address in [a for a in self._addresses if a not in live]:
+            del self._addresses[address]
+        loop = asyncio.get_running_loop()
+        for address in live - set(self._addresses):
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            try:
+                ipaddress.ip_address(host)
+                self._addresses[address] = (host, int(port))
+                continue
+            except ValueError:
+                pass
+            try:
+                info = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                self._addresses[address] = (str(info[0][4][0]), int(port))
+            except (OSError, ValueError) as err:
+                log.warning("cannot resolve backend %s (%s): not on the fast path", address, err)
+                self._addresses[address] = None
+
+    def record(self, line: str) -> None:
+        """One access-log line: ``<tag> <backend> <http status> <grpc-status> <µs>``."""
+        parts = line.split()
+        if len(parts) != 5 or parts[0] != LOG_TAG:
+            return
+        _, backend, status, grpc_status, micros = parts
+        route = self.programmer.route_of(backend)
+        if route is None:
+            return
+        if grpc_status.isdigit():
+            code = _GRPC_CODES.get(grpc_status, "UNKNOWN")
+        else:
+            code = _HTTP_CODES.get(status, "UNKNOWN")
+        surface = SURFACES[route.protocol]
+        self.metrics.requests.labels(route.model, str(route.version), surface, code).inc()
+        if micros.lstrip("-").isdigit():
+            self.metrics.latency.labels("total", route.model, surface).observe(int(micros) / 1e6)
+
+    async def stop(self) -> None:
+        """Drain: HAProxy stops listening and finishes the calls in flight."""
+        if self.state in (State.STOPPING, State.CLOSED):
+            return
+        self.state = State.STOPPING
+        self._dirty.set()
+        if self._applier is not None:
+            await self._applier
+        if self._public is not None:
+            self._public.close()  # NOTE: HAProxy's copy closes as it soft-stops
+        if self.supervisor is not None:
+            await self.supervisor.stop(self.grace_seconds)
+        if self._log is not None:
+            self._log.close()
+        if self._own_dir:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.layout.run_dir)
+        self.state = State.CLOSED
+
+
+class _AccessLog(asyncio.DatagramProtocol):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.dataplane.record(data.decode(errors="replace"))
