@@ -75,6 +75,7 @@ class GatewayApp:
                 if settings.tls_cert and settings.tls_key
                 else None,
                 client_ca=settings.tls_client_ca,
+                on_backend_down=self.router.eject,
             )
             if settings.dataplane == "haproxy"
             else None

@@ -110,8 +110,7 @@ def render(
         bind += " proto h2"
     acls = "\n".join(f"    acl {kind} path {' '.join(paths)}" for kind, paths in METHODS.items())
     keys = "\n".join(
-        f"    http-request set-var(txn.key) req.body,lua.modelgate_key({kind},"
-        f"{max_message_bytes}) if {kind}"
+        f"    http-request set-var(txn.key) lua.modelgate_key({kind},{max_message_bytes}) if {kind}"
         for kind in METHODS
     )
     python = f"127.0.0.1:{python_port}"
@@ -146,7 +145,7 @@ defaults
 frontend public
     {bind}
     capture response header grpc-status len 4
-    log-format "{LOG_TAG} %b %ST %[capture.res.hdr(0)] %[date(0,us),sub(txn.start)]"
+    log-format "{LOG_TAG} %b %ST %[capture.res.hdr(0)] %[date(0,us),sub(txn.start)] %rc"
 {acls}
 {keys}
     http-request set-var(txn.backend) var(txn.key),map({layout.route_map}) \
@@ -167,7 +166,9 @@ backend {PYTHON_BACKEND}
 backend {slot_name(pool, index)}
     balance {algorithm}
     http-request del-header authorization
+    # NOTE: one failed connection marks an instance down at once; checks bring it back
     default-server proto h2 check inter 500 fall 2 rise 1
+    default-server observe layer4 error-limit 1 on-error mark-down
     server-template s 1-{layout.servers} 127.0.0.1:1 disabled
     # NOTE: when every instance is down, the Python gateway answers (and retries them)
     server gateway {python} backup no-check

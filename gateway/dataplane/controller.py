@@ -11,11 +11,12 @@ import logging
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
-from gateway.dataplane.config import LOG_TAG, Layout, Listener, render
+from gateway.dataplane.config import LOG_TAG, PYTHON_BACKEND, Layout, Listener, render
 from gateway.dataplane.plan import SURFACES, Address, Programmer, fast_routes
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
@@ -31,6 +32,8 @@ _HTTP_CODES = {
     "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE", "503": "UNAVAILABLE",
     "504": "UNAVAILABLE",
 }  # fmt: skip
+#: Longest wait for HAProxy's access log to catch up with its counters (see settle()).
+_SETTLE_S = 10.0
 _GRPC_CODES = {str(code.value[0]): code.name for code in grpc.StatusCode}
 
 
@@ -47,6 +50,7 @@ class DataPlane:
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
         layout: Layout | None = None,
+        on_backend_down: Callable[[str], None] = lambda address: None,
     ) -> None:
         self.metrics = metrics
         self.binary = binary
@@ -54,6 +58,8 @@ class DataPlane:
         self.grace_seconds = grace_seconds
         self.tls = tls
         self.client_ca = client_ca
+        #: Told the "host:port" of an instance HAProxy found dead (the router ejects it too).
+        self.on_backend_down = on_backend_down
         self._own_dir = layout is None
         self.layout = layout or Layout(Path(tempfile.mkdtemp(prefix="modelgate-haproxy-")))
         self.api = RuntimeApi(self.layout.admin_socket)
@@ -69,6 +75,7 @@ class DataPlane:
         self._applier: asyncio.Task[None] | None = None
         self._log: asyncio.DatagramTransport | None = None
         self._public: socket.socket | None = None
+        self._logged = 0
         self.applied = asyncio.Event()
 
     async def start(self, host: str, port: int, python_port: int) -> int:
@@ -98,8 +105,8 @@ class DataPlane:
             self.layout.config,
             self.api,
             pass_fds=(public.fileno(),),
+            on_exit=self._on_exit,
             on_restart=self._on_restart,
-            count_restart=self.metrics.dataplane_restarts.inc,
         )
         await self.supervisor.start()
         self.state = State.RUNNING
@@ -128,9 +135,13 @@ class DataPlane:
         self.applied.clear()
         self._dirty.set()
 
-    async def _on_restart(self) -> None:
-        self._reset = True
+    def _on_exit(self) -> None:
+        self.metrics.dataplane_restarts.inc()
         self.applied.clear()
+        self._reset = True  # NOTE: the next HAProxy starts from the base configuration
+        self._logged = 0
+
+    async def _on_restart(self) -> None:
         self._dirty.set()
 
     async def _apply_loop(self) -> None:
@@ -149,8 +160,9 @@ class DataPlane:
             try:
                 outputs = await self.api.execute(commands)
             except RuntimeApiError as err:
-                # NOTE: HAProxy went away; the supervisor restarts it and asks for a full resync
+                # NOTE: HAProxy went away; the supervisor restarts it, then a full resync
                 log.warning("could not program haproxy: %s", err)
+                self._reset = True
                 continue
             for command, output in zip(commands, outputs, strict=True):
                 if output and " addr " not in command:
@@ -185,14 +197,26 @@ class DataPlane:
                 self._addresses[address] = None
 
     def record(self, line: str) -> None:
-        """One access-log line: ``<tag> <backend> <http status> <grpc-status> <µs>``."""
+        """One log line: a fast-path call (``<tag> <backend> <http status> <grpc-status> <µs>
+        <retries>``) or an event such as ``Server rr_0/s2 is DOWN, reason: ...``."""
         parts = line.split()
-        if len(parts) != 5 or parts[0] != LOG_TAG:
+        if len(parts) >= 4 and parts[0] == "Server" and parts[2:4] == ["is", "DOWN,"]:
+            backend, _, server = parts[1].partition("/")
+            address = self.programmer.address_of(backend, server)
+            for name, resolved in list(self._addresses.items()):
+                if address is not None and resolved == address:
+                    log.warning("haproxy marked backend %s down (%s)", name, line)
+                    self.on_backend_down(name)
             return
-        _, backend, status, grpc_status, micros = parts
+        if len(parts) != 6 or parts[0] != LOG_TAG:
+            return
+        _, backend, status, grpc_status, micros, retries = parts
+        self._logged += 1
         route = self.programmer.route_of(backend)
         if route is None:
             return
+        if retries.strip("+") not in ("", "0"):
+            self.metrics.retries.labels(route.model).inc()
         if grpc_status.isdigit():
             code = _GRPC_CODES.get(grpc_status, "UNKNOWN")
         else:
@@ -201,6 +225,24 @@ class DataPlane:
         self.metrics.requests.labels(route.model, str(route.version), surface, code).inc()
         if micros.lstrip("-").isdigit():
             self.metrics.latency.labels("total", route.model, surface).observe(int(micros) / 1e6)
+
+    async def settle(self) -> None:
+        """Wait until every fast-path call HAProxy has counted is in the gateway's metrics
+        (its access log arrives a moment after the caller has its answer)."""
+        deadline = asyncio.get_running_loop().time() + _SETTLE_S
+        while True:
+            try:
+                (stats,) = await self.api.execute(["show stat -1 2 -1"])
+            except RuntimeApiError:
+                return  # NOTE: restarting; its counters start again from zero
+            header, *rows = stats.splitlines()
+            column = header.lstrip("# ").split(",").index("stot")
+            counted = sum(
+                int(row.split(",")[column]) for row in rows if row.split(",")[0] != PYTHON_BACKEND
+            )
+            if counted <= self._logged or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         """Drain: HAProxy stops listening and finishes the calls in flight."""

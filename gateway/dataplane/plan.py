@@ -4,10 +4,9 @@ table to the next. Nothing here talks to HAProxy or ZooKeeper.
 A model version is served by HAProxy alone when the gateway would add nothing to the call:
 no plugin, online, a policy HAProxy balances the same way (round_robin, least_request), and
 every ready instance speaking one protocol (the caller's: the map key carries the protocol, so
-a KServe call never reaches a TF-Serving instance on the fast path). Calls naming no version
-take the fast path only when the version the backend picks itself (its newest) is the one
-the gateway would pick (the newest known version, no traffic split). Everything else, and
-anything HAProxy cannot read exactly (see route.lua), goes to the Python gateway.
+a KServe call never reaches a TF-Serving instance on the fast path). The fast path serves
+calls naming a version; everything else, and anything HAProxy cannot read exactly (see
+route.lua), goes to the Python gateway.
 """
 
 from __future__ import annotations
@@ -40,17 +39,15 @@ class FastRoute:
     version: int
     pool: str
     servers: tuple[Address, ...]
-    #: Also serves calls that name no version.
-    newest: bool
 
     @property
     def id(self) -> RouteId:
         return (self.protocol, self.model, self.version)
 
-    def keys(self) -> list[str]:
-        """Route-map keys, as route.lua builds them from a request."""
-        base = f"{_PREFIX[self.protocol]}:{self.model}/"
-        return [base + str(self.version)] + ([base] if self.newest else [])
+    @property
+    def key(self) -> str:
+        """Route-map key, as route.lua builds it from a request."""
+        return f"{_PREFIX[self.protocol]}:{self.model}/{self.version}"
 
 
 def fast_routes(
@@ -71,9 +68,6 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
     pool = POOLS.get(record.policy)
     if pool is None:
         return []
-    weights = entry.weights()
-    newest = max(entry.versions, default=None)
-    unsplit = list(weights) == [newest]
     out = []
     for version, ventry in entry.versions.items():
         protocols = {i.protocol for i in ventry.instances}
@@ -92,7 +86,6 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
                 version,
                 pool[0],
                 tuple(sorted(set(servers))),
-                newest=unsplit and version == newest,
             )
         )
     return out
@@ -128,6 +121,14 @@ class Programmer:
     def route_of(self, backend: str) -> FastRoute | None:
         """The route a slot backend serves now (for metrics)."""
         return self._by_backend.get(backend)
+
+    def address_of(self, backend: str, server: str) -> Address | None:
+        """The instance a slot server points at now."""
+        route = self._by_backend.get(backend)
+        slot = None if route is None else self._slots.get(route.id)
+        if slot is None:
+            return None
+        return next((a for a, n in slot.servers.items() if f"s{n}" == server), None)
 
     def plan(self, routes: Mapping[RouteId, FastRoute]) -> list[str]:
         ready: list[str] = []
@@ -170,9 +171,7 @@ class Programmer:
                     self._server(slot, n, "state ready"),
                     self._server(slot, n, "health up"),
                 ]
-        wanted_map = {
-            key: slot.backend for slot in self._slots.values() for key in slot.route.keys()
-        }
+        wanted_map = {slot.route.key: slot.backend for slot in self._slots.values()}
         changes = []
         for key, backend in wanted_map.items():
             was = self._map.get(key)

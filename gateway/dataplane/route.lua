@@ -1,15 +1,19 @@
--- modelgate fast-path key: HAProxy converter `lua.modelgate_key(<kind>,<max bytes>)` on req.body.
+-- modelgate fast-path key: HAProxy sample fetch `lua.modelgate_key(<kind>,<max bytes>)`.
+-- NOTE: a fetch reading txn.f:req_body(), not a converter on req.body: 2.6 hands converters
+-- the body as a C string, cut at its first NUL byte (the gRPC frame starts with one).
 --
--- Returns "k:<model>/<version>" (KServe v2) or "t:<model>/<version>" (TF-Serving), with an
--- empty version when the caller named none, or nothing when the call must go to the Python
--- gateway: the gRPC message is not entirely in the buffer, is compressed, is over the size
--- limit, does not parse, names a label, or repeats a routing field (protobuf keeps the last
--- duplicate, HAProxy's own protobuf() converter the first: such a call could run a model other
--- than the one it was routed to, so it is never fast-pathed).
+-- Returns "k:<model>/<version>" (KServe v2) or "t:<model>/<version>" (TF-Serving), or nothing
+-- when the call must go to the Python gateway: the gRPC message is not entirely in the
+-- buffer, is compressed, is over the size limit, does not parse, names no version or a label,
+-- or repeats a routing field (protobuf keeps the last duplicate, HAProxy's own protobuf()
+-- converter the first: such a call could run a model other than the one it was routed to, so
+-- it is never fast-pathed).
+--
+-- NOTE: a call naming no version goes to Python, which pins the version it resolves: the
+-- backend's own choice (its newest loaded version) may be one the gateway does not route.
 --
 -- <kind>: "ki" KServe ModelInfer, "km" other KServe model calls, "ti" TF-Serving
--- Predict/Classify/Regress, "tm" GetModelMetadata. Metadata-type calls without a version go
--- to Python, which answers for the version it resolves.
+-- Predict/Classify/Regress, "tm" GetModelMetadata.
 
 local function varint(s, i, last)
   local value, shift = 0, 0
@@ -130,7 +134,8 @@ local function tfserving(s, first, last)
   return name, version or ""
 end
 
-core.register_converters("modelgate_key", function(body, kind, max_bytes)
+core.register_fetches("modelgate_key", function(txn, kind, max_bytes)
+  local body = txn.f:req_body()
   -- gRPC frame: 1 byte compressed flag, 4 bytes big-endian length, then the message
   if body == nil or #body < 5 or body:byte(1) ~= 0 then
     return nil
@@ -147,10 +152,7 @@ core.register_converters("modelgate_key", function(body, kind, max_bytes)
   else
     name, version = tfserving(body, 6, #body)
   end
-  if name == nil or name == "" then
-    return nil
-  end
-  if version == "" and kind:sub(2, 2) == "m" then
+  if name == nil or name == "" or version == nil or version == "" then
     return nil
   end
   return prefix .. ":" .. name .. "/" .. version

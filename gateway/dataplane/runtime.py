@@ -37,7 +37,7 @@ class RuntimeApi:
             raise RuntimeApiError(f"HAProxy Runtime API {self.socket_path}: {err!r}") from err
 
     async def _execute(self, commands: Sequence[str]) -> list[str]:
-        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=1 << 24)
         try:
             writer.write(b"prompt\n" + "".join(f"{c}\n" for c in commands).encode())
             await writer.drain()

@@ -40,16 +40,18 @@ class Supervisor:
         api: RuntimeApi,
         *,
         pass_fds: Sequence[int],
+        on_exit: Callable[[], None],
         on_restart: Callable[[], Awaitable[None]],
-        count_restart: Callable[[], None],
         ready_timeout: float = 10.0,
     ) -> None:
         self.binary = binary
         self.config = config
         self.api = api
         self.pass_fds = tuple(pass_fds)
+        #: Called when HAProxy exited on its own (it is about to be restarted).
+        self.on_exit = on_exit
+        #: Called once a restarted HAProxy answers on its Runtime API.
         self.on_restart = on_restart
-        self.count_restart = count_restart
         self.ready_timeout = ready_timeout
         self.state = State.LATENT
         self.process: asyncio.subprocess.Process | None = None
@@ -107,7 +109,7 @@ class Supervisor:
             if self.state is not State.RUNNING:
                 return
             self._kill_group(signal.SIGKILL)  # NOTE: workers the master left behind
-            self.count_restart()
+            self.on_exit()
             log.warning("haproxy exited with code %s; restarting in %.1fs", code, delay)
             await asyncio.sleep(delay)
             if self.state is not State.RUNNING:
@@ -157,5 +159,5 @@ async def _relay(stream: asyncio.StreamReader) -> None:
     """HAProxy's own messages (alerts, warnings) into the gateway's log."""
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip()
-        level = logging.WARNING if "[ALERT]" in text or "[WARNING]" in text else logging.INFO
+        level = logging.WARNING if "[ALERT]" in text else logging.DEBUG
         log.log(level, "%s", text)
