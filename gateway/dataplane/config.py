@@ -131,7 +131,6 @@ global
 defaults
     mode http
     log global
-    option http-buffer-request
     timeout connect 1s
     timeout http-request 30s
     # NOTE: callers' deadlines bound calls (grpc-timeout reaches the backend unchanged)
@@ -147,6 +146,8 @@ frontend public
     capture response header grpc-status len 4
     log-format "{LOG_TAG} %b %ST %[capture.res.hdr(0)] %[date(0,us),sub(txn.start)] %rc"
 {acls}
+    # NOTE: only unary calls the fast path may take wait for their body (streams must not)
+    http-request wait-for-body time 30s if {" || ".join(METHODS)}
 {keys}
     http-request set-var(txn.backend) var(txn.key),map({layout.route_map}) \
         if {{ var(txn.key) -m found }}
