@@ -13,11 +13,12 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from gateway.dataplane.config import LOG_TAG, PYTHON_BACKEND, Layout, Listener, render
-from gateway.dataplane.plan import SURFACES, Address, Programmer, fast_routes
+from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fast_routes
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
 from gateway.metrics import GatewayMetrics
@@ -76,6 +77,7 @@ class DataPlane:
         self._log: asyncio.DatagramTransport | None = None
         self._public: socket.socket | None = None
         self._logged = 0
+        self._children: dict[tuple[str, str], tuple[FastRoute, Any, Any]] = {}
         self.applied = asyncio.Event()
 
     async def start(self, host: str, port: int, python_port: int) -> int:
@@ -217,14 +219,20 @@ class DataPlane:
             return
         if retries.strip("+") not in ("", "0"):
             self.metrics.retries.labels(route.model).inc()
-        if grpc_status.isdigit():
-            code = _GRPC_CODES.get(grpc_status, "UNKNOWN")
-        else:
-            code = _HTTP_CODES.get(status, "UNKNOWN")
-        surface = SURFACES[route.protocol]
-        self.metrics.requests.labels(route.model, str(route.version), surface, code).inc()
-        if micros.lstrip("-").isdigit():
-            self.metrics.latency.labels("total", route.model, surface).observe(int(micros) / 1e6)
+        code = _GRPC_CODES.get(grpc_status) or _HTTP_CODES.get(status, "UNKNOWN")
+        key = (backend, code)
+        children = self._children.get(key)
+        if children is None or children[0] is not route:
+            # NOTE: labels() takes a lock and a dict lookup per metric per call otherwise
+            surface = SURFACES[route.protocol]
+            children = self._children[key] = (
+                route,
+                self.metrics.requests.labels(route.model, str(route.version), surface, code),
+                self.metrics.latency.labels("total", route.model, surface),
+            )
+        children[1].inc()
+        if micros.isdigit():
+            children[2].observe(int(micros) / 1e6)
 
     async def settle(self) -> None:
         """Wait until every fast-path call HAProxy has counted is in the gateway's metrics
