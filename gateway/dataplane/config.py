@@ -27,6 +27,8 @@ POOLS: dict[RoutingPolicy, tuple[str, str]] = {
 
 #: First word of every access-log line (only fast-path calls are logged).
 LOG_TAG = "modelgate-fastpath"
+#: HAProxy ring buffer holding the log lines.
+LOG_RING = "modelgate_log"
 
 #: gRPC methods the fast path serves, by kind (see route.lua).
 METHODS = {
@@ -67,10 +69,6 @@ class Layout:
     @property
     def admin_socket(self) -> Path:
         return self.run_dir / "admin.sock"
-
-    @property
-    def log_socket(self) -> Path:
-        return self.run_dir / "log.sock"
 
     @property
     def route_map(self) -> Path:
@@ -120,13 +118,20 @@ def render(
 # time through the Runtime API ({layout.admin_socket}).
 global
     stats socket {layout.admin_socket} mode 600 level admin
-    stats timeout 2m
+    # NOTE: the gateway follows the log ring on one long-lived connection (show events -w)
+    stats timeout 1d
     nbthread {threads}
     lua-load {LUA}
     # NOTE: the fast path needs the whole gRPC message in the buffer (route.lua); larger
     # requests go to the Python gateway, which streams them.
     tune.bufsize 65536
-    log {layout.log_socket} len 512 format raw local0
+    log ring@{LOG_RING} local0
+
+# One line per fast-path call (and server state changes), read by the gateway in batches.
+ring {LOG_RING}
+    format raw
+    maxlen 512
+    size 4194304
 
 defaults
     mode http

@@ -1,6 +1,7 @@
 """The gateway as HAProxy's control plane: writes its base configuration, supervises it,
 turns each routing table into Runtime API commands, and counts the fast-path calls from its
-access log (one datagram per call on a Unix socket) in the gateway's own metrics."""
+access log (a ring buffer followed over the Runtime API, read in batches) in the gateway's
+own metrics."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from gateway.dataplane.config import LOG_TAG, PYTHON_BACKEND, Layout, Listener, render
+from gateway.dataplane.config import LOG_RING, LOG_TAG, PYTHON_BACKEND, Layout, Listener, render
 from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fast_routes
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
@@ -74,7 +75,9 @@ class DataPlane:
         self._reset = False
         self._addresses: dict[str, Address | None] = {}
         self._applier: asyncio.Task[None] | None = None
-        self._log: asyncio.DatagramTransport | None = None
+        self._log: asyncio.Task[None] | None = None
+        #: The log ring was re-created (HAProxy started): read it from its beginning.
+        self._fresh_ring = True
         self._public: socket.socket | None = None
         self._logged = 0
         self._children: dict[tuple[str, str], tuple[FastRoute, Any, Any]] = {}
@@ -93,15 +96,10 @@ class DataPlane:
                 f"haproxy binary {self.binary!r} not found: install it (Debian: apt-get install "
                 "-y haproxy) or run the gateway with --dataplane python"
             )
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._public = public = socket.create_server((host, port), family=family, backlog=1024)
         public.set_inheritable(True)
         await asyncio.to_thread(self._write_files, public.fileno(), python_port)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _AccessLog(self), local_addr=str(self.layout.log_socket), family=socket.AF_UNIX
-        )
-        self._log = transport
         self.supervisor = Supervisor(
             self.binary,
             self.layout.config,
@@ -113,12 +111,12 @@ class DataPlane:
         await self.supervisor.start()
         self.state = State.RUNNING
         self._applier = asyncio.create_task(self._apply_loop(), name="haproxy-programmer")
+        self._log = asyncio.create_task(self._follow_log(), name="haproxy-log")
         self._dirty.set()
         return int(public.getsockname()[1])
 
     def _write_files(self, fd: int, python_port: int) -> None:
         self.layout.run_dir.mkdir(parents=True, exist_ok=True)
-        self.layout.log_socket.unlink(missing_ok=True)
         self.layout.route_map.write_text("")
         listener = Listener(fd)
         if self.tls is not None:
@@ -142,6 +140,7 @@ class DataPlane:
         self.applied.clear()
         self._reset = True  # NOTE: the next HAProxy starts from the base configuration
         self._logged = 0
+        self._fresh_ring = True
 
     async def _on_restart(self) -> None:
         self._dirty.set()
@@ -197,6 +196,31 @@ class DataPlane:
             except (OSError, ValueError) as err:
                 log.warning("cannot resolve backend %s (%s): not on the fast path", address, err)
                 self._addresses[address] = None
+
+    async def _follow_log(self) -> None:
+        """Read HAProxy's log ring as it fills (``show events <ring> -w``), line by line."""
+        while self.state is State.RUNNING:
+            # NOTE: a fresh ring is read whole; after a dropped connection only new lines
+            command = f"show events {LOG_RING} {'-w' if self._fresh_ring else '-wn'}\n"
+            try:
+                reader, writer = await asyncio.open_unix_connection(
+                    str(self.layout.admin_socket), limit=1 << 20
+                )
+            except OSError:
+                await asyncio.sleep(0.05)  # HAProxy is restarting
+                continue
+            try:
+                writer.write(command.encode())
+                await writer.drain()
+                self._fresh_ring = False
+                while line := await reader.readline():
+                    self.record(line.decode(errors="replace"))
+            except OSError as err:
+                log.debug("haproxy log ring connection lost: %s", err)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
     def record(self, line: str) -> None:
         """One log line: a fast-path call (``<tag> <backend> <http status> <grpc-status> <µs>
@@ -265,16 +289,10 @@ class DataPlane:
         if self.supervisor is not None:
             await self.supervisor.stop(self.grace_seconds)
         if self._log is not None:
-            self._log.close()
+            self._log.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log
         if self._own_dir:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.layout.run_dir)
         self.state = State.CLOSED
-
-
-class _AccessLog(asyncio.DatagramProtocol):
-    def __init__(self, dataplane: DataPlane) -> None:
-        self.dataplane = dataplane
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.dataplane.record(data.decode(errors="replace"))
