@@ -213,8 +213,12 @@ class DataPlane:
                 writer.write(command.encode())
                 await writer.drain()
                 self._fresh_ring = False
-                while line := await reader.readline():
-                    self.record(line.decode(errors="replace"))
+                pending = b""
+                while chunk := await reader.read(1 << 16):
+                    # NOTE: whatever arrived since the last wake-up, not one line per wake-up
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        self.record(line.decode(errors="replace"))
             except OSError as err:
                 log.debug("haproxy log ring connection lost: %s", err)
             finally:
