@@ -18,7 +18,15 @@ from typing import Any
 
 import grpc
 
-from gateway.dataplane.config import LOG_RING, LOG_TAG, PYTHON_BACKEND, Layout, Listener, render
+from gateway.dataplane.config import (
+    LOG_RING,
+    LOG_TAG,
+    LUA,
+    PYTHON_BACKEND,
+    Layout,
+    Listener,
+    render,
+)
 from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fast_routes
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
@@ -96,6 +104,8 @@ class DataPlane:
                 f"haproxy binary {self.binary!r} not found: install it (Debian: apt-get install "
                 "-y haproxy) or run the gateway with --dataplane python"
             )
+        if not LUA.is_file():  # NOTE: package data; an install without it cannot route
+            raise DataPlaneError(f"{LUA} is missing from the installed gateway package")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._public = public = socket.create_server((host, port), family=family, backlog=1024)
         public.set_inheritable(True)
@@ -290,12 +300,14 @@ class DataPlane:
             await self._applier
         if self._public is not None:
             self._public.close()  # NOTE: HAProxy's copy closes as it soft-stops
-        if self.supervisor is not None:
-            await self.supervisor.stop(self.grace_seconds)
         if self._log is not None:
+            # NOTE: an open Runtime API session would hold the soft stop for the whole grace
+            # period; calls that finish while draining are not counted
             self._log.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._log
+        if self.supervisor is not None:
+            await self.supervisor.stop(self.grace_seconds)
         if self._own_dir:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.layout.run_dir)
