@@ -12,6 +12,7 @@ import logging
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ class DataPlane:
         #: Told the "host:port" of an instance HAProxy found dead (the router ejects it too).
         self.on_backend_down = on_backend_down
         self._own_dir = layout is None
-        self.layout = layout or Layout(Path(tempfile.mkdtemp(prefix="modelgate-haproxy-")))
+        # NOTE: created by start(), removed by stop(): a gateway that never starts leaves nothing
+        private = Path(tempfile.gettempdir()) / f"modelgate-haproxy-{uuid.uuid4().hex[:12]}"
+        self.layout = layout or Layout(private)
         self.api = RuntimeApi(self.layout.admin_socket)
         self.programmer = Programmer(
             str(self.layout.route_map), self.layout.slots, self.layout.servers
@@ -118,7 +121,12 @@ class DataPlane:
             on_exit=self._on_exit,
             on_restart=self._on_restart,
         )
-        await self.supervisor.start()
+        try:
+            await self.supervisor.start()
+        except DataPlaneError:
+            public.close()
+            await asyncio.to_thread(self._remove_files)
+            raise
         self.state = State.RUNNING
         self._applier = asyncio.create_task(self._apply_loop(), name="haproxy-programmer")
         self._log = asyncio.create_task(self._follow_log(), name="haproxy-log")
@@ -126,7 +134,7 @@ class DataPlane:
         return int(public.getsockname()[1])
 
     def _write_files(self, fd: int, python_port: int) -> None:
-        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.layout.route_map.write_text("")
         listener = Listener(fd)
         if self.tls is not None:
@@ -308,7 +316,9 @@ class DataPlane:
                 await self._log
         if self.supervisor is not None:
             await self.supervisor.stop(self.grace_seconds)
-        if self._own_dir:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self.layout.run_dir)
+        await asyncio.to_thread(self._remove_files)
         self.state = State.CLOSED
+
+    def _remove_files(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self.layout.run_dir, ignore_errors=True)
