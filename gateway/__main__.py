@@ -22,7 +22,7 @@ FLAGS = (
     "max_attempts", "eject_after", "eject_seconds", "grace_seconds", "tls_cert", "tls_key",
     "tls_client_ca", "gateway_id", "advertise_address", "zk_connect_timeout", "plugin_dir",
     "blob_token", "plugin_threads", "plugin_processes", "log_level",
-    "dataplane", "haproxy_bin", "internal_port",
+    "dataplane", "haproxy_bin", "internal_port", "haproxy_dir",
 )  # fmt: skip
 
 

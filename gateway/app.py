@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 
 from gateway.backends.channels import ChannelPool
 from gateway.backends.rest import RestBackend
+from gateway.dataplane.config import Layout
 from gateway.dataplane.controller import DataPlane
 from gateway.httpserver import MetricsServer
 from gateway.metrics import GatewayMetrics
@@ -76,6 +77,7 @@ class GatewayApp:
                 else None,
                 client_ca=settings.tls_client_ca,
                 on_backend_down=self.router.eject,
+                layout=Layout(settings.haproxy_dir) if settings.haproxy_dir else None,
             )
             if settings.dataplane == "haproxy"
             else None

@@ -77,6 +77,9 @@ class GatewaySettings(BaseSettings):
     ``python``: the Python gateway serves the gRPC port alone."""
     internal_port: int = Field(default=0, ge=0, le=65535)
     """Loopback port of the Python gateway behind HAProxy (0 picks a free one)."""
+    haproxy_dir: Path | None = None
+    """Directory of HAProxy's configuration, admin socket and route map (default: a private
+    temporary directory, removed on stop)."""
 
     def node_id(self, port: int) -> str:
         return self.gateway_id or f"{socket.gethostname()}:{port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import logging
 import os
@@ -16,6 +17,8 @@ from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from registry.errors import ModelgateError
 
 log = logging.getLogger("gateway.dataplane.haproxy")
+
+_PR_SET_PDEATHSIG = 1
 
 #: Restart delay after a crash, doubled per consecutive failed start, capped.
 _BACKOFF_S = (0.1, 5.0)
@@ -75,6 +78,7 @@ class Supervisor:
             self.binary, "-W", "-db", "-f", str(self.config),
             pass_fds=self.pass_fds,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -153,6 +157,13 @@ class Supervisor:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the gateway dies, even by SIGKILL (Linux prctl), so that no
+    orphan HAProxy keeps the public port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _relay(stream: asyncio.StreamReader) -> None:
