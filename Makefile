@@ -15,13 +15,22 @@ UP_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, Java/Node client tools (idempotent)
+setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools (idempotent)
 	@if [ ! -f /usr/share/java/zookeeper.jar ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's zookeeper package"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
 	  else \
 	    echo "ZooKeeper is missing; install it with: sudo apt-get update && sudo apt-get install -y zookeeper"; \
+	    exit 1; \
+	  fi; \
+	fi
+	@if ! command -v haproxy >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's haproxy package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	  else \
+	    echo "HAProxy is missing; install it with: sudo apt-get update && sudo apt-get install -y haproxy"; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -16,6 +16,8 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 from gateway.backends import tfserving, triton
 from gateway.backends.kinds import Backends
 from gateway.backends.rest import ServiceProber
+from gateway.dataplane.config import Layout
+from gateway.dataplane.controller import DataPlane
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
@@ -71,6 +73,23 @@ class GatewayApp:
             settings.host, settings.metrics_port, self.metrics.registry, self._healthz
         )
         self.watcher: TableWatcher | None = None
+        #: HAProxy in front (``--dataplane haproxy``); None when Python serves the port alone.
+        self.dataplane = (
+            DataPlane(
+                self.metrics,
+                binary=settings.haproxy_bin,
+                max_message_bytes=settings.max_message_bytes,
+                grace_seconds=settings.grace_s,
+                tls=(settings.tls_cert, settings.tls_key)
+                if settings.tls_cert and settings.tls_key
+                else None,
+                client_ca=settings.tls_client_ca,
+                on_backend_down=self.router.eject,
+                layout=Layout(settings.haproxy_dir) if settings.haproxy_dir else None,
+            )
+            if settings.dataplane == "haproxy"
+            else None
+        )
         self.plugins: PluginHost | None = None
         self.node: EphemeralNode | None = None
         self.port = 0
@@ -134,12 +153,18 @@ class GatewayApp:
             self.server,
         )
         address = f"{s.host}:{s.port}"
-        if s.tls_cert and s.tls_key:
+        if self.dataplane is not None:
+            # NOTE: HAProxy takes the public port (and TLS); Python serves it on loopback
+            address = f"127.0.0.1:{s.internal_port}"
+            self.port = self.server.add_insecure_port(address)
+        elif s.tls_cert and s.tls_key:
             creds = await asyncio.to_thread(_credentials, s)
             self.port = self.server.add_secure_port(address, creds)
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.dataplane is not None:
+            self.port = await self.dataplane.start(s.host, s.port, self.port)
         self.metrics_port = await self.http.start()
         await self.health.set("", SERVING)
         record = GatewayRecord(
@@ -170,6 +195,8 @@ class GatewayApp:
             return
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        if self.dataplane is not None:
+            await self.dataplane.stop()
         if self.server is not None:
             await self.server.stop(self.settings.grace_s)
         if self.node is not None:
@@ -197,6 +224,8 @@ class GatewayApp:
     def _on_table(self, table: RoutingTable) -> None:
         self.configured = table
         self.prober.sync(table.services)
+        if self.dataplane is not None:
+            self.dataplane.on_table(table)
         self._publish_table()
         if self.plugins is not None:
             self.plugins.sync(table.models)

@@ -93,3 +93,8 @@ class GatewayMetrics:
             "Routing tables built from ZooKeeper and swapped in.",
             registry=registry,
         )
+        self.dataplane_restarts = Counter(
+            "modelgate_gateway_dataplane_restarts",
+            "Times the gateway restarted HAProxy (its data plane) after it exited.",
+            registry=registry,
+        )

@@ -252,6 +252,13 @@ class Router:
             f"answered after {len(tried)} attempt(s){detail}"
         )
 
+    def eject(self, address: str) -> None:
+        """Eject ``address`` now: it was found dead elsewhere (HAProxy, on the fast path)."""
+        state = self._state(address)
+        if state.ejected_until <= self.clock():
+            state.failures = self.eject_after - 1
+            self._failed(address, state)
+
     def _failed(self, address: str, state: AddressState) -> None:
         state.failures += 1
         if state.failures >= self.eject_after and state.ejected_until <= self.clock():

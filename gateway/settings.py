@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +67,19 @@ class GatewaySettings(BaseSettings):
     """Python logging level of the gateway's loggers."""
     log_json: bool = False
     """Log JSON lines (with model, version and request id of the call) instead of text."""
+    haproxy_bin: str = "haproxy"
+    """HAProxy executable of the ``haproxy`` data plane (a name on PATH or a path)."""
+    dataplane: Literal["haproxy", "python"] = Field(
+        default_factory=lambda data: "haproxy" if shutil.which(data["haproxy_bin"]) else "python"
+    )
+    """``haproxy``: HAProxy on the gRPC port routes passthrough calls itself and hands the
+    rest to the Python gateway on ``internal_port`` (default when haproxy is installed);
+    ``python``: the Python gateway serves the gRPC port alone."""
+    internal_port: int = Field(default=0, ge=0, le=65535)
+    """Loopback port of the Python gateway behind HAProxy (0 picks a free one)."""
+    haproxy_dir: Path | None = None
+    """Directory of HAProxy's configuration, admin socket and route map (default: a private
+    temporary directory, removed on stop)."""
     ready_file: Path | None = None
     """Write a JSON file with the pid and bound ports here once serving (for supervisors and
     tests)."""

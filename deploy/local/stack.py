@@ -321,6 +321,8 @@ class LocalStack:
         env = {
             "MODELGATE_GATEWAY_BLOB_TOKEN": self.internal_token,
             "MODELGATE_GATEWAY_PLUGIN_DIR": str(self.run_dir / "gateway" / "plugins"),
+            # HAProxy (the data plane) keeps its files in the run dir, so they name it too
+            "MODELGATE_GATEWAY_HAPROXY_DIR": str(self.run_dir / "gateway" / "haproxy"),
         }
         return self._spawn("gateway", "gateway", args, env)
 

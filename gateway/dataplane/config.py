@@ -1,0 +1,183 @@
+"""HAProxy's base configuration: written once per start, never edited while it runs.
+
+Everything that changes with the routing table lives in what this file pre-declares and the
+Runtime API changes: the route map (``<fast-path key> -> <slot backend>``) and the servers of
+the slot backends (``server-template`` slots, all in maintenance at start). HAProxy 2.6
+cannot add a backend at run time, so slots are declared up front, one pool per balance
+algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.records import RoutingPolicy
+
+LUA = Path(__file__).with_name("route.lua")
+
+#: Backend receiving every call the fast path does not take: the Python gateway.
+PYTHON_BACKEND = "python"
+
+#: Slot pool per routing policy that the fast path serves (sticky goes to Python).
+POOLS: dict[RoutingPolicy, tuple[str, str]] = {
+    "round_robin": ("rr", "roundrobin"),
+    "least_request": ("lc", "leastconn"),
+}
+
+#: First word of every access-log line (only fast-path calls are logged).
+LOG_TAG = "modelgate-fastpath"
+#: HAProxy ring buffer holding the log lines.
+LOG_RING = "modelgate_log"
+
+#: gRPC methods the fast path serves, by kind (see route.lua).
+METHODS = {
+    "ki": ("/inference.GRPCInferenceService/ModelInfer",),
+    "km": (
+        "/inference.GRPCInferenceService/ModelMetadata",
+        "/inference.GRPCInferenceService/ModelConfig",
+        "/inference.GRPCInferenceService/ModelReady",
+        "/inference.GRPCInferenceService/ModelStatistics",
+    ),
+    "ti": (
+        "/tensorflow.serving.PredictionService/Predict",
+        "/tensorflow.serving.PredictionService/Classify",
+        "/tensorflow.serving.PredictionService/Regress",
+    ),
+    "tm": ("/tensorflow.serving.PredictionService/GetModelMetadata",),
+}
+
+
+def slot_name(pool: str, index: int) -> str:
+    return f"{pool}_{index}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where HAProxy's files live and how many slots it pre-declares."""
+
+    run_dir: Path
+    #: Slot backends per pool (models served on the fast path at once, per policy).
+    slots: int = 64
+    #: Servers per slot backend (ready instances of one model version).
+    servers: int = 16
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / "haproxy.cfg"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.run_dir / "admin.sock"
+
+    @property
+    def route_map(self) -> Path:
+        return self.run_dir / "routes.map"
+
+    @property
+    def tls_pem(self) -> Path:
+        return self.run_dir / "public.pem"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The public port, as a listening socket the gateway opened and HAProxy inherits."""
+
+    fd: int
+    #: Combined certificate chain + key (PEM) when the port serves TLS.
+    tls_pem: Path | None = None
+    #: CA bundle that client certificates must be signed by (mTLS).
+    client_ca: Path | None = None
+
+
+def render(
+    layout: Layout,
+    listener: Listener,
+    python_port: int,
+    *,
+    max_message_bytes: int,
+    threads: int = 1,
+) -> str:
+    """The complete configuration text."""
+    bind = f"bind fd@{listener.fd}"
+    if listener.tls_pem is not None:
+        bind += f" ssl crt {listener.tls_pem} alpn h2"
+        if listener.client_ca is not None:
+            bind += f" ca-file {listener.client_ca} verify required"
+    else:
+        bind += " proto h2"
+    acls = "\n".join(f"    acl {kind} path {' '.join(paths)}" for kind, paths in METHODS.items())
+    keys = "\n".join(
+        f"    http-request set-var(txn.key) lua.modelgate_key({kind},{max_message_bytes}) if {kind}"
+        for kind in METHODS
+    )
+    python = f"127.0.0.1:{python_port}"
+    out = [
+        f"""\
+# Written by the modelgate gateway at start; slots and the route map are changed at run
+# time through the Runtime API ({layout.admin_socket}).
+global
+    stats socket {layout.admin_socket} mode 600 level admin
+    # NOTE: the gateway follows the log ring on one long-lived connection (show events -w)
+    stats timeout 1d
+    nbthread {threads}
+    lua-load {LUA}
+    # NOTE: the fast path needs the whole gRPC message in the buffer (route.lua); larger
+    # requests go to the Python gateway, which streams them.
+    tune.bufsize 65536
+    log ring@{LOG_RING} local0
+
+# One line per fast-path call (and server state changes), read by the gateway in batches.
+ring {LOG_RING}
+    format raw
+    maxlen 512
+    size 4194304
+
+defaults
+    mode http
+    log global
+    timeout connect 1s
+    timeout http-request 30s
+    # NOTE: callers' deadlines bound calls (grpc-timeout reaches the backend unchanged)
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    retries 2
+    retry-on conn-failure empty-response
+    option redispatch 1
+
+frontend public
+    {bind}
+    capture response header grpc-status len 4
+    log-format "{LOG_TAG} %b %ST %[capture.res.hdr(0)] %[date(0,us),sub(txn.start)] %rc"
+{acls}
+    # NOTE: only unary calls the fast path may take wait for their body (streams must not)
+    http-request wait-for-body time 30s if {" || ".join(METHODS)}
+{keys}
+    http-request set-var(txn.backend) var(txn.key),map({layout.route_map}) \
+        if {{ var(txn.key) -m found }}
+    http-request set-log-level silent unless {{ var(txn.backend) -m found }}
+    http-request set-var(txn.start) date(0,us)
+    use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
+    default_backend {PYTHON_BACKEND}
+
+backend {PYTHON_BACKEND}
+    server gateway {python} proto h2
+"""
+    ]
+    for pool, algorithm in POOLS.values():
+        for index in range(layout.slots):
+            out.append(
+                f"""
+backend {slot_name(pool, index)}
+    balance {algorithm}
+    http-request del-header authorization
+    # NOTE: one failed connection marks an instance down at once; checks bring it back
+    default-server proto h2 check inter 500 fall 2 rise 1
+    default-server observe layer4 error-limit 1 on-error mark-down
+    server-template s 1-{layout.servers} 127.0.0.1:1 disabled
+    # NOTE: when every instance is down, the Python gateway answers (and retries them)
+    server gateway {python} backup no-check
+"""
+            )
+    return "".join(out)

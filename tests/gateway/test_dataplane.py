@@ -1,0 +1,372 @@
+"""The HAProxy data plane with real HAProxy, ZooKeeper, Triton and the TF-Serving double:
+live programming, failover, restarts, duplicate routing fields, large messages, error texts
+and metrics of fast-path calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2 as kserve
+from tritonclient.utils import InferenceServerException
+
+from examples.models import write_add_one
+from gateway.dataplane.config import PYTHON_BACKEND
+from protos.tfs.tensorflow_serving.apis import predict_pb2
+from registry import layout
+from tests.gateway.conftest import (
+    ADD_ONE,
+    DOUBLE_MODEL,
+    RunningGateway,
+    inference_count,
+    load_add_one,
+    put_model,
+    put_route,
+    put_version,
+)
+from tests.servers.zk import wait_for
+from worker_agent.tritonserver import TritonServer
+
+HAPROXY_ONLY = pytest.mark.parametrize("dataplane", ["haproxy"])
+KSERVE_INFER = "/inference.GRPCInferenceService/ModelInfer"
+TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def sessions(gw: RunningGateway) -> dict[str, int]:
+    """Calls HAProxy sent to each backend (slot backends and the Python gateway)."""
+    assert gw.app.dataplane is not None
+    (stats,) = gw.run(gw.app.dataplane.api.execute(["show stat -1 2 -1"]))
+    header, *rows = stats.splitlines()
+    column = header.lstrip("# ").split(",").index("stot")
+    return {row.split(",")[0]: int(row.split(",")[column]) for row in rows}
+
+
+def fast_path_calls(gw: RunningGateway) -> int:
+    return sum(n for backend, n in sessions(gw).items() if backend != PYTHON_BACKEND)
+
+
+def programmed(gw: RunningGateway) -> None:
+    """Wait until HAProxy has the gateway's current routing table."""
+    assert gw.app.dataplane is not None
+    gw.run(gw.app.dataplane.applied.wait())
+
+
+def infer(client: triton_grpc.InferenceServerClient, model: str = ADD_ONE, n: int = 1) -> float:
+    x = triton_grpc.InferInput("INPUT0", [n], "FP32")
+    x.set_data_from_numpy(np.zeros(n, dtype=np.float32))
+    result = client.infer(model, [x], model_version="1", client_timeout=20)
+    return float(result.as_numpy("OUTPUT0")[0])
+
+
+@pytest.fixture
+def spare_triton(tmp_path):
+    server = TritonServer(tmp_path / "models", tmp_path)
+    server.start()
+    load_add_one(server)
+    yield server
+    server.stop()
+
+
+@HAPROXY_ONLY
+def test_route_added_and_removed_reaches_haproxy_and_traffic_follows(
+    registry, gateway, triton_a, triton_b
+):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route a")
+    programmed(gateway)
+    pid = gateway.app.dataplane.supervisor.pid
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    to_python = sessions(gateway)[PYTHON_BACKEND]
+    before = (inference_count(triton_a.address, ADD_ONE, "1"),
+              inference_count(triton_b.address, ADD_ONE, "1"))  # fmt: skip
+    for _ in range(10):
+        assert infer(client) == 1.0
+    assert fast_path_calls(gateway) == 10
+
+    put_route(registry, ADD_ONE, 1, "worker-b", triton_b.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="route b")
+    programmed(gateway)
+    for _ in range(20):
+        assert infer(client) == 1.0
+    a = inference_count(triton_a.address, ADD_ONE, "1") - before[0]
+    b = inference_count(triton_b.address, ADD_ONE, "1") - before[1]
+    assert (a, b) == (20, 10)
+
+    registry.delete(layout.route(ADD_ONE, 1, "worker-a"))
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route a gone")
+    programmed(gateway)
+    for _ in range(10):
+        assert infer(client) == 1.0
+    assert inference_count(triton_a.address, ADD_ONE, "1") - before[0] == 20
+    assert inference_count(triton_b.address, ADD_ONE, "1") - before[1] == 20
+    assert fast_path_calls(gateway) == 40
+    assert sessions(gateway)[PYTHON_BACKEND] == to_python
+    assert gateway.app.dataplane.supervisor.pid == pid  # no restart, no reload
+    client.close()
+
+
+def test_backend_sigkilled_under_load_zero_failed_calls(registry, gateway, triton_a, spare_triton):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    put_route(registry, ADD_ONE, 1, "worker-c", spare_triton.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="two routes")
+    if gateway.app.dataplane is not None:
+        programmed(gateway)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    killed = threading.Event()
+    clients: dict[int, triton_grpc.InferenceServerClient] = {}
+
+    def one(_: int) -> None:
+        client = clients.get(threading.get_ident())
+        if client is None:
+            client = clients[threading.get_ident()] = triton_grpc.InferenceServerClient(
+                gateway.address
+            )
+        try:
+            infer(client)
+            outcome = "ok"
+        except InferenceServerException as err:
+            outcome = f"failed: {err}"
+        with lock:
+            outcomes[outcome] += 1
+            if outcomes["ok"] == 100 and not killed.is_set():
+                killed.set()
+                spare_triton.kill()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(600)))
+    for client in clients.values():
+        client.close()
+    assert killed.is_set()
+    assert outcomes == {"ok": 600}
+
+
+@HAPROXY_ONLY
+def test_models_created_while_calls_run_zero_failed_calls(registry, gateway, triton_a):
+    names = [f"dp_new_{i}" for i in range(3)]
+    admin = triton_grpc.InferenceServerClient(triton_a.address)
+    for i, name in enumerate(names):
+        write_add_one(triton_a.model_repository, name, 1, float(i + 2))
+        admin.load_model(name)
+    admin.close()
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
+    programmed(gateway)
+    pid = gateway.app.dataplane.supervisor.pid
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+
+    def calls() -> None:
+        client = triton_grpc.InferenceServerClient(gateway.address)
+        while not stop.is_set():
+            try:
+                outcomes["ok" if infer(client) == 1.0 else "wrong answer"] += 1
+            except InferenceServerException as err:
+                outcomes[f"failed: {err}"] += 1
+        client.close()
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        client = triton_grpc.InferenceServerClient(gateway.address)
+        for i, name in enumerate(names):
+            put_model(registry, name)
+            put_version(registry, name, 1)
+            put_route(registry, name, 1, "worker-a", triton_a.address)
+            wait_for(lambda name=name: gateway.instances(name) == 1, what=f"route of {name}")
+            programmed(gateway)
+            served = fast_path_calls(gateway)
+            assert infer(client, name) == float(i + 2)
+            assert fast_path_calls(gateway) > served
+        client.close()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert set(outcomes) == {"ok"} and outcomes["ok"] > 0
+    assert gateway.app.dataplane.supervisor.pid == pid
+    assert gateway.metric("modelgate_gateway_dataplane_restarts_total") == 0
+
+
+@HAPROXY_ONLY
+def test_haproxy_killed_is_restarted_and_serving_resumes(registry, gateway, triton_a):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
+    programmed(gateway)
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    assert infer(client) == 1.0
+    supervisor = gateway.app.dataplane.supervisor
+    first = supervisor.pid
+    os.kill(first, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            gateway.metric("modelgate_gateway_dataplane_restarts_total") == 1
+            and supervisor.pid != first
+        ),
+        what="haproxy restarted",
+    )
+    programmed(gateway)
+    assert infer(client) == 1.0
+    assert fast_path_calls(gateway) == 1  # the new HAProxy serves it on the fast path
+    client.close()
+
+
+def raw_call(address: str, method: str, body: bytes) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary(method)(body, timeout=20)
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+    return grpc.StatusCode.OK, ""
+
+
+def test_duplicate_routing_fields_never_run_the_other_model(
+    registry, gateway, triton_a, tfs_double
+):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    put_model(registry, DOUBLE_MODEL, backend="tfserving")
+    put_version(registry, DOUBLE_MODEL, 1)
+    put_route(registry, DOUBLE_MODEL, 1, "worker-d", tfs_double.address, "tfserving")
+    wait_for(
+        lambda: gateway.instances(ADD_ONE) == 1 and gateway.instances(DOUBLE_MODEL) == 1,
+        what="routes",
+    )
+    if gateway.app.dataplane is not None:
+        programmed(gateway)
+    request = kserve.ModelInferRequest(model_name=ADD_ONE, model_version="1")
+    tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
+    tensor.contents.fp32_contents.append(1.0)
+    body = request.SerializeToString()
+    before = inference_count(triton_a.address, ADD_ONE, "1")
+    # protobuf keeps the last value of a repeated field: this call names "ghost", version 1
+    code, message = raw_call(
+        gateway.address,
+        KSERVE_INFER,
+        body + kserve.ModelInferRequest(model_name="ghost").SerializeToString(),
+    )
+    assert code == grpc.StatusCode.NOT_FOUND and "'ghost' is not known to the gateway" in message
+    code, message = raw_call(
+        gateway.address,
+        KSERVE_INFER,
+        body + kserve.ModelInferRequest(model_version="7").SerializeToString(),
+    )
+    assert code == grpc.StatusCode.NOT_FOUND and f"{ADD_ONE!r} has no version 7" in message
+    assert inference_count(triton_a.address, ADD_ONE, "1") == before
+
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = DOUBLE_MODEL
+    predict.model_spec.version.value = 1
+    again = predict_pb2.PredictRequest()
+    again.model_spec.name = "ghost"  # model_spec appears twice: protobuf merges the two
+    code, message = raw_call(
+        gateway.address, TFS_PREDICT, predict.SerializeToString() + again.SerializeToString()
+    )
+    assert code == grpc.StatusCode.NOT_FOUND and "'ghost' is not known to the gateway" in message
+
+
+@HAPROXY_ONLY
+@pytest.mark.parametrize("megabytes", [10, 64])
+def test_large_tensors_are_routed_and_answered(registry, gateway, triton_a, megabytes):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
+    programmed(gateway)
+    n = megabytes * 1_000_000 // 4
+    limit = [
+        ("grpc.max_receive_message_length", 1 << 27),
+        ("grpc.max_send_message_length", 1 << 27),
+    ]
+    client = triton_grpc.InferenceServerClient(gateway.address, channel_args=limit)
+    x = triton_grpc.InferInput("INPUT0", [n], "FP32")
+    x.set_data_from_numpy(np.arange(n, dtype=np.float32))
+    out = client.infer(ADD_ONE, [x], model_version="1", client_timeout=120).as_numpy("OUTPUT0")
+    assert out.shape == (n,) and out[0] == 1.0 and out[-1] == float(n)
+    client.close()
+
+
+def error_texts(gw: RunningGateway) -> list[tuple[str, str]]:
+    client = triton_grpc.InferenceServerClient(gw.address)
+    x = triton_grpc.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+    texts = []
+    for model, version in (("nope", "1"), ("nope", ""), ("empty", "1"), ("empty", ""),
+                           ("resting", "1")):  # fmt: skip
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model, [x], model_version=version, client_timeout=20)
+        texts.append((err.value.status(), err.value.message()))
+    client.close()
+    return texts
+
+
+@HAPROXY_ONLY
+def test_not_found_and_unavailable_texts_identical_in_both_modes(
+    registry, gateway, gateway_settings, triton_a
+):
+    put_model(registry, "empty")
+    put_version(registry, "empty", 1)
+    put_model(registry, "resting", state="offline")
+    put_version(registry, "resting", 1)
+    put_route(registry, "resting", 1, "worker-a", triton_a.address)
+    wait_for(lambda: "resting" in gateway.app.router.table.models, what="models")
+    programmed(gateway)
+    python = RunningGateway(gateway_settings.model_copy(update={"dataplane": "python"}))
+    try:
+        wait_for(lambda: "resting" in python.app.router.table.models, what="models")
+        assert error_texts(gateway) == error_texts(python)
+    finally:
+        python.stop()
+    assert [code for code, _ in error_texts(gateway)] == [
+        "StatusCode.NOT_FOUND", "StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE",
+        "StatusCode.UNAVAILABLE", "StatusCode.UNAVAILABLE",
+    ]  # fmt: skip
+
+
+@HAPROXY_ONLY
+def test_fast_path_calls_are_in_the_gateway_metrics_by_model(registry, gateway, triton_a):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
+    programmed(gateway)
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    for _ in range(12):
+        infer(client)
+    bad = triton_grpc.InferInput("WRONG", [1], "FP32")
+    bad.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(ADD_ONE, [bad], model_version="1")
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    client.close()
+    assert fast_path_calls(gateway) == 13
+    labels = {"model": ADD_ONE, "version": "1", "surface": "kserve"}
+    assert gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "OK"}) == 12
+    assert (
+        gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "INVALID_ARGUMENT"})
+        == 1
+    )
+    assert (
+        gateway.metric(
+            "modelgate_gateway_latency_seconds_count",
+            {"stage": "total", "model": ADD_ONE, "surface": "kserve"},
+        )
+        == 13
+    )
