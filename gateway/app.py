@@ -79,7 +79,7 @@ class GatewayApp:
                 self.metrics,
                 binary=settings.haproxy_bin,
                 max_message_bytes=settings.max_message_bytes,
-                grace_seconds=settings.grace_s,
+                grace_s=settings.grace_s,
                 tls=(settings.tls_cert, settings.tls_key)
                 if settings.tls_cert and settings.tls_key
                 else None,

@@ -57,7 +57,7 @@ class DataPlane:
         *,
         binary: str,
         max_message_bytes: int,
-        grace_seconds: float,
+        grace_s: float,
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
         layout: Layout | None = None,
@@ -66,7 +66,7 @@ class DataPlane:
         self.metrics = metrics
         self.binary = binary
         self.max_message_bytes = max_message_bytes
-        self.grace_seconds = grace_seconds
+        self.grace_s = grace_s
         self.tls = tls
         self.client_ca = client_ca
         #: Told the "host:port" of an instance HAProxy found dead (the router ejects it too).
@@ -315,7 +315,7 @@ class DataPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._log
         if self.supervisor is not None:
-            await self.supervisor.stop(self.grace_seconds)
+            await self.supervisor.stop(self.grace_s)
         await asyncio.to_thread(self._remove_files)
         self.state = State.CLOSED
 
