@@ -114,7 +114,9 @@ def test_route_added_and_removed_reaches_haproxy_and_traffic_follows(
     client.close()
 
 
-def test_backend_sigkilled_under_load_fails_no_call_the_data_plane_can_retry(registry, gateway, triton_a, spare_triton):
+def test_backend_sigkilled_under_load_fails_no_call_the_data_plane_can_retry(
+    registry, gateway, triton_a, spare_triton
+):
     put_model(registry, ADD_ONE)
     put_version(registry, ADD_ONE, 1)
     put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
