@@ -42,9 +42,12 @@ def build_parser(cls: type[BaseSettings], prog: str, description: str) -> argpar
     for name, field in cls.model_fields.items():
         if is_secret(name):
             continue
-        default = field.get_default(call_default_factory=True)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{field.description or ''} (default: {shown})".replace("%", "%%")
+        if field.default_factory_takes_validated_data:  # computed from other fields: its doc says how
+            help_text = (field.description or "").replace("%", "%%")
+        else:
+            default = field.get_default(call_default_factory=True)
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            help_text = f"{field.description or ''} (default: {shown})".replace("%", "%%")
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             action: Any = argparse.BooleanOptionalAction
