@@ -30,6 +30,13 @@ LOG_TAG = "modelgate-fastpath"
 #: HAProxy ring buffer holding the log lines.
 LOG_RING = "modelgate_log"
 
+#: The Python path's words for bytes that do not parse (gateway/surfaces/base.py), with the
+#: backend's own message after them.
+UNPARSABLE_MESSAGE = (
+    '"%[var(txn.method)]Request does not parse as protobuf '
+    '(the backend: %[res.hdr(grpc-message)])"'
+)
+
 #: gRPC methods the fast path serves, by kind (see route.lua).
 METHODS = {
     "ki": ("/inference.GRPCInferenceService/ModelInfer",),
@@ -148,8 +155,7 @@ defaults
 
 frontend public
     {bind}
-    capture response header grpc-status len 4
-    log-format "{LOG_TAG} %b %ST %[capture.res.hdr(0)] %[date(0,us),sub(txn.start)] %rc"
+    log-format "{LOG_TAG} %b %ST %[var(txn.grpc_status)] %[date(0,us),sub(txn.start)] %rc"
 {acls}
     # NOTE: only unary calls the fast path may take wait for their body (streams must not)
     http-request wait-for-body time 30s if {" || ".join(METHODS)}
@@ -158,6 +164,18 @@ frontend public
         if {{ var(txn.key) -m found }}
     http-request set-log-level silent unless {{ var(txn.backend) -m found }}
     http-request set-var(txn.start) date(0,us)
+    http-request set-var(txn.method) path,field(3,/) if {{ var(txn.backend) -m found }}
+    # NOTE: bytes the backend cannot parse are the caller's error, INVALID_ARGUMENT as on the
+    # Python path (surfaces/base.py); the backend answers them INTERNAL, trailers-only (Triton
+    # "Unable to parse request", a Python gRPC server "Exception deserializing request!").
+    acl unparsable res.hdr(grpc-status) -m str 13
+    acl unparsable_words res.hdr(grpc-message) -m sub "Unable to parse request"
+    acl unparsable_words res.hdr(grpc-message) -m sub "Exception deserializing request"
+    acl fast var(txn.backend) -m found
+    http-response set-header grpc-message {UNPARSABLE_MESSAGE} if fast unparsable unparsable_words
+    http-response set-header grpc-status 3 if fast unparsable unparsable_words
+    # the status the caller gets (trailers-only answers), for the log line the metrics read
+    http-response set-var(txn.grpc_status) res.hdr(grpc-status) if fast
     use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
     default_backend {PYTHON_BACKEND}
 

@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2 as kserve
 from tritonclient.utils import InferenceServerException
 
 from examples.models import write_add_one
+from gateway.backends.wire import length_delimited
 from gateway.dataplane.config import PYTHON_BACKEND
 from protos.tfs.tensorflow_serving.apis import predict_pb2
 from registry import layout
@@ -31,6 +32,7 @@ from tests.gateway.conftest import (
     put_route,
     put_version,
 )
+from tests.gateway.test_errors import raw_status
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
@@ -382,4 +384,28 @@ def test_fast_path_calls_are_in_the_gateway_metrics_by_model(registry, gateway, 
             {"stage": "total", "model": ADD_ONE, "surface": "kserve"},
         )
         == 13
+    )
+
+
+@HAPROXY_ONLY
+def test_bytes_the_backend_cannot_parse_are_invalid_argument_on_the_fast_path(
+    registry, gateway, triton_a
+):
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route a")
+    programmed(gateway)
+    valid = kserve.ModelInferRequest(model_name=ADD_ONE, model_version="1").SerializeToString()
+    broken = valid + length_delimited(5, b"\xff\xff\xff")  # an `inputs` entry that is garbage
+    before = fast_path_calls(gateway)
+    code, message = raw_status(gateway.address, KSERVE_INFER, broken)
+    assert fast_path_calls(gateway) == before + 1  # HAProxy sent it to Triton itself
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, message
+    assert message.startswith("ModelInferRequest does not parse as protobuf"), message
+    assert "Unable to parse request" in message  # and says what the backend said
+    labels = {"model": ADD_ONE, "version": "1", "surface": "kserve"}
+    assert (
+        gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "INVALID_ARGUMENT"})
+        == 1
     )
