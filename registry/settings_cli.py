@@ -42,7 +42,9 @@ def build_parser(cls: type[BaseSettings], prog: str, description: str) -> argpar
     for name, field in cls.model_fields.items():
         if is_secret(name):
             continue
-        if field.default_factory_takes_validated_data:  # computed from other fields: its doc says how
+        if (
+            field.default_factory_takes_validated_data
+        ):  # computed from other fields: its doc says how
             help_text = (field.description or "").replace("%", "%%")
         else:
             default = field.get_default(call_default_factory=True)

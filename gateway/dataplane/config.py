@@ -33,8 +33,7 @@ LOG_RING = "modelgate_log"
 #: The Python path's words for bytes that do not parse (gateway/surfaces/base.py), with the
 #: backend's own message after them.
 UNPARSABLE_MESSAGE = (
-    '"%[var(txn.method)]Request does not parse as protobuf '
-    '(the backend: %[res.hdr(grpc-message)])"'
+    '"%[var(txn.method)]Request does not parse as protobuf (the backend: %[res.hdr(grpc-message)])"'
 )
 
 #: gRPC methods the fast path serves, by kind (see route.lua).
