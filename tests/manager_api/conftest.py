@@ -149,3 +149,10 @@ class LiveManager:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+@pytest.fixture
+def dataplane() -> str:
+    """Gateways the manager tests start (tests.gateway.conftest.gateway_settings) run the
+    data plane users get by default; tests/gateway runs both."""
+    return "haproxy"
