@@ -10,30 +10,28 @@ GENERATED := protos/modelgate/v1/gateway_pb2.py protos/tfs/tensorflow_serving/ap
 PYTEST_ARGS ?=
 UP_ARGS ?=
 
+# $(call debian_package,FILE,PACKAGE): install Debian's PACKAGE unless FILE exists (as root;
+# otherwise say how and fail).
+define debian_package
+	@if [ ! -e $(1) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's $(2) package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  else \
+	    echo "$(2) is missing; install it with: sudo apt-get update && sudo apt-get install -y $(2)"; \
+	    exit 1; \
+	  fi; \
+	fi
+endef
+
 .PHONY: help setup generate lint test demo up bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools (idempotent)
-	@if [ ! -f /usr/share/java/zookeeper.jar ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's zookeeper package"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
-	  else \
-	    echo "ZooKeeper is missing; install it with: sudo apt-get update && sudo apt-get install -y zookeeper"; \
-	    exit 1; \
-	  fi; \
-	fi
-	@if ! command -v haproxy >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's haproxy package"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
-	  else \
-	    echo "HAProxy is missing; install it with: sudo apt-get update && sudo apt-get install -y haproxy"; \
-	    exit 1; \
-	  fi; \
-	fi
+	$(call debian_package,/usr/share/java/zookeeper.jar,zookeeper)
+	$(call debian_package,/usr/sbin/haproxy,haproxy)
 	@bash examples/clients/setup.sh
 
 $(STAMP): pyproject.toml
