@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ from gateway.settings import GatewaySettings
 from registry import Registry, layout
 from registry.records import Model, ModelVersion, Route
 from tests.servers.tfserving import DOUBLE_MODEL as DOUBLE_MODEL
+from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
 ADD_ONE = "add_one_gw"
@@ -172,3 +174,35 @@ def inference_count(address: str, model: str, version: str = "") -> int:
         )
     finally:
         client.close()
+
+
+@pytest.fixture
+def routed(
+    registry: Registry, triton_a: TritonServer, tfs_double: Any, gateway: RunningGateway
+) -> RunningGateway:
+    """add_one (Triton, versions 1 stable / 2 canary) and dbl (TF-Serving double)."""
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1, ["stable"])
+    put_version(registry, ADD_ONE, 2, ["canary"])
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    put_route(registry, ADD_ONE, 2, "worker-a", triton_a.address)
+    put_model(registry, DOUBLE_MODEL, backend="tfserving")
+    put_version(registry, DOUBLE_MODEL, 1)
+    put_route(registry, DOUBLE_MODEL, 1, "worker-d", tfs_double.address, "tfserving")
+    put_model(registry, "empty")
+    put_version(registry, "empty", 1)
+    wait_for(
+        lambda: gateway.instances(ADD_ONE) == 2 and gateway.instances(DOUBLE_MODEL) == 1,
+        what="routes in the gateway",
+    )
+    return gateway
+
+
+def raw_status(address: str, method: str, payload: bytes) -> tuple[grpc.StatusCode, str]:
+    """Send ``payload`` as the request bytes of ``method``; the status and details back."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary(method)(payload, timeout=20)
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+    return grpc.StatusCode.OK, ""

@@ -27,8 +27,7 @@ from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from registry.errors import InvalidArgumentError
-from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, put_model, put_route, put_version
-from tests.servers.zk import wait_for
+from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, raw_status
 from udl.loader import LoadedPlugin, PluginFailedError
 from udl.package import PluginManifest
 
@@ -292,32 +291,6 @@ async def test_a_plugin_tensor_that_is_not_a_numpy_array_is_named(tmp_path):
 # -- end to end: each surface of a real gateway -------------------------------------------
 
 
-@pytest.fixture
-def routed(registry, triton_a, tfs_double, gateway):
-    """add_one (Triton) and dbl (the TF-Serving double): calls on the other protocol's
-    surface are decoded and translated, so the decoders see the caller's tensors."""
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    put_model(registry, DOUBLE_MODEL, backend="tfserving")
-    put_version(registry, DOUBLE_MODEL, 1)
-    put_route(registry, DOUBLE_MODEL, 1, "worker-d", tfs_double.address, "tfserving")
-    wait_for(
-        lambda: gateway.instances(ADD_ONE) == 1 and gateway.instances(DOUBLE_MODEL) == 1,
-        what="routes in the gateway",
-    )
-    return gateway
-
-
-def status(address: str, method: str, request: bytes) -> tuple[grpc.StatusCode, str]:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            channel.unary_unary(method)(request, timeout=20)
-        except grpc.RpcError as err:
-            return err.code(), err.details()
-    return grpc.StatusCode.OK, ""
-
-
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 INT32_RANGE = "(INT32: integers from -2147483648 to 2147483647)"
 
@@ -329,7 +302,9 @@ def test_invoke_refuses_values_that_do_not_fit_their_datatype(routed):
         if data == "deep":
             payload = payload.replace(b'"deep"', b"[" * 100_000 + b"]" * 100_000)
         request = gateway_pb2.InvokeRequest(model=DOUBLE_MODEL, payload=payload)
-        return status(routed.address, "/modelgate.v1.Gateway/Invoke", request.SerializeToString())
+        return raw_status(
+            routed.address, "/modelgate.v1.Gateway/Invoke", request.SerializeToString()
+        )
 
     # each of these was answered OK with a wrapped, truncated or infinite value, or INTERNAL
     assert invoke([2147483648]) == (
@@ -367,7 +342,7 @@ def test_invoke_refuses_values_that_do_not_fit_their_datatype(routed):
 def test_kserve_infer_refuses_bad_tensors(routed):
     def infer(request: kserve.ModelInferRequest) -> tuple[grpc.StatusCode, str]:
         request.model_name = DOUBLE_MODEL
-        return status(
+        return raw_status(
             routed.address,
             "/inference.GRPCInferenceService/ModelInfer",
             request.SerializeToString(),
@@ -395,7 +370,7 @@ def test_tfserving_predict_refuses_bad_tensors(routed):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = ADD_ONE
         request.inputs["INPUT0"].CopyFrom(tensor)
-        return status(
+        return raw_status(
             routed.address,
             "/tensorflow.serving.PredictionService/Predict",
             request.SerializeToString(),

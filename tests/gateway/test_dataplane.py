@@ -31,8 +31,8 @@ from tests.gateway.conftest import (
     put_model,
     put_route,
     put_version,
+    raw_status,
 )
-from tests.gateway.test_errors import raw_status
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
@@ -60,6 +60,15 @@ def programmed(gw: RunningGateway) -> None:
     gw.run(gw.app.dataplane.applied.wait())
 
 
+def serve_add_one(registry, gw: RunningGateway, triton: TritonServer) -> None:
+    """add_one version 1 on ``triton``, routed by the gateway and programmed into HAProxy."""
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton.address)
+    wait_for(lambda: gw.instances(ADD_ONE) == 1, what="route a")
+    programmed(gw)
+
+
 def infer(client: triton_grpc.InferenceServerClient, model: str = ADD_ONE, n: int = 1) -> float:
     x = triton_grpc.InferInput("INPUT0", [n], "FP32")
     x.set_data_from_numpy(np.zeros(n, dtype=np.float32))
@@ -80,11 +89,7 @@ def spare_triton(tmp_path):
 def test_route_added_and_removed_reaches_haproxy_and_traffic_follows(
     registry, gateway, triton_a, triton_b
 ):
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route a")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     pid = gateway.app.dataplane.supervisor.pid
     client = triton_grpc.InferenceServerClient(gateway.address)
     to_python = sessions(gateway)[PYTHON_BACKEND]
@@ -175,11 +180,7 @@ def test_models_created_while_calls_run_zero_failed_calls(registry, gateway, tri
         write_add_one(triton_a.model_repository, name, 1, float(i + 2))
         admin.load_model(name)
     admin.close()
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     pid = gateway.app.dataplane.supervisor.pid
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
@@ -219,11 +220,7 @@ def test_models_created_while_calls_run_zero_failed_calls(registry, gateway, tri
 
 @HAPROXY_ONLY
 def test_haproxy_killed_is_restarted_and_serving_resumes(registry, gateway, triton_a):
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     client = triton_grpc.InferenceServerClient(gateway.address)
     assert infer(client) == 1.0
     supervisor = gateway.app.dataplane.supervisor
@@ -300,11 +297,7 @@ def test_duplicate_routing_fields_never_run_the_other_model(
 @HAPROXY_ONLY
 @pytest.mark.parametrize("megabytes", [10, 64])
 def test_large_tensors_are_routed_and_answered(registry, gateway, triton_a, megabytes):
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     n = megabytes * 1_000_000 // 4
     limit = [
         ("grpc.max_receive_message_length", 1 << 27),
@@ -357,11 +350,7 @@ def test_not_found_and_unavailable_texts_identical_in_both_modes(
 
 @HAPROXY_ONLY
 def test_fast_path_calls_are_in_the_gateway_metrics_by_model(registry, gateway, triton_a):
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     client = triton_grpc.InferenceServerClient(gateway.address)
     for _ in range(12):
         infer(client)
@@ -391,11 +380,7 @@ def test_fast_path_calls_are_in_the_gateway_metrics_by_model(registry, gateway, 
 def test_bytes_the_backend_cannot_parse_are_invalid_argument_on_the_fast_path(
     registry, gateway, triton_a
 ):
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route a")
-    programmed(gateway)
+    serve_add_one(registry, gateway, triton_a)
     valid = kserve.ModelInferRequest(model_name=ADD_ONE, model_version="1").SerializeToString()
     broken = valid + length_delimited(5, b"\xff\xff\xff")  # an `inputs` entry that is garbage
     before = fast_path_calls(gateway)

@@ -22,8 +22,7 @@ from protos.modelgate.v1 import gateway_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2
 from registry import logs
 from registry.errors import ZooKeeperUnavailableError
-from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL
-from tests.gateway.test_surfaces import routed  # noqa: F401  (the fixture)
+from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL, raw_status
 from tests.servers.zk import wait_for
 
 KSERVE = "/inference.GRPCInferenceService/"
@@ -88,15 +87,6 @@ def test_shown_bounds_a_value_and_keeps_it_valid_utf8():
     assert code == grpc.StatusCode.NOT_FOUND and len(message.encode()) <= MESSAGE_BYTES
 
 
-def raw_status(address: str, method: str, payload: bytes) -> tuple[grpc.StatusCode, str]:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            channel.unary_unary(method)(payload, timeout=20)
-        except grpc.RpcError as err:
-            return err.code(), err.details()
-    return grpc.StatusCode.OK, ""
-
-
 def wait_errors(gateway, labels: str, count: int) -> None:
     """Wait until ``modelgate_gateway_errors_total`` for "model version surface code source"
     is ``count`` (a call is counted just after its answer is sent)."""
@@ -108,7 +98,7 @@ def wait_errors(gateway, labels: str, count: int) -> None:
     )
 
 
-def test_passthrough_bytes_that_do_not_parse_are_invalid_argument(routed):  # noqa: F811
+def test_passthrough_bytes_that_do_not_parse_are_invalid_argument(routed):
     """The routing fields parse, the rest does not: the backend's INTERNAL ("Unable to parse
     request") becomes the caller's INVALID_ARGUMENT; the backend's own errors keep theirs."""
     valid = kserve.ModelInferRequest(model_name=ADD_ONE).SerializeToString()
@@ -139,7 +129,7 @@ def test_passthrough_bytes_that_do_not_parse_are_invalid_argument(routed):  # no
     ) == 2  # fmt: skip
 
 
-def test_echoed_values_are_bounded(routed):  # noqa: F811
+def test_echoed_values_are_bounded(routed):
     """A 100 KB name, label, version or tensor name comes back as a short message with the
     real code, not as RESOURCE_EXHAUSTED for oversized trailers."""
     huge = "n" * 100_000

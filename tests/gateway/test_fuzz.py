@@ -15,7 +15,6 @@ from tritonclient.grpc import service_pb2 as kserve
 from protos.modelgate.v1 import gateway_pb2
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL
-from tests.gateway.test_surfaces import routed  # noqa: F401  (the fixture)
 
 SEED = 13
 #: Mutations per valid request (8 requests; 6,000 calls, ~6 s on an idle 2-core machine).
@@ -123,7 +122,7 @@ def mutated(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
-def test_mutated_requests_get_caller_side_codes_and_the_gateway_survives(routed):  # noqa: F811
+def test_mutated_requests_get_caller_side_codes_and_the_gateway_survives(routed):
     rng = random.Random(SEED)
     calls = [(method, mutated(rng, data)) for method, data in VALID for _ in range(MUTATIONS)]
     rng.shuffle(calls)

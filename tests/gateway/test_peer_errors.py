@@ -13,7 +13,6 @@ from tritonclient.grpc import service_pb2 as kserve
 
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from tests.gateway.conftest import ADD_ONE, DOUBLE_MODEL
-from tests.gateway.test_surfaces import routed  # noqa: F401  (the fixture)
 
 KSERVE = "/inference.GRPCInferenceService/"
 TFS = "/tensorflow.serving.PredictionService/"
@@ -44,7 +43,7 @@ def predict(model: str, version: int | None = None, label: str = "", signature: 
     return request
 
 
-def test_kserve_unknown_model_and_version_in_tritons_words(routed, triton_a):  # noqa: F811
+def test_kserve_unknown_model_and_version_in_tritons_words(routed, triton_a):
     """The same request to the real Triton and to the gateway: Triton's message first."""
     cases = [
         ("ModelInfer", kserve.ModelInferRequest(model_name="nope")),
@@ -75,7 +74,7 @@ def test_kserve_unknown_model_and_version_in_tritons_words(routed, triton_a):  #
     client.close()
 
 
-def test_tfserving_unknown_model_version_and_label_in_tfservings_words(routed, tfs_double):  # noqa: F811
+def test_tfserving_unknown_model_version_and_label_in_tfservings_words(routed, tfs_double):
     """The same request to the TF-Serving double and to the gateway: its message first."""
     for model, version in (("nope", None), ("nope", 3), (DOUBLE_MODEL, 9)):
         for method, request in (
@@ -102,7 +101,7 @@ def test_tfserving_unknown_model_version_and_label_in_tfservings_words(routed, t
     )
 
 
-def test_unknown_signature_name_is_refused_in_tfservings_words(routed):  # noqa: F811
+def test_unknown_signature_name_is_refused_in_tfservings_words(routed):
     for model in (DOUBLE_MODEL, ADD_ONE):  # TF-Serving-hosted, and Triton-hosted (translated)
         code, message = status(routed.address, TFS + "Predict", predict(model, signature="nope"))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, model
@@ -116,7 +115,7 @@ def test_unknown_signature_name_is_refused_in_tfservings_words(routed):  # noqa:
             assert response.model_spec.signature_name == "serving_default"
 
 
-def test_server_metadata_answers_as_a_triton_compatible_server(routed, triton_a):  # noqa: F811
+def test_server_metadata_answers_as_a_triton_compatible_server(routed, triton_a):
     gateway = triton_grpc.InferenceServerClient(routed.address).get_server_metadata()
     triton = triton_grpc.InferenceServerClient(triton_a.address).get_server_metadata()
     assert gateway.name == "modelgate" and gateway.version

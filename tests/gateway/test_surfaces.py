@@ -34,7 +34,6 @@ from tests.gateway.conftest import (
     RunningGateway,
     put_model,
     put_route,
-    put_version,
 )
 from tests.servers.zk import wait_for
 
@@ -53,26 +52,6 @@ def tfs_calls(address: str, calls: list[dict]) -> list[dict]:
         cwd=REPO,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def routed(registry, triton_a, tfs_double, gateway):
-    """add_one (Triton, versions 1 stable / 2 canary) and dbl (TF-Serving double)."""
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1, ["stable"])
-    put_version(registry, ADD_ONE, 2, ["canary"])
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    put_route(registry, ADD_ONE, 2, "worker-a", triton_a.address)
-    put_model(registry, DOUBLE_MODEL, backend="tfserving")
-    put_version(registry, DOUBLE_MODEL, 1)
-    put_route(registry, DOUBLE_MODEL, 1, "worker-d", tfs_double.address, "tfserving")
-    put_model(registry, "empty")
-    put_version(registry, "empty", 1)
-    wait_for(
-        lambda: gateway.instances(ADD_ONE) == 2 and gateway.instances(DOUBLE_MODEL) == 1,
-        what="routes in the gateway",
-    )
-    return gateway
 
 
 def test_official_tfserving_client_predict_passthrough_and_translation(routed):
