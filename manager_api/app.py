@@ -88,7 +88,6 @@ def create_app(
         metrics=metrics,
         manager_id=manager_id,
     )
-    tracker = LoadTracker(registry, interval_s=load_interval_s)
     run_loop = settings.reconcile if start_reconciler is None else start_reconciler
     if run_loop:
         manager.reconciler = Reconciler(
@@ -106,6 +105,8 @@ def create_app(
                 pass
         if manager.reconciler is not None:
             manager.reconciler.start()
+        # NOTE: one tracker per lifespan run (a test harness may run the lifespan twice)
+        tracker = _app.state.load = LoadTracker(registry, interval_s=load_interval_s)
         tracker.start()
         try:
             yield
@@ -121,7 +122,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
-    app.state.load = tracker
+    app.state.load = LoadTracker(registry)  # replaced by a started one in the lifespan
     install_error_handlers(app)
     for module in (models, cluster, plugins, catalog, system, load):
         app.include_router(module.router)
