@@ -157,8 +157,9 @@ class TrackerState(enum.Enum):
 class LoadTracker:
     """Scrapes the gateways in the background and keeps the last ``keep`` samples per model.
 
-    ``start()`` (on the event loop) and ``stop()`` once each; ``scrape()`` runs one pass
-    (the background task calls it every ``interval_s``; tests call it directly).
+    ``start()`` (on the event loop) and ``stop()`` once each; the background task runs one
+    ``scrape()`` pass every ``interval_s``. ``models()`` and ``scrape_errors`` may be read
+    from any thread.
     """
 
     def __init__(
@@ -173,12 +174,12 @@ class LoadTracker:
         self.interval_s = interval_s
         self.keep = keep
         self.state = TrackerState.LATENT
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        self.timeout_s = timeout_s
         self._last: dict[str, Counters] = {}
         self._rings: dict[str, deque[LoadSample]] = {}
         #: What ``models()`` returns: rebuilt after each pass, never mutated (read from threads).
         self._snapshot: dict[str, ModelLoad] = {}
-        #: Per gateway id: why its last scrape failed (cleared when one succeeds).
+        #: Per gateway id: why its last scrape failed (replaced after each pass, never mutated).
         self.scrape_errors: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -202,34 +203,38 @@ class LoadTracker:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self._http.aclose()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.scrape()
-            except Exception:
-                log.exception("load scrape pass failed")
-            await asyncio.sleep(self.interval_s)
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            while True:
+                try:
+                    await self.scrape(http)
+                except Exception:
+                    log.exception("load scrape pass failed")
+                await asyncio.sleep(self.interval_s)
 
-    async def scrape(self) -> None:
+    async def scrape(self, http: httpx.AsyncClient) -> None:
         """Scrape every gateway once and append one sample per model that had a gateway
         scraped twice in a row."""
         gateways = await asyncio.to_thread(self.registry.read_children, layout.GATEWAYS, Gateway)
         targets = {gid: g.metrics_address for gid, g in gateways.items() if g.metrics_address}
-        scraped = await asyncio.gather(*(self._scrape_one(gid, a) for gid, a in targets.items()))
+        scraped = await asyncio.gather(*(_scrape(http, address) for address in targets.values()))
         now = time.time()
         pairs = []
         current: dict[str, Counters] = {}
-        for gateway_id, counters in zip(targets, scraped, strict=True):
-            if counters is None:
+        errors: dict[str, str] = {}
+        for (gateway_id, address), counters in zip(targets.items(), scraped, strict=True):
+            if isinstance(counters, str):
+                if gateway_id not in self.scrape_errors:
+                    log.warning("cannot scrape gateway %s at %s: %s", gateway_id, address, counters)
+                errors[gateway_id] = f"{address}: {counters}"
                 continue
             current[gateway_id] = counters
             previous = self._last.get(gateway_id)
             if previous is not None:
                 pairs.append((counters, previous))
         self._last = current
-        self.scrape_errors = {g: e for g, e in self.scrape_errors.items() if g in targets}
+        self.scrape_errors = errors
         for model, sample in samples_of(pairs, now).items():
             self._rings.setdefault(model, deque(maxlen=self.keep)).append(sample)
         horizon = now - self.keep * self.interval_s
@@ -240,15 +245,12 @@ class LoadTracker:
             for model, ring in sorted(self._rings.items())
         }
 
-    async def _scrape_one(self, gateway_id: str, address: str) -> Counters | None:
-        try:
-            response = await self._http.get(f"http://{address}/metrics")
-            response.raise_for_status()
-            counters = parse_counters(response.text, time.monotonic())
-        except (httpx.HTTPError, ValueError) as err:
-            if gateway_id not in self.scrape_errors:
-                log.warning("cannot scrape gateway %s at %s: %s", gateway_id, address, err)
-            self.scrape_errors[gateway_id] = f"{address}: {err}"
-            return None
-        self.scrape_errors.pop(gateway_id, None)
-        return counters
+
+async def _scrape(http: httpx.AsyncClient, address: str) -> Counters | str:
+    """The counters of the gateway at ``address``, or why they cannot be read."""
+    try:
+        response = await http.get(f"http://{address}/metrics")
+        response.raise_for_status()
+        return parse_counters(response.text, time.monotonic())
+    except (httpx.HTTPError, ValueError) as err:
+        return str(err) or type(err).__name__

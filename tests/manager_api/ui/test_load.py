@@ -96,3 +96,28 @@ def test_load_routes_are_in_openapi(console: Console) -> None:
     paths = console.admin.get("/openapi.json").raise_for_status().json()["paths"]
     assert "/v1/models/{name}/load" in paths and "/v1/load" in paths
     assert not any(p.startswith("/ui") for p in paths)
+
+
+def test_an_unreachable_gateway_is_named_and_the_others_still_count(console: Console) -> None:
+    gone = Gateway(
+        gateway_id="gw-gone", address="127.0.0.1:1", metrics_address="127.0.0.1:1", version="t"
+    )
+    console.registry.put(layout.gateway("gw-gone"), gone)
+
+    def fleet_row() -> str | None:
+        html = console.admin.get("/ui/fragments/fleet").raise_for_status().text
+        row = html[html.index('id="gateway-gw-gone"') :].split("</tr>")[0]
+        return row if "127.0.0.1:1: " in row else None
+
+    assert 'class="error"' in wait_for(fleet_row, what="the scrape error in the fleet page")
+    assert console.call()
+    wait_for(
+        lambda: (
+            console.call()
+            and any(
+                s["calls_per_s"] > 0
+                for s in console.admin.get(f"/v1/models/{ADD_ONE}/load").json()["samples"]
+            )
+        ),
+        what="samples from the reachable gateway",
+    )
