@@ -35,38 +35,44 @@ AUDIT_SHOWN = 25
 SPARK_WIDTH, SPARK_HEIGHT = 120, 24
 
 
-def sparkline(values: list[float | None]) -> str:
-    """The ``points`` of an SVG polyline drawing ``values`` (None: no data) left to right."""
+def sparkline(values: list[float | None], slots: int) -> str:
+    """The ``points`` of an SVG polyline of ``values`` (None: no data), the newest at the
+    right edge and one of ``slots`` steps apart, scaled to the largest value."""
     known = [v for v in values if v is not None]
     if not known:
         return ""
     top = max(known) or 1.0
-    step = SPARK_WIDTH / max(len(values) - 1, 1)
+    step = SPARK_WIDTH / max(slots - 1, 1)
+    right = len(values) - 1
     return " ".join(
-        f"{i * step:.1f},{SPARK_HEIGHT - 1 - (v / top) * (SPARK_HEIGHT - 2):.1f}"
+        f"{SPARK_WIDTH - (right - i) * step:.1f},"
+        f"{SPARK_HEIGHT - 1 - (v / top) * (SPARK_HEIGHT - 2):.1f}"
         for i, v in enumerate(values)
         if v is not None
     )
 
 
-def charts(samples: list[LoadSample]) -> dict[str, tuple[str, str]]:
+def charts(samples: list[LoadSample], slots: int) -> dict[str, tuple[str, str]]:
     """Per chart title: its polyline points and the newest value, formatted."""
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.1f} ms"
 
+    def line(values: list[float | None]) -> str:
+        return sparkline(values, slots)
+
     last = samples[-1] if samples else None
     return {
         "calls/s": (
-            sparkline([s.calls_per_s for s in samples]),
+            line([s.calls_per_s for s in samples]),
             f"{last.calls_per_s:.1f}" if last else "-",
         ),
         "errors": (
-            sparkline([s.error_rate for s in samples]),
+            line([s.error_rate for s in samples]),
             f"{last.error_rate:.1%}" if last else "-",
         ),
-        "p50": (sparkline([s.p50_s for s in samples]), ms(last.p50_s if last else None)),
-        "p99": (sparkline([s.p99_s for s in samples]), ms(last.p99_s if last else None)),
+        "p50": (line([s.p50_s for s in samples]), ms(last.p50_s if last else None)),
+        "p99": (line([s.p99_s for s in samples]), ms(last.p99_s if last else None)),
     }
 
 
@@ -98,8 +104,9 @@ def model_list(request: Request, m: Ctx, caller: Caller, tracker: Tracker) -> HT
     context = {
         "caller": caller,
         "statuses": models.read_all_status(m, caller),
-        "charts": {name: charts(entry.samples) for name, entry in load.items()},
-        "no_load": charts([]),
+        "charts": {name: charts(entry.samples, tracker.keep) for name, entry in load.items()},
+        "no_load": charts([], tracker.keep),
+        "window_s": round(tracker.keep * tracker.interval_s),
         "spark": (SPARK_WIDTH, SPARK_HEIGHT),
     }
     return templates.TemplateResponse(request, "models.html", context)

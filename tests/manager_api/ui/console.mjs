@@ -1,7 +1,8 @@
 // Drives the manager's console in headless Chromium:
 //   node console.mjs SCENARIO URL SCREENSHOT [ARGS...]
-// with the bearer token in $CONSOLE_TOKEN (never on the command line). Prints one JSON object
-// of what the page showed; on failure saves SCREENSHOT, prints its path and exits 1.
+// with the bearer token in $CONSOLE_TOKEN (never on the command line). Saves a screenshot of
+// the page at the end to SCREENSHOT and prints one JSON object of what the page showed; on
+// failure prints what went wrong and the screenshot's path and exits 1.
 //
 //   inspect                  sign in, wait for the three sections, report what is shown
 //   click ID BUTTON SELECTOR sign in, click BUTTON inside #ID (confirming), wait for SELECTOR
@@ -116,7 +117,8 @@ async function run() {
 let code = 0;
 try {
   const result = await run();
-  console.log(JSON.stringify({ ...result, console_errors: consoleErrors }));
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(JSON.stringify({ ...result, console_errors: consoleErrors, screenshot }));
 } catch (err) {
   code = 1;
   await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});

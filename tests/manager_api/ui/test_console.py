@@ -40,8 +40,8 @@ def require_browser() -> None:
 def browse(
     console: Console, tmp_path: Path, scenario: str, token: str, *args: str
 ) -> dict[str, Any]:
-    """Run one console.mjs scenario with ``token``; its JSON report (the screenshot's path in
-    the failure message when the page did not do what the scenario waits for)."""
+    """Run one console.mjs scenario with ``token``; its JSON report. The page's screenshot is
+    saved either way; its path is in the failure message and in the printed report."""
     require_browser()
     screenshot = tmp_path / f"console-{scenario}.png"
     proc = subprocess.run(
