@@ -75,7 +75,7 @@ def test_load_of_real_calls_through_a_gateway(console: Console) -> None:
         what="a load sample with calls",
     )
     assert all(s["error_rate"] == 0 for s in busy)
-    assert all(0 < s["p50_s"] <= s["p99_s"] < 10 for s in busy)
+    assert all(0 < s["p50_s"] <= s["p99_s"] for s in busy)
 
     assert not console.call(version="7")  # no such version: an error the gateway answers
     wait_for(
