@@ -170,6 +170,7 @@ class GatewayApp:
         record = GatewayRecord(
             gateway_id=s.node_id(self.port),
             address=s.address(self.port),
+            metrics_address=f"{s.address(self.port).rpartition(':')[0]}:{self.metrics_port}",
             version=version(),
             plugins=self.plugins.status(),
             services=self.prober.health(self.configured.services),
