@@ -1,8 +1,10 @@
 """Feeds the router from ZooKeeper: tree watches on /models, /routes and /services.
 
-Every change is applied to a dict of raw nodes; a rebuild is scheduled once per burst of
-events and the new table is swapped in whole. While ZooKeeper is unreachable the caches
-(and so the table) are kept; ``zk_connected`` drops to 0, logged once per outage.
+Each event changes one node of a :class:`TableState` (only that node's record is parsed).
+Once per burst of events a task re-derives the entries of the changed models, in slices
+that let the serving loop run in between, and publishes the new table with what changed
+(:class:`TableChange`); the table is swapped in whole. While ZooKeeper is unreachable the
+caches (and so the table) are kept; ``zk_connected`` drops to 0, logged once per outage.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 from collections.abc import Callable
 
 from gateway.metrics import GatewayMetrics
-from gateway.table import RoutingTable, build_table
+from gateway.table import RoutingTable, TableChange, TableState
 from registry import Registry, TreeEvent, layout
 from registry.client import TreeWatch
 
 log = logging.getLogger("gateway.watcher")
 
 WATCHED = (layout.MODELS, layout.ROUTES, layout.SERVICES)
+#: Models re-derived between two turns of the event loop (a few milliseconds of work).
+SLICE = 200
 
 
 class TableWatcher:
@@ -26,17 +30,17 @@ class TableWatcher:
         self,
         registry: Registry,
         metrics: GatewayMetrics,
-        on_table: Callable[[RoutingTable], None],
+        on_table: Callable[[RoutingTable, TableChange], None],
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.on_table = on_table
-        self.nodes: dict[str, bytes | None] = {}
+        self.state = TableState()
         self.generation = 0
         self.initialized: set[str] = set()
         self.ready = asyncio.Event()
         self._watches: list[TreeWatch] = []
-        self._scheduled = False
+        self._publishing: asyncio.Task[None] | None = None
         self._outage = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -54,11 +58,9 @@ class TableWatcher:
     def _handler(self, root: str) -> Callable[[TreeEvent], None]:
         def on_event(event: TreeEvent) -> None:
             if event.kind in ("added", "updated") and event.path:
-                self.nodes[event.path] = event.data
+                self.state.apply(event.path, event.data or b"")
             elif event.kind == "removed" and event.path:
-                prefix = event.path + "/"
-                for path in [p for p in self.nodes if p == event.path or p.startswith(prefix)]:
-                    del self.nodes[path]
+                self.state.apply(event.path, None)
             elif event.kind == "initialized":
                 self.initialized.add(root)
             elif event.kind in ("suspended", "lost"):
@@ -85,20 +87,31 @@ class TableWatcher:
                 )
 
     def _schedule(self) -> None:
-        if self._scheduled or len(self.initialized) < len(WATCHED) or self._loop is None:
+        if (
+            self._publishing is not None
+            or len(self.initialized) < len(WATCHED)
+            or self._loop is None
+            or (self.generation and not self.state.dirty)
+        ):
             return
-        self._scheduled = True
-        self._loop.call_soon(self._rebuild)
+        self._publishing = self._loop.create_task(self._publish(), name="table-publish")
 
-    def _rebuild(self) -> None:
-        self._scheduled = False
+    async def _publish(self) -> None:
+        while True:
+            if self.state.step(SLICE):
+                break
+            await asyncio.sleep(0)  # NOTE: a slice done: let calls run before the next one
         self.generation += 1
-        table = build_table(self.nodes, self.generation)
-        self.on_table(table)
+        table, change = self.state.publish(self.generation)
+        self._publishing = None
+        self.on_table(table, change)
         self.metrics.table_swaps.inc()
         self.ready.set()
+        self._schedule()  # NOTE: events that came in after the last slice
 
     def close(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
         for watch in self._watches:
             watch.close()
         self._watches.clear()
