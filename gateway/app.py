@@ -26,7 +26,7 @@ from gateway.surfaces import invoke
 from gateway.surfaces.base import Core
 from gateway.surfaces.kserve import KServeSurface
 from gateway.surfaces.tfserving import TFServingSurface
-from gateway.table import RoutingTable, TableChange, with_service_health
+from gateway.table import SLICE, RoutingTable, TableChange, with_service_health
 from gateway.watcher import TableWatcher
 
 # NOTE: imported for their descriptors, so that reflection can describe these services.
@@ -258,7 +258,9 @@ class GatewayApp:
                 return
             table, change = self.router.table, self._health_changes
             self._health_changes = TableChange()
-            for name in change.models:
+            for n, name in enumerate(change.models, 1):
+                if n % SLICE == 0:
+                    await asyncio.sleep(0)  # NOTE: a burst of changes: let calls run
                 entry = table.models.get(name)
                 ready = entry is not None and entry.ready_instances > 0
                 if entry is not None or name in self._model_health:

@@ -27,6 +27,10 @@ log = logging.getLogger("gateway.table")
 
 R = TypeVar("R", bound=Record)
 
+#: Models handled between two turns of the serving event loop when many changed at once
+#: (a burst of ZooKeeper events, a full resync of HAProxy): a few milliseconds of work.
+SLICE = 200
+
 
 @dataclass(frozen=True)
 class Instance:

@@ -1,28 +1,30 @@
 """Feeds the router from ZooKeeper: tree watches on /models, /routes and /services.
 
-Each event changes one node of a :class:`TableState` (only that node's record is parsed).
-Once per burst of events a task re-derives the entries of the changed models, in slices
-that let the serving loop run in between, and publishes the new table with what changed
-(:class:`TableChange`); the table is swapped in whole. While ZooKeeper is unreachable the
-caches (and so the table) are kept; ``zk_connected`` drops to 0, logged once per outage.
+Events are queued as they come; one task applies them to a :class:`TableState` (each
+changed node's record parsed once), re-derives the entries of the changed models and
+publishes the new table with what changed (:class:`TableChange`) once per burst. The work is
+done in slices between which the serving loop runs; the table is swapped in whole. While
+ZooKeeper is unreachable the caches (and so the table) are kept; ``zk_connected`` drops to
+0, logged once per outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from gateway.metrics import GatewayMetrics
-from gateway.table import RoutingTable, TableChange, TableState
+from gateway.table import SLICE, RoutingTable, TableChange, TableState
 from registry import Registry, TreeEvent, layout
 from registry.client import TreeWatch
 
 log = logging.getLogger("gateway.watcher")
 
 WATCHED = (layout.MODELS, layout.ROUTES, layout.SERVICES)
-#: Models re-derived between two turns of the event loop (a few milliseconds of work).
-SLICE = 200
+#: Queued node changes applied between two turns of the event loop (one parse each).
+NODES_PER_SLICE = 1000
 
 
 class TableWatcher:
@@ -40,7 +42,9 @@ class TableWatcher:
         self.initialized: set[str] = set()
         self.ready = asyncio.Event()
         self._watches: list[TreeWatch] = []
-        self._publishing: asyncio.Task[None] | None = None
+        #: Node changes not applied yet: (path, data), data None for a removed subtree.
+        self._queue: deque[tuple[str, bytes | None]] = deque()
+        self._task: asyncio.Task[None] | None = None
         self._outage = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -58,9 +62,9 @@ class TableWatcher:
     def _handler(self, root: str) -> Callable[[TreeEvent], None]:
         def on_event(event: TreeEvent) -> None:
             if event.kind in ("added", "updated") and event.path:
-                self.state.apply(event.path, event.data or b"")
+                self._queue.append((event.path, event.data or b""))
             elif event.kind == "removed" and event.path:
-                self.state.apply(event.path, None)
+                self._queue.append((event.path, None))
             elif event.kind == "initialized":
                 self.initialized.add(root)
             elif event.kind in ("suspended", "lost"):
@@ -87,31 +91,30 @@ class TableWatcher:
                 )
 
     def _schedule(self) -> None:
-        if (
-            self._publishing is not None
-            or len(self.initialized) < len(WATCHED)
-            or self._loop is None
-            or (self.generation and not self.state.dirty)
-        ):
-            return
-        self._publishing = self._loop.create_task(self._publish(), name="table-publish")
+        if self._task is None and self._loop is not None:
+            self._task = self._loop.create_task(self._run(), name="table-updates")
 
-    async def _publish(self) -> None:
+    async def _run(self) -> None:
+        """Apply the queued changes, then (every watch initialised) derive and publish."""
         while True:
-            if self.state.step(SLICE):
+            if self._queue:
+                for _ in range(min(NODES_PER_SLICE, len(self._queue))):
+                    self.state.apply(*self._queue.popleft())
+            elif len(self.initialized) < len(WATCHED) or (self.generation and not self.state.dirty):
+                break
+            elif self.state.step(SLICE):
+                self.generation += 1
+                table, change = self.state.publish(self.generation)
+                self.on_table(table, change)
+                self.metrics.table_swaps.inc()
+                self.ready.set()
                 break
             await asyncio.sleep(0)  # NOTE: a slice done: let calls run before the next one
-        self.generation += 1
-        table, change = self.state.publish(self.generation)
-        self._publishing = None
-        self.on_table(table, change)
-        self.metrics.table_swaps.inc()
-        self.ready.set()
-        self._schedule()  # NOTE: events that came in after the last slice
+        self._task = None
 
     def close(self) -> None:
-        if self._publishing is not None:
-            self._publishing.cancel()
+        if self._task is not None:
+            self._task.cancel()
         for watch in self._watches:
             watch.close()
         self._watches.clear()

@@ -5,6 +5,7 @@ differs. Plus the consumers fed by the change: router address state and HAProxy'
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from gateway.dataplane.plan import Programmer, fast_routes
 from gateway.metrics import GatewayMetrics
 from gateway.router import Router
 from gateway.table import RoutingTable, TableChange, TableState, build_table
-from gateway.watcher import TableWatcher
+from gateway.watcher import WATCHED, TableWatcher
 from registry import TreeEvent, layout
 from registry.records import Model, ModelVersion, Route, Service
 
@@ -124,9 +125,33 @@ def operations(draw: Any) -> list[tuple[Any, ...]]:
     return [*ops, ("publish",)]
 
 
-def watcher_of(published: list[tuple[RoutingTable, TableChange]]) -> TableWatcher:
-    """A watcher whose event handlers are driven by hand (no ZooKeeper, no loop)."""
-    return TableWatcher(None, GatewayMetrics(CollectorRegistry()), lambda t, c: published.append((t, c)))  # type: ignore[arg-type]  # fmt: skip
+class DrivenWatcher:
+    """A TableWatcher whose events come from a :class:`Tree` by hand (no ZooKeeper)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[RoutingTable, TableChange]] = []
+        self.watcher = TableWatcher(
+            None,  # type: ignore[arg-type]
+            GatewayMetrics(CollectorRegistry()),
+            lambda table, change: self.published.append((table, change)),
+        )
+        self.watcher._loop = asyncio.get_running_loop()
+        self.handlers = {root: self.watcher._handler(root) for root in WATCHED}
+
+    def deliver(self, events: list[TreeEvent]) -> None:
+        for event in events:
+            root = "/" + event.path.strip("/").split("/")[0] if event.path else None
+            for name, handler in self.handlers.items():
+                if root in (None, name):
+                    handler(event)
+
+    async def idle(self) -> None:
+        """Wait until every delivered event is applied (and published, if it changed)."""
+        for _ in range(100_000):
+            if self.watcher._task is None:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the watcher never finished its updates")
 
 
 def assert_same_table(table: RoutingTable, full: RoutingTable) -> None:
@@ -135,32 +160,66 @@ def assert_same_table(table: RoutingTable, full: RoutingTable) -> None:
     assert dict(table.addresses) == dict(full.addresses)
 
 
-@settings(max_examples=300, deadline=None)
+async def replay(ops: list[tuple[Any, ...]]) -> None:
+    tree = Tree()
+    driven = DrivenWatcher()
+    driven.deliver([TreeEvent("initialized")])
+    await driven.idle()
+    ((before, _),) = driven.published
+    for op in ops:
+        if op[0] != "publish":
+            driven.deliver(tree.put(op[1], op[2]) if op[0] == "put" else tree.delete(op[1], op[2]))
+            continue
+        count = len(driven.published)
+        await driven.idle()
+        assert len(driven.published) in (count, count + 1)  # one publish per burst
+        table, change = driven.published[-1]
+        assert_same_table(table, build_table(dict(tree.nodes)))
+        if len(driven.published) == count:
+            continue  # nothing changed since the last publish
+        differs = {name for name in {*table.models, *before.models, *table.services,
+                                     *before.services}
+                   if table.models.get(name) != before.models.get(name)
+                   or table.services.get(name) != before.services.get(name)}  # fmt: skip
+        assert change.models == differs
+        for name in set(table.models) - differs:  # shared, not rebuilt
+            assert table.models[name] is before.models[name]
+        assert change.added == set(table.addresses) - set(before.addresses)
+        assert change.removed == set(before.addresses) - set(table.addresses)
+        before = table
+
+
+@settings(max_examples=200, deadline=None)
 @given(operations())
 def test_random_event_sequences_give_the_table_a_full_build_gives(ops: list[tuple[Any, ...]]):
+    asyncio.run(replay(ops))
+
+
+async def test_a_burst_of_events_is_applied_in_slices_and_published_once():
+    driven = DrivenWatcher()
     tree = Tree()
-    watcher = watcher_of([])
-    handlers = {root: watcher._handler(root) for root in ("/models", "/routes", "/services")}
-    before = RoutingTable()
-    for n, op in enumerate(ops):
-        if op[0] == "publish":
-            table, change = watcher.state.publish(n)
-            assert_same_table(table, build_table(dict(tree.nodes), n))
-            differs = {name for name in {*table.models, *before.models, *table.services,
-                                         *before.services}
-                       if table.models.get(name) != before.models.get(name)
-                       or table.services.get(name) != before.services.get(name)}  # fmt: skip
-            assert change.models == differs
-            for name in set(table.models) - differs:  # shared, not rebuilt
-                assert table.models[name] is before.models[name]
-            assert change.added == set(table.addresses) - set(before.addresses)
-            assert change.removed == set(before.addresses) - set(table.addresses)
-            assert not watcher.state.dirty
-            before = table
-            continue
-        events = tree.put(op[1], op[2]) if op[0] == "put" else tree.delete(op[1], op[2])
-        for event in events:
-            handlers["/" + event.path.strip("/").split("/")[0]](event)  # type: ignore[union-attr]
+    for i in range(600):  # 4 nodes per model: its record, a route and the route's parents
+        model, route = layout.model(f"m{i}"), layout.route(f"m{i}", 1, "w0")
+        driven.deliver(tree.put(model, Model(name=f"m{i}", backend="triton").to_bytes(model)))
+        driven.deliver(tree.put(route, Route(model=f"m{i}", version=1, worker_id="w0",
+                                             address="h:1", protocol="kserve").to_bytes(route)))  # fmt: skip
+    driven.deliver([TreeEvent("initialized")])
+    seen: list[tuple[int, int]] = []  # (queued nodes, tables published) at each turn
+
+    async def watch() -> None:
+        while True:
+            seen.append((len(driven.watcher._queue), len(driven.published)))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(watch())
+    await driven.idle()
+    watching.cancel()
+    ((table, change),) = driven.published
+    assert len(table.models) == 600 and change.models == set(table.models)
+    assert_same_table(table, build_table(dict(tree.nodes)))
+    # other tasks ran while the 2,400 nodes were applied, and while 600 models were derived
+    assert any(0 < queued < 2400 for queued, _ in seen)
+    assert sum(1 for queued, published in seen if queued == 0 and not published) >= 2
 
 
 def test_a_burst_derived_in_slices_is_one_publish_with_every_change():
