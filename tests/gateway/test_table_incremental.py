@@ -189,7 +189,7 @@ async def replay(ops: list[tuple[Any, ...]]) -> None:
         before = table
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(operations())
 def test_random_event_sequences_give_the_table_a_full_build_gives(ops: list[tuple[Any, ...]]):
     asyncio.run(replay(ops))
@@ -257,6 +257,25 @@ def test_a_removed_model_record_leaves_its_routes_routable_and_its_subtree_can_g
     third, change = state.publish(3)
     assert "m" not in third.models
     assert change.models == {"m"} and change.removed == {"h:1"}
+
+
+def test_a_subtree_removed_in_one_event_takes_everything_under_it():
+    state = TableState()
+    model, version = layout.model("m"), layout.version("m", 3)
+    state.apply(model, Model(name="m", backend="triton").to_bytes(model))
+    state.apply(version, ModelVersion(version=3, artifact_uri="file:///x",
+                                      labels=["stable"]).to_bytes(version))  # fmt: skip
+    route = layout.route("m", 3, "w1")
+    state.apply(route, Route(model="m", version=3, worker_id="w1", address="h:1",
+                             protocol="kserve").to_bytes(route))  # fmt: skip
+    assert state.publish(1)[0].models["m"].labels == {"stable": 3}
+
+    state.apply(model, None)  # the model's node with its versions/ (one event)
+    state.apply(layout.version_routes("m", 3), None)  # a version's routes (one event)
+    state.apply(model, Model(name="m", backend="triton").to_bytes(model))
+    table, change = state.publish(2)
+    assert dict(table.models["m"].versions) == {} and dict(table.models["m"].labels) == {}
+    assert change.removed == {"h:1"}
 
 
 def test_changes_compose_as_one():
