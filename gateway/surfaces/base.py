@@ -24,6 +24,7 @@ from gateway.backends.base import Api, Call, TensorCall
 from gateway.backends.channels import Metadata
 from gateway.backends.kinds import Backends
 from gateway.backends.wire import parse
+from gateway.cache import CACHED_METHODS, ResponseCache, bypassed, cache_key
 from gateway.errors import (
     BackendStatusError,
     InvalidArgumentError,
@@ -36,6 +37,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
+from gateway.shadow import ShadowTraffic
 from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2
 from registry.logs import set_call
@@ -119,6 +121,8 @@ class Core:
         backends: Backends,
         metrics: GatewayMetrics,
         plugins: PluginHost,
+        cache: ResponseCache,
+        shadow: ShadowTraffic,
         *,
         default_timeout: float,
         version: str,
@@ -127,6 +131,8 @@ class Core:
         self.backends = backends
         self.metrics = metrics
         self.plugins = plugins
+        self.cache = cache
+        self.shadow = shadow
         self.default_timeout = default_timeout
         self.version = version
         self.clock = router.clock
@@ -321,8 +327,65 @@ class Core:
         """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
 
         ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
-        protocol; the others translate ``request``.
+        protocol; the others translate ``request``. A model with a response cache or shadow
+        traffic goes through :meth:`_cached_or_shadowed`.
         """
+        record = target.model.record
+        if record.cache is None and record.shadow is None:
+            return await self._route(target, method, request, pinned, api, context, info)
+        return await self._cached_or_shadowed(target, method, request, pinned, api, context, info)
+
+    async def _cached_or_shadowed(
+        self,
+        target: Target,
+        method: str,
+        request: bytes,
+        pinned: bytes,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
+        """:meth:`_route` behind the model's response cache, then copied to its shadow."""
+        record = target.model.record
+        name, v = target.model.name, target.version.version
+        spec = record.cache if method in CACHED_METHODS else None
+        key = ""
+        if spec is not None:
+            if bypassed(context.invocation_metadata()):
+                self.metrics.cache_lookups.labels(name, "bypass").inc()
+                spec = None
+            else:
+                key = cache_key(name, v, method, request)
+                cached = await self.cache.get(name, spec, key)
+                if cached is not None:
+                    return cached
+        budget_s = self.deadline(context) - self.clock()
+        answer = await self._route(target, method, request, pinned, api, context, info)
+        if spec is not None:
+            await self.cache.put(name, spec, key, answer)
+        if record.shadow is not None:
+            self.shadow.send(
+                target,
+                record.shadow,
+                method,
+                request,
+                answer,
+                api,
+                self.forward_metadata(context),
+                budget_s,
+            )
+        return answer
+
+    async def _route(
+        self,
+        target: Target,
+        method: str,
+        request: bytes,
+        pinned: bytes,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
         v = target.version.version
         call = Call(target.model.name, v, method, request, pinned, self.forward_metadata(context))
 
