@@ -1,8 +1,10 @@
 """The per-model response cache (``cache: {ttl_s, max_entries}`` on a model record).
 
 An answer is cached under a digest of the exact request bytes with the resolved model, version
-and method, so a new version never answers from an older one's entries. Only successful
-answers are stored (an error raises before :meth:`ResponseCache.put` is reached). In-process
+and method, so a new version never answers from an older one's entries; a plugin model's
+answer (:meth:`gateway.surfaces.base.Core.infer_flow`) under a digest of the decoded request
+with the model's plugin ``name@version`` and config, so a plugin change does not either.
+Only successful answers are stored (an error raises before :meth:`ResponseCache.put`). In-process
 by default: one LRU with a TTL per model, rebuilt (emptied) when the model's cache settings
 change. With ``cache_redis_url`` the entries live in Redis instead, shared by every gateway;
 when Redis does not answer, calls go to the backend as if the cache were off (counted in
@@ -11,6 +13,7 @@ when Redis does not answer, calls go to the backend as if the cache were off (co
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Awaitable, Sequence
@@ -19,8 +22,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from cachetools import TTLCache
 from redis.exceptions import RedisError
+from tritonclient.grpc import service_pb2 as kserve
 
+import udl
+from gateway import codec
+from gateway.backends.wire import parse
 from gateway.metrics import GatewayMetrics
+from gateway.plugins import spec_of
+from gateway.router import Target
 from registry.records import ResponseCache as CacheSpec
 
 log = logging.getLogger("gateway.cache")
@@ -45,6 +54,51 @@ def cache_key(model: str, version: int, method: str, request: bytes) -> str:
     digest = hashlib.sha256(request)
     digest.update(f"\0{model}\0{version}\0{method}".encode())
     return f"modelgate:cache:{model}:{digest.hexdigest()}"
+
+
+def flow_cache_key(target: Target, request: udl.Request, outputs: Sequence[str]) -> str:
+    """The entry of one decoded call (tensors, payload, parameters; not its metadata or id) to
+    one model version through its plugin as configured now."""
+    name, v = target.model.name, target.version.version
+    message = kserve.ModelInferRequest(model_name=name, model_version=str(v))
+    codec.add_kserve_inputs(message, sorted(request.tensors.items()))
+    message.outputs.extend(kserve.ModelInferRequest.InferRequestedOutputTensor(name=o)
+                           for o in outputs)  # fmt: skip
+    for key, value in request.parameters.items():
+        message.parameters[key].string_param = value
+    message.parameters["content_type"].string_param = request.content_type
+    plugin, config = spec_of(target.model) or ("", "")
+    message.parameters["plugin"].string_param = f"{plugin} {config}"
+    body = message.SerializeToString(deterministic=True) + b"\0" + request.payload
+    return cache_key(name, v, "flow", body)
+
+
+def encode_response(response: udl.Response) -> bytes:
+    """A flow's answer as a ModelInferResponse (payload, content type and parameters in its
+    parameters); raises InvalidArgumentError for a tensor the KServe codec cannot carry."""
+    out = kserve.ModelInferResponse(model_name=response.model,
+                                    model_version=str(response.version or ""))  # fmt: skip
+    codec.add_kserve_outputs(out, list(response.tensors.items()))
+    out.parameters["payload"].string_param = base64.b64encode(response.payload).decode()
+    out.parameters["content_type"].string_param = response.content_type
+    for key, value in response.parameters.items():
+        out.parameters[f"parameter.{key}"].string_param = value
+    return out.SerializeToString()
+
+
+def decode_response(data: bytes) -> udl.Response:
+    """:func:`encode_response` undone."""
+    message = parse(kserve.ModelInferResponse, data, "cached response")
+    params = {k: p.string_param for k, p in message.parameters.items()}
+    return udl.Response(
+        model=message.model_name,
+        version=int(message.model_version) if message.model_version else None,
+        tensors=dict(codec.kserve_response_outputs(message)),
+        payload=base64.b64decode(params["payload"]),
+        content_type=params["content_type"],
+        parameters={k.removeprefix("parameter."): v for k, v in params.items()
+                    if k.startswith("parameter.")},
+    )  # fmt: skip
 
 
 class ResponseCache:

@@ -8,6 +8,7 @@ gateway's one place that maps exceptions to gRPC statuses (via :func:`gateway.er
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +25,15 @@ from gateway.backends.base import Api, Call, TensorCall
 from gateway.backends.channels import Metadata
 from gateway.backends.kinds import Backends
 from gateway.backends.wire import parse
-from gateway.cache import CACHED_METHODS, ResponseCache, bypassed, cache_key
+from gateway.cache import (
+    CACHED_METHODS,
+    ResponseCache,
+    bypassed,
+    cache_key,
+    decode_response,
+    encode_response,
+    flow_cache_key,
+)
 from gateway.errors import (
     BackendStatusError,
     InvalidArgumentError,
@@ -37,7 +46,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
-from gateway.shadow import ShadowTraffic
+from gateway.shadow import SHADOWED_METHODS, DetachedContext, ShadowTraffic, request_copy
 from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2
 from registry.logs import set_call
@@ -110,6 +119,75 @@ def split_version(text: str) -> tuple[int | None, str | None]:
         return None, None
     version = version_number(text)
     return (version, None) if version is not None else (None, text)
+
+
+Flow = Callable[..., Awaitable[udl.Response]]
+
+
+def _behind_cache_and_shadow(flow: Flow) -> Flow:
+    """:meth:`Core.infer_flow` behind the model's response cache, then copied to its shadow;
+    as it is for a model with neither."""
+
+    @functools.wraps(flow)
+    def wrapped(
+        core: Core,
+        target: Target,
+        request: udl.Request,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+        *,
+        outputs: Sequence[str] = (),
+    ) -> Awaitable[udl.Response]:
+        record = target.model.record
+        if record.cache is None and record.shadow is None:
+            return flow(core, target, request, context, info, outputs=outputs)
+        return cached_or_shadowed(core, target, request, context, info, outputs)
+
+    async def cached_or_shadowed(
+        core: Core,
+        target: Target,
+        request: udl.Request,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+        outputs: Sequence[str],
+    ) -> udl.Response:
+        record = target.model.record
+        name = target.model.name
+        spec, key = record.cache, ""
+        if spec is not None:
+            if bypassed(context.invocation_metadata()):
+                core.metrics.cache_lookups.labels(name, "bypass").inc()
+                spec = None
+            else:
+                key = flow_cache_key(target, request, outputs)
+                cached = await core.cache.get(name, spec, key)
+                if cached is not None:
+                    return decode_response(cached)
+        shadow = record.shadow
+        copy = None
+        if shadow is not None and core.shadow.admit(name, shadow):
+            copy = request_copy(request)
+            detached = DetachedContext(
+                tuple(context.invocation_metadata() or ()),
+                time.monotonic() + core.deadline(context) - core.clock(),
+            )
+        response = await flow(core, target, request, context, info, outputs=outputs)
+        if spec is not None:
+            try:
+                await core.cache.put(name, spec, key, encode_response(response))
+            except InvalidArgumentError as err:
+                log.debug("model %s: answer not cached: %s", name, err)
+        if shadow is not None and copy is not None:
+
+            async def shadow_flow(
+                t: Target, r: udl.Request, c: grpc.aio.ServicerContext
+            ) -> udl.Response:
+                return await flow(core, t, r, c, CallInfo(), outputs=outputs)
+
+            core.shadow.copy_flow(target, shadow, shadow_flow, copy, response, detached)
+        return response
+
+    return wrapped
 
 
 class Core:
@@ -314,7 +392,7 @@ class Core:
             target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
         )
 
-    async def forward(
+    def forward(
         self,
         target: Target,
         method: str,
@@ -323,17 +401,18 @@ class Core:
         api: Api,
         context: grpc.aio.ServicerContext,
         info: CallInfo,
-    ) -> bytes:
+    ) -> Awaitable[bytes]:
         """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
 
         ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
         protocol; the others translate ``request``. A model with a response cache or shadow
-        traffic goes through :meth:`_cached_or_shadowed`.
+        traffic goes through :meth:`_cached_or_shadowed`; the others pay one check (no
+        coroutine of its own).
         """
         record = target.model.record
         if record.cache is None and record.shadow is None:
-            return await self._route(target, method, request, pinned, api, context, info)
-        return await self._cached_or_shadowed(target, method, request, pinned, api, context, info)
+            return self._route(target, method, request, pinned, api, context, info)
+        return self._cached_or_shadowed(target, method, request, pinned, api, context, info)
 
     async def _cached_or_shadowed(
         self,
@@ -363,17 +442,10 @@ class Core:
         answer = await self._route(target, method, request, pinned, api, context, info)
         if spec is not None:
             await self.cache.put(name, spec, key, answer)
-        if record.shadow is not None:
-            self.shadow.send(
-                target,
-                record.shadow,
-                method,
-                request,
-                answer,
-                api,
-                self.forward_metadata(context),
-                budget_s,
-            )
+        shadow = record.shadow
+        if shadow is not None and method in SHADOWED_METHODS and self.shadow.admit(name, shadow):
+            md = self.forward_metadata(context)
+            self.shadow.copy_call(target, shadow, method, request, answer, api, md, budget_s)
         return answer
 
     async def _route(
@@ -403,6 +475,7 @@ class Core:
                 parse(REQUEST_TYPES[method], request, f"{method}Request")
             raise
 
+    @_behind_cache_and_shadow
     async def infer_flow(
         self,
         target: Target,

@@ -19,6 +19,7 @@ from tests.gateway.conftest import (
     put_route,
     put_version,
 )
+from tests.gateway.test_plugins import CSV_PLUGIN, gateway_record, invoke, publish
 from tests.servers.redis import LocalRedis
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
@@ -172,3 +173,34 @@ def test_calls_work_while_redis_is_down(registry, triton_a, redis_gateways, redi
     infer(a, 6.0, "1")
     assert infer(a, 6.0, "1").tolist() == [7.0]
     assert lookups(a, "hit") == 1
+
+
+def test_plugin_calls_are_cached_and_a_plugin_change_invalidates(
+    registry, triton_a, gateway, tmp_path
+):
+    first = publish(registry, tmp_path, "csv", "1", CSV_PLUGIN)
+    put_model(registry, ADD_ONE, plugin=first, plugin_config={"tag": "one"}, cache=CACHE)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="the plugin model routed")
+    before = inference_count(triton_a.address, ADD_ONE, "1")
+    answers = [invoke(gateway.address, b"1,2,3").payload for _ in range(3)]
+    assert answers == [b"one:2,3,4"] * 3
+    assert inference_count(triton_a.address, ADD_ONE, "1") == before + 1
+    assert (lookups(gateway, "miss"), lookups(gateway, "hit")) == (1, 2)
+    # the tensor surfaces share the flow: a KServe call through the plugin is cached too
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    x = triton_grpc.InferInput("x", [2], "FP32")
+    x.set_data_from_numpy(np.array([1, 2], np.float32))
+    for _ in range(2):
+        result = client.infer(ADD_ONE, [x], client_timeout=20)
+        assert result.as_numpy("y").tolist() == [2.0, 3.0]
+    client.close()
+    assert inference_count(triton_a.address, ADD_ONE, "1") == before + 2
+
+    second = publish(registry, tmp_path, "csv", "2", CSV_PLUGIN)
+    put_model(registry, ADD_ONE, plugin=second, plugin_config={"tag": "two"}, cache=CACHE)
+    wait_for(lambda: (s := gateway_record(registry).plugins.get(ADD_ONE)) and s.serving == second,
+             what="the new plugin serving")  # fmt: skip
+    assert invoke(gateway.address, b"1,2,3").payload == b"two:2,3,4"
+    assert inference_count(triton_a.address, ADD_ONE, "1") == before + 3

@@ -6,10 +6,12 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
 
 from gateway.settings import GatewaySettings
+from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from registry import Registry
 from tests.gateway.conftest import (
     ADD_ONE,
@@ -21,6 +23,7 @@ from tests.gateway.conftest import (
     write_versions,
 )
 from tests.gateway.test_cache import infer
+from tests.gateway.test_plugins import CSV_PLUGIN, publish
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
@@ -143,3 +146,27 @@ def test_a_hung_shadow_never_holds_the_caller_and_extra_copies_are_dropped(
     wait_for(lambda: shadow_metric(gateway, "calls_total", target="hung") == 1,
              what="the one copy sent")  # fmt: skip
     assert gateway.metric("modelgate_gateway_shadow_dropped_total", {"model": ADD_ONE}) == 2
+
+
+def test_plugin_calls_are_copied_through_the_shadows_own_flow(
+    registry, triton_a, gateway, tmp_path
+):
+    plugin = publish(registry, tmp_path, "csv", "1", CSV_PLUGIN)
+    put_model(registry, ADD_ONE, plugin=plugin, plugin_config={"tag": "t"},
+              shadow={"target": 2, "percent": 100})  # fmt: skip
+    for v in (1, 2):
+        put_version(registry, ADD_ONE, v)
+        put_route(registry, ADD_ONE, v, "worker-a", triton_a.address)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="the plugin model routed")
+    before = inference_count(triton_a.address, ADD_ONE, "2")
+    # pinned to version 1 (version 2, the shadow, adds 10)
+    with grpc.insecure_channel(gateway.address) as channel:
+        answer = gateway_pb2_grpc.GatewayStub(channel).Invoke(
+            gateway_pb2.InvokeRequest(model=ADD_ONE, version="1", payload=b"1,2"), timeout=20
+        )
+    assert answer.payload == b"t:2,3" and answer.version == "1"
+    wait_for(
+        lambda: shadow_metric(gateway, "agreement_total", target="2", outcome="disagree") == 1,
+        what="a disagreeing shadow answer",
+    )
+    assert inference_count(triton_a.address, ADD_ONE, "2") == before + 1
