@@ -120,8 +120,12 @@ class DetachedContext:
 
 def request_copy(request: udl.Request) -> udl.Request:
     """A copy of a flow's request the primary's plugin cannot change under the shadow."""
-    return replace(request, tensors=dict(request.tensors), parameters=dict(request.parameters),
-                   metadata=dict(request.metadata))  # fmt: skip
+    return replace(
+        request,
+        tensors={k: v.copy() for k, v in request.tensors.items()},
+        parameters=dict(request.parameters),
+        metadata=dict(request.metadata),
+    )
 
 
 class ShadowTraffic:
@@ -187,8 +191,9 @@ class ShadowTraffic:
         shadow: Shadow,
         flow: Callable[[Target, udl.Request, grpc.aio.ServicerContext], Awaitable[udl.Response]],
         request: udl.Request,
-        answer: udl.Response,
         context: DetachedContext,
+        *,
+        answer: udl.Response,
     ) -> None:
         """Run an admitted flow call's copy (``request``, taken before the primary ran) through
         the shadow's own flow; ``answer`` is the primary's."""

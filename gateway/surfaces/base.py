@@ -164,12 +164,15 @@ def _behind_cache_and_shadow(flow: Flow) -> Flow:
                 if cached is not None:
                     return decode_response(cached)
         shadow = record.shadow
-        copy = None
+        copy: tuple[udl.Request, DetachedContext] | None = None
         if shadow is not None and core.shadow.admit(name, shadow):
-            copy = request_copy(request)
-            detached = DetachedContext(
-                tuple(context.invocation_metadata() or ()),
-                time.monotonic() + core.deadline(context) - core.clock(),
+            # NOTE: taken before the primary's plugin runs, which may change the request
+            copy = (
+                request_copy(request),
+                DetachedContext(
+                    tuple(context.invocation_metadata() or ()),
+                    time.monotonic() + core.deadline(context) - core.clock(),
+                ),
             )
         response = await flow(core, target, request, context, info, outputs=outputs)
         if spec is not None:
@@ -184,7 +187,7 @@ def _behind_cache_and_shadow(flow: Flow) -> Flow:
             ) -> udl.Response:
                 return await flow(core, t, r, c, CallInfo(), outputs=outputs)
 
-            core.shadow.copy_flow(target, shadow, shadow_flow, copy, response, detached)
+            core.shadow.copy_flow(target, shadow, shadow_flow, *copy, answer=response)
         return response
 
     return wrapped
