@@ -4,9 +4,9 @@ Starts a real ZooKeeper, Triton (``fig_add`` versions 1 (+1) and 2 (+10), and ``
 copy of version 1) and a gateway (``--dataplane python``: cached and shadowed models take the
 Python path anyway). Then, calling ``fig_add`` version 1 over KServe ``ModelInfer``:
 
-- cache: ``--calls`` distinct inputs twice with ``cache: {ttl_s: 300}`` (the first pass
-  misses, the second hits); the client-side latency of misses and hits, the gateway's
-  hit/miss counts and Triton's inference count;
+- cache: ``--calls`` distinct inputs, each twice in a row, with ``cache: {ttl_s: 300}`` (the
+  first call misses, the second hits); the client-side latency of misses and hits, the
+  gateway's hit/miss counts and Triton's inference count;
 - shadow: ``--calls`` calls with the cache off and ``shadow`` to version 2 (exact match: they
   disagree), then to ``fig_twin`` (they agree), at ``--percent``.
 
@@ -49,6 +49,12 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         if s.name.startswith(("modelgate_gateway_cache", "modelgate_gateway_shadow"))
         and not s.name.endswith(("_bucket", "_created"))
     }
+
+
+def series(key: tuple[str, tuple[tuple[str, str], ...]]) -> str:
+    """A sample's key as Prometheus writes it: ``name{label="value",...}``."""
+    name, labels = key
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
 
 
 def inferences(address: str, model: str, version: str) -> int:
@@ -142,14 +148,16 @@ def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
         wait_until(lambda: probed("cache_lookups", model=MODEL, outcome="miss"),
                    "the cache on in the gateway")  # fmt: skip
         before = inferences(triton.address, MODEL, "1")
-        misses = timed_calls(client, range(1, calls + 1))
-        hits = timed_calls(client, range(1, calls + 1))
+        misses, hits = [], []
+        for value in range(1, calls + 1):  # interleaved: both see the same machine load
+            misses += timed_calls(client, range(value, value + 1))
+            hits += timed_calls(client, range(value, value + 1))
         cache = {
             "calls": 2 * calls,
             "miss": summary(misses),
             "hit": summary(hits),
             "triton_inferences": inferences(triton.address, MODEL, "1") - before,
-            "metrics": {k[0] + str(dict(k[1])): v for k, v in metrics(metrics_port).items()
+            "metrics": {series(k): v for k, v in metrics(metrics_port).items()
                         if k[0].startswith("modelgate_gateway_cache")},
         }  # fmt: skip
 
@@ -180,7 +188,7 @@ def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
             shadow[f"target {target}"] = {
                 "calls": calls,
                 "primary": summary(primary),
-                "metrics": {k[0] + str(dict(k[1])): v - start.get(k, 0.0) for k, v in end.items()
+                "metrics": {series(k): v - start.get(k, 0.0) for k, v in end.items()
                             if k[0].startswith("modelgate_gateway_shadow")
                             and dict(k[1]).get("target") == str(target)},
             }  # fmt: skip
