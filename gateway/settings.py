@@ -83,7 +83,8 @@ class GatewaySettings(BaseSettings):
     cache_redis_url: str | None = None
     """Redis URL ("redis://host:6379/0", "unix:///path/redis.sock") of the response cache,
     shared by the gateways that name it; None: each gateway caches in its own memory. Put no
-    password here (flags are visible to every user): use ``cache_redis_password``."""
+    password here (flags are visible to every user): use ``cache_redis_password``
+    (``MODELGATE_GATEWAY_CACHE_REDIS_PASSWORD``)."""
     cache_redis_password: str | None = None
     """Password of ``cache_redis_url``'s Redis. A secret: environment only, no flag."""
     cache_redis_timeout_s: float = Field(default=0.5, gt=0)

@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
 from gateway.settings import GatewaySettings
+from gateway.shadow import agree
 from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from registry import Registry
+from registry.records import Tolerance
 from tests.gateway.conftest import (
     ADD_ONE,
     RunningGateway,
@@ -170,3 +173,17 @@ def test_plugin_calls_are_copied_through_the_shadows_own_flow(
         what="a disagreeing shadow answer",
     )
     assert backend_count(triton_a, ADD_ONE, "2", before + 1) == before + 1
+
+
+def test_agreement_compares_names_shapes_and_values():
+    exact, close = Tolerance(), Tolerance(absolute=0.1)
+    ours = [("y", np.array([1.0, 2.0], np.float32)), ("label", np.array([b"cat"], object))]
+    assert agree(ours, list(reversed(ours)), exact)  # order does not matter
+    nudged = [("y", np.array([1.05, 2.0], np.float32)), ours[1]]
+    assert not agree(ours, nudged, exact) and agree(ours, nudged, close)
+    assert not agree(ours, [ours[0], ("label", np.array([b"dog"], object))], close)
+    assert not agree(ours, [("y", np.array([[1.0, 2.0]], np.float32)), ours[1]], close)  # shape
+    assert not agree(ours, ours[:1], close)  # a missing output
+    assert not agree(ours, [ours[0], ("other", ours[1][1])], close)  # another name
+    flags = [("ok", np.array([True, False]))]
+    assert agree(flags, flags, exact) and not agree(flags, [("ok", np.array([True, True]))], close)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from registry import Registry, layout
 from registry.records import Model, ResponseCache, Shadow, Tolerance
@@ -79,3 +81,11 @@ def test_bad_values_are_refused_with_the_field_named(client: TestClient, registr
     )
     assert "the model itself" in problem(r, 422)["detail"]
     assert stored(registry).shadow is None
+
+
+def test_the_record_reads_digits_as_a_version_and_refuses_itself():
+    assert Model(name="m1", backend="triton", shadow={"target": "2", "percent": 5}).shadow == (
+        Shadow(target=2, percent=5)
+    )
+    with pytest.raises(ValidationError, match="the model itself"):
+        Model(name="m1", backend="triton", shadow={"target": "m1", "percent": 5})
