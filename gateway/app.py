@@ -239,6 +239,7 @@ class GatewayApp:
     def _on_table(self, table: RoutingTable) -> None:
         self.configured = table
         self.prober.sync(table.services)
+        self.cache.sync(table.models)
         if self.dataplane is not None:
             self.dataplane.on_table(table)
         self._publish_table()

@@ -4,10 +4,11 @@ An answer is cached under a digest of the exact request bytes with the resolved 
 and method, so a new version never answers from an older one's entries; a plugin model's
 answer (:meth:`gateway.surfaces.base.Core.infer_flow`) under a digest of the decoded request
 with the model's plugin ``name@version`` and config, so a plugin change does not either.
-Only successful answers are stored (an error raises before :meth:`ResponseCache.put`). In-process
-by default: one LRU with a TTL per model, rebuilt (emptied) when the model's cache settings
-change. With ``cache_redis_url`` the entries live in Redis instead, shared by every gateway;
-when Redis does not answer, calls go to the backend as if the cache were off (counted in
+Only successful answers are stored (an error raises before :meth:`ResponseCache.put`).
+In-process by default: one LRU with a TTL per model, dropped when the model's cache settings
+change (:meth:`ResponseCache.sync`, on every routing table). With ``cache_redis_url`` the
+entries live in Redis instead, shared by every gateway; when Redis does not answer, calls go
+to the backend as if the cache were off (counted in
 ``modelgate_gateway_cache_unavailable``, logged once per outage).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +31,7 @@ from gateway.backends.wire import parse
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import spec_of
 from gateway.router import Target
+from gateway.table import ModelEntry
 from registry.records import ResponseCache as CacheSpec
 
 log = logging.getLogger("gateway.cache")
@@ -130,6 +132,13 @@ class ResponseCache:
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
+
+    def sync(self, models: Mapping[str, ModelEntry]) -> None:
+        """Drop the in-process entries of models gone, or whose cache is off or changed."""
+        for name, (spec, _) in list(self._local.items()):
+            entry = models.get(name)
+            if entry is None or entry.record.cache != spec:
+                del self._local[name]
 
     async def get(self, model: str, spec: CacheSpec, key: str) -> bytes | None:
         """The cached answer, or None (a miss, counted)."""
