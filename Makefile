@@ -29,7 +29,7 @@ endef
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Redis, Java/Node client tools (idempotent)
+setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools (idempotent)
 	$(call debian_package,/usr/share/java/zookeeper.jar,zookeeper)
 	$(call debian_package,/usr/sbin/haproxy,haproxy)
 	$(call debian_package,/usr/bin/redis-server,redis-server)

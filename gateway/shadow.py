@@ -84,7 +84,8 @@ def responses_agree(primary: udl.Response, shadow: udl.Response, tolerance: Tole
 
 def agree(primary: codec.Named, shadow: codec.Named, tolerance: Tolerance) -> bool:
     """Whether the shadow's outputs match the primary's: same names and shapes, numeric values
-    within ``tolerance`` (numpy ``allclose`` against the primary), others exactly."""
+    within ``tolerance`` (numpy ``allclose`` against the primary; NaN matches NaN), others
+    exactly."""
     theirs = dict(shadow)
     if len(theirs) != len(primary):
         return False
@@ -137,18 +138,16 @@ class ShadowTraffic:
         backends: Backends,
         metrics: GatewayMetrics,
         max_in_flight: int,
-        sample: Callable[[], float] = random.random,
     ) -> None:
         self.router = router
         self.backends = backends
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self._sample = sample
         self._tasks: set[asyncio.Task[None]] = set()
 
     def admit(self, model: str, shadow: Shadow) -> bool:
         """Whether to copy this call: sampled, and a copy may start (else dropped, counted)."""
-        if self._sample() * 100 >= shadow.percent:
+        if random.random() * 100 >= shadow.percent:
             return False
         if len(self._tasks) >= self.max_in_flight:
             self.metrics.shadow_dropped.labels(model).inc()
