@@ -32,6 +32,7 @@ help: ## list the targets
 setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools, Chromium + playwright-core (idempotent)
 	$(call debian_package,/usr/share/java/zookeeper.jar,zookeeper)
 	$(call debian_package,/usr/sbin/haproxy,haproxy)
+	$(call debian_package,/usr/bin/redis-server,redis-server)
 	@bash examples/clients/setup.sh
 	$(call debian_package,/usr/bin/chromium,chromium)
 	@cd tests/manager_api/ui && { [ node_modules/.modelgate-npm-ci -nt package-lock.json ] || \

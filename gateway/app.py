@@ -16,12 +16,14 @@ from tritonclient.grpc import service_pb2  # noqa: F401
 from gateway.backends import tfserving, triton
 from gateway.backends.kinds import Backends
 from gateway.backends.rest import ServiceProber
+from gateway.cache import ResponseCache
 from gateway.dataplane.config import Layout
 from gateway.dataplane.controller import DataPlane
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowTraffic
 from gateway.surfaces import invoke
 from gateway.surfaces.base import Core
 from gateway.surfaces.kserve import KServeSurface
@@ -64,6 +66,15 @@ class GatewayApp:
             eject_seconds=settings.eject_s,
         )
         self.backends = Backends(settings.max_message_bytes)
+        self.cache = ResponseCache(
+            self.metrics,
+            settings.cache_redis_url,
+            redis_password=settings.cache_redis_password,
+            redis_timeout_s=settings.cache_redis_timeout_s,
+        )
+        self.shadow = ShadowTraffic(
+            self.router, self.backends, self.metrics, settings.shadow_max_in_flight
+        )
         self.prober = ServiceProber(self.backends.rest.client, self._on_probe)
         #: The routing table as ZooKeeper has it (the router's adds what the probes say).
         self.configured = RoutingTable()
@@ -125,6 +136,8 @@ class GatewayApp:
             self.backends,
             self.metrics,
             self.plugins,
+            self.cache,
+            self.shadow,
             default_timeout=s.default_timeout_s,
             version=version(),
         )
@@ -213,6 +226,8 @@ class GatewayApp:
         if self.plugins is not None:
             await self.plugins.close()
         await self.prober.close()
+        await self.shadow.stop()
+        await self.cache.close()
         await self.backends.close()
         if self._own_registry and self.registry is not None:
             await asyncio.to_thread(self.registry.stop)
@@ -230,6 +245,7 @@ class GatewayApp:
         self.configured = table
         if services_changed:
             self.prober.sync(table.services)
+        self.cache.sync(table.models, change.models)
         if self.dataplane is not None:
             self.dataplane.on_table(table, change)
         self._publish_table(change)

@@ -67,7 +67,13 @@ def fast_routes(
 
 def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -> list[FastRoute]:
     record = entry.record
-    if entry.kind == "rest" or record.plugin or record.state != "online":
+    if (
+        entry.kind == "rest"
+        or record.plugin
+        or record.state != "online"
+        or record.cache
+        or record.shadow
+    ):
         return []
     pool = POOLS.get(record.policy)
     if pool is None:
