@@ -1,6 +1,7 @@
 """Tensor conversion between KServe v2, TF-Serving and the JSON codec of ``Invoke``.
 
 numpy arrays are the common form; BYTES/DT_STRING tensors are object arrays of ``bytes``.
+Raw contents decode to read-only views of the message's bytes (no copy).
 Any dtype outside ``SUPPORTED_DATATYPES`` is refused with INVALID_ARGUMENT naming it, and so
 is anything a decoder cannot take as it is: a value that does not fit its datatype (the rule
 of :func:`modelgate_client.tensors.typed_array`), contents whose size does not match the
@@ -186,7 +187,8 @@ def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndar
             f"tensor {quoted(name)}: raw contents of {_bytes_of(len(raw))} are not a multiple "
             f"of the {_bytes_of(dtype.itemsize)} of one {datatype}"
         )
-    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    # NOTE: a read-only view of the request's bytes (no copy on little-endian hosts)
+    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     return _shape(name, values, shape, broadcast=False)
 
 
@@ -307,7 +309,9 @@ def tf_to_array(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
                 f"tensor {quoted(name)}: tensor_content of {_bytes_of(size)} is not a multiple "
                 f"of the {_bytes_of(dtype.itemsize)} of one {dtype_name}"
             )
-        arr = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype)
+        arr = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(
+            dtype, copy=False
+        )
         return _shape(name, arr, shape, broadcast=False)
     values = list(getattr(tensor, field))
     if field == "half_val":

@@ -113,7 +113,7 @@ class LoadedPlugin:
     """One loaded plugin version, ready to run hooks with timeouts and error mapping.
 
     Either ``instance`` (in the gateway: ``async`` and ``thread``) or ``workers``
-    (``process``) runs the hooks; ``hooks`` are the call hooks the plugin overrides.
+    (``process``) runs the hooks.
     """
 
     def __init__(
@@ -121,16 +121,17 @@ class LoadedPlugin:
         manifest: PluginManifest,
         sha256: str,
         directory: Path,
-        hooks: frozenset[str],
-        *,
-        instance: Plugin | None = None,
-        workers: WorkerPool | None = None,
-        thread_pool: Executor | None = None,
+        instance: Plugin | None,
+        workers: WorkerPool | None,
+        thread_pool: Executor,
     ) -> None:
         self.manifest = manifest
         self.sha256 = sha256
         self.directory = directory
-        self.hooks = hooks
+        #: The call hooks the plugin overrides; the others are skipped.
+        self.hooks = workers.hooks if workers is not None else frozenset()
+        if instance is not None:
+            self.hooks = overridden_hooks(type(instance))
         self._instance = instance
         self._workers = workers
         self._thread_pool = thread_pool
@@ -240,7 +241,7 @@ async def load_plugin(
                 summary, text = err.args
                 log.error("plugin %s failed to load (in its worker process):\n%s", key, text)
                 raise PluginLoadError(f"plugin {key} failed to load: {summary}") from None
-            return LoadedPlugin(manifest, sha256, directory, workers.hooks, workers=workers)
+            return LoadedPlugin(manifest, sha256, directory, None, workers, thread_pool)
         cls = await asyncio.to_thread(import_plugin_class, directory, manifest, alias)
         instance = cls()
         async with asyncio.timeout(timeout):
@@ -248,14 +249,7 @@ async def load_plugin(
                 await instance.load(config)
             else:
                 await asyncio.get_running_loop().run_in_executor(thread_pool, instance.load, config)
-        return LoadedPlugin(
-            manifest,
-            sha256,
-            directory,
-            overridden_hooks(cls),
-            instance=instance,
-            thread_pool=thread_pool,
-        )
+        return LoadedPlugin(manifest, sha256, directory, instance, None, thread_pool)
     except TimeoutError:
         raise PluginLoadError(f"plugin {key} load exceeded its {timeout:g}s timeout") from None
     except PluginLoadError:

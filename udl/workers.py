@@ -150,7 +150,8 @@ class _Worker(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         code = self.proc.poll() if self.proc is not None else None
-        self._on_lost(self, f"exited with {code}" if code is not None else "closed its channel")
+        # NOTE: the channel may close a moment before the process has exited
+        self._on_lost(self, f"exited with {code}" if code is not None else "ended its channel")
 
     def ready(self) -> None:
         self.state = WorkerState.READY
@@ -231,19 +232,22 @@ class WorkerPool:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: worker, ours)
 
     async def call(self, stage: str, args: tuple[Any, ...], seconds: float) -> Any:
-        """Run ``stage`` in a worker. Raises TimeoutError (the worker is replaced),
-        :class:`WorkerLost`, :class:`HookFailed` or ``udl.InvalidInput``."""
-        worker: _Worker | None = None
+        """Run ``stage`` in a worker within ``seconds``. Raises TimeoutError (the worker is
+        replaced), :class:`WorkerLost`, :class:`HookFailed` or ``udl.InvalidInput``.
+
+        When no worker is ready (all are being replaced), the call first waits for one to
+        load the plugin (bounded by the load timeout): that wait is not the hook's time.
+        """
+        worker = await self._ready_worker()
         try:
             async with asyncio.timeout(seconds):
-                worker = await self._ready_worker()
                 return await worker.submit(stage, args)
         except TimeoutError:
-            if worker is not None:
-                self._replace(worker, f"ran past the {seconds:g}s timeout of {stage}")
+            self._replace(worker, f"ran past the {seconds:g}s timeout of {stage}")
             raise
 
     async def _ready_worker(self) -> _Worker:
+        restarted = False
         while True:
             ready = [w for w in self._workers if w.state is WorkerState.READY]
             if ready:
@@ -251,8 +255,11 @@ class WorkerPool:
             if self._closing:
                 raise WorkerLost("the plugin is closing")
             starting = [w.settled for w in self._workers if w.state is WorkerState.STARTING]
-            if not starting:  # replacements that failed to load: try again
-                for worker in list(self._workers):
+            if not starting:
+                if restarted:
+                    raise WorkerLost("no worker process could load the plugin")
+                restarted = True
+                for worker in list(self._workers):  # replacements that failed to load
                     self._replace(worker, "had stopped")
                 continue
             await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
