@@ -148,6 +148,7 @@ class Stack:
             (folder / "plugin.toml").write_text(
                 f'name = "identity-{executor}"\nversion = "1"\n'
                 f'entrypoint = "identity:Identity"\nexecutor = "{executor}"\n'
+                "[timeouts]\nload = 60.0\n"  # NOTE: everything starts at once here
             )
             (folder / "identity.py").write_text(source)
             models[f"{MODEL}_{executor}"] = self.publish(folder)
