@@ -75,6 +75,8 @@ PATHS = {
     "plugin_process": f"{MODEL}_process",
 }
 DIGITS = "digits"
+#: The row each path's ``ratio`` divides by (``direct`` when not listed; None: no ratio).
+BASELINES: dict[str, str | None] = {"digits": "digits_direct", "digits_direct": None}
 DIGITS_PLUGIN = REPO / "examples" / "digits" / "plugin"
 
 #: The identity plugin of each ``plugin_*`` path: hooks that hand back what they get.
@@ -342,7 +344,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
             served = stack.inferences(model) - calls_before
             cpu = tree_cpu_seconds(pid) - cpu_before if pid else None
             cpu_us = None if cpu is None or not served else round(cpu * 1e6 / served)
-            base = baseline.get({"digits": "digits_direct"}.get(path, "direct"))
+            against = BASELINES.get(path, "direct")
+            base = baseline.get(against) if against else None
             row = {
                 "path": path,
                 "concurrency": c,
