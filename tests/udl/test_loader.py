@@ -288,3 +288,34 @@ async def test_close_stops_every_worker_process(tmp_path, pool):
     pids = {await _pid(plugin) for _ in range(4)}
     await plugin.close()
     assert pids and not any(alive(p) for p in pids)
+
+
+HANGS = """
+import asyncio
+import time
+import udl
+
+class Hangs(udl.Plugin):
+    async def preprocess(self, request):
+        await asyncio.sleep(3600)
+
+    def postprocess(self, response, request):
+        time.sleep(2)
+        return response
+"""
+
+
+async def test_hung_coroutine_and_thread_hooks_time_out_with_plugin_and_stage(tmp_path, pool):
+    folder = write_plugin(tmp_path / "src", "hangs", "1", "hangs", HANGS, "Hangs", timeout_s=0.3)
+    plugin = await _load(tmp_path, pool, folder)
+    try:
+        with pytest.raises(
+            PluginTimeoutError, match=r"^plugin hangs@1 preprocess exceeded its 0.3s timeout"
+        ):
+            await plugin.preprocess(Request(model="m", request_id="r1"))
+        with pytest.raises(
+            PluginTimeoutError, match=r"^plugin hangs@1 postprocess exceeded its 0.3s timeout"
+        ):
+            await plugin.postprocess(Response(model="m"), Request(model="m", request_id="r2"))
+    finally:
+        await plugin.close()
