@@ -21,8 +21,9 @@ floor (``bench/floor.py``, a byte proxy with no routing). Then, at each concurre
 started: HAProxy, plugin worker processes) per call, from /proc; calls are counted by
 Triton's own statistics. ``added_cpu_us`` is what a plugin adds: a ``plugin_*`` row over the
 ``python`` row at the same concurrency, ``digits`` over ``digits_direct`` (no proxy: all of
-it). Prints a table and writes ``bench/results/latest.json``. Run: ``.venv/bin/python -m
-bench`` (``--help``).
+it). A measurement perf_analyzer cannot stabilise within 50% is taken again within 100%
+(``stable: false``, ``*`` in the table: a noisy machine). Prints a table and writes
+``bench/results/latest.json``. Run: ``.venv/bin/python -m bench`` (``--help``).
 """
 
 from __future__ import annotations
@@ -221,19 +222,31 @@ class Stack:
         self.zk.stop()
 
 
+#: perf_analyzer's stability bound (%), and the one of a second try on a noisy machine.
+STABILITY, NOISY_STABILITY = 50, 100
+
+
 def run_perf_analyzer(
     stack: Stack, path: str, concurrency: int, args: argparse.Namespace, out: Path
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """One measurement; ``stable`` is False when it took the second, looser try."""
     binary, env = perf_analyzer()
     cmd = [
         str(binary), "-m", PATHS[path], "-x", "1", "-u", stack.address[path], "-i", "grpc",
         "--concurrency-range", f"{concurrency}:{concurrency}", "--shape",
         f"INPUT0:{args.elements}", "--measurement-interval", str(args.window_ms),
-        "--max-trials", "10", "--stability-percentage", "50", "-f", str(out),
+        "--max-trials", "10", "-f", str(out),
     ]  # fmt: skip
     if path == "translated":
         cmd += ["--service-kind", "tfserving"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    for stability in (STABILITY, NOISY_STABILITY):
+        done = subprocess.run(
+            [*cmd, "--stability-percentage", str(stability)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode == 0 or "Failed to obtain stable measurement" not in done.stdout:
+            break
+        print(f"  {path} c={concurrency}: not stable within {stability}%, again", flush=True)
     if done.returncode != 0:
         raise RuntimeError(f"perf_analyzer on {path} failed:\n{done.stdout}\n{done.stderr}")
     with out.open() as f:
@@ -242,6 +255,7 @@ def run_perf_analyzer(
         "rps": float(measured["Inferences/Second"]),
         "p50_us": float(measured["p50 latency"]),
         "p99_us": float(measured["p99 latency"]),
+        "stable": stability == STABILITY,
     }
 
 
@@ -266,7 +280,7 @@ def digits_calls(stack: Stack) -> dict[str, tuple[str, bytes]]:
 
 async def drive(
     address: str, method: str, body: bytes, concurrency: int, seconds: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``concurrency`` callers back to back for ``seconds`` after as long a warm-up."""
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -291,6 +305,7 @@ async def drive(
         "rps": len(latencies) / elapsed,
         "p50_us": latencies[len(latencies) // 2] * 1e6,
         "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
+        "stable": True,
     }
 
 
@@ -355,6 +370,7 @@ def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "ratio": round(result["rps"] / base["rps"], 3) if base else None,
                 "proxy_cpu_us": cpu_us,
                 "added_cpu_us": added_cpu(path, cpu_us, baseline),
+                "stable": result["stable"],
             }
             baseline[path] = row
             rows.append(row)
@@ -381,8 +397,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         cpu = "-" if r["proxy_cpu_us"] is None else str(r["proxy_cpu_us"])
         added = "-" if r["added_cpu_us"] is None else str(r["added_cpu_us"])
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        path = r["path"] + ("" if r["stable"] else "*")  # NOTE: * = a looser stability bound
         lines.append(
-            f"{r['path']:14s} {r['concurrency']:>4d} {r['rps']:>8.1f} {r['p50_us']:>8d} "
+            f"{path:14s} {r['concurrency']:>4d} {r['rps']:>8.1f} {r['p50_us']:>8d} "
             f"{r['p99_us']:>8d} {ratio:>6s} {cpu:>17s} {added:>12s}"
         )
     return "\n".join(lines)
