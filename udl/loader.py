@@ -241,6 +241,8 @@ async def load_plugin(
                 summary, text = err.args
                 log.error("plugin %s failed to load (in its worker process):\n%s", key, text)
                 raise PluginLoadError(f"plugin {key} failed to load: {summary}") from None
+            except WorkerLost as err:  # e.g. the plugin's load ended its process
+                raise PluginLoadError(f"plugin {key} failed to load: {err}") from None
             return LoadedPlugin(manifest, sha256, directory, None, workers, thread_pool)
         cls = await asyncio.to_thread(import_plugin_class, directory, manifest, alias)
         instance = cls()

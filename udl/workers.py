@@ -303,7 +303,13 @@ class WorkerPool:
             await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
 
     def _lost(self, worker: _Worker, reason: str) -> None:
-        if worker.state is not WorkerState.STOPPED and not self._closing:
+        if self._closing or worker.state is WorkerState.STOPPED:
+            return
+        if worker.state is WorkerState.STARTING:
+            # NOTE: its load fails (and is logged); replacing it here would loop on a
+            # plugin whose load kills its process. The next call tries again.
+            worker.stop(f"its worker process {reason}")
+        else:
             self._replace(worker, reason)
 
     def _replace(self, worker: _Worker, reason: str) -> None:

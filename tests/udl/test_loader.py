@@ -319,3 +319,24 @@ async def test_hung_coroutine_and_thread_hooks_time_out_with_plugin_and_stage(tm
             await plugin.postprocess(Response(model="m"), Request(model="m", request_id="r2"))
     finally:
         await plugin.close()
+
+
+EXITS_ON_LOAD = """
+import os
+import udl
+
+class Exits(udl.Plugin):
+    def load(self, config):
+        os._exit(5)
+"""
+
+
+async def test_a_process_plugin_whose_load_kills_its_worker_fails_to_load(tmp_path, pool):
+    folder = write_plugin(
+        tmp_path / "src", "exits", "1", "exits", EXITS_ON_LOAD, "Exits", "process"
+    )
+    with pytest.raises(PluginLoadError) as err:
+        await _load(tmp_path, pool, folder)
+    assert str(err.value).startswith(
+        "plugin exits@1 failed to load: WorkerLost: its worker process"
+    )
