@@ -135,8 +135,8 @@ class Core:
         #: Metric children per (model, version, surface, code): labels() costs a lock and
         #: a dict lookup per metric per call otherwise.
         self._children: dict[tuple[str, str, str, grpc.StatusCode, str], tuple[Any, ...]] = {}
-        #: Ids of calls that bring none: a random prefix per process and a counter (a
-        #: uuid per call costs more than the rest of a call's bookkeeping).
+        #: Ids of calls that bring none: a random prefix per process and a counter
+        #: (cheaper than a uuid per call).
         self._id_prefix = secrets.token_hex(6)
         self._id_count = itertools.count(1)
 
