@@ -229,7 +229,8 @@ STABILITY, NOISY_STABILITY = 50, 100
 def run_perf_analyzer(
     stack: Stack, path: str, concurrency: int, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
-    """One measurement; ``stable`` is False when it took the second, looser try."""
+    """One measurement; ``stable`` is False when it took the second, looser try (or, when
+    that failed too, the numbers are None)."""
     binary, env = perf_analyzer()
     cmd = [
         str(binary), "-m", PATHS[path], "-x", "1", "-u", stack.address[path], "-i", "grpc",
@@ -247,6 +248,9 @@ def run_perf_analyzer(
         if done.returncode == 0 or "Failed to obtain stable measurement" not in done.stdout:
             break
         print(f"  {path} c={concurrency}: not stable within {stability}%, again", flush=True)
+    if done.returncode != 0 and "Failed to obtain stable measurement" in done.stdout:
+        print(f"  {path} c={concurrency}: no stable measurement; its row stays empty", flush=True)
+        return {"rps": None, "p50_us": None, "p99_us": None, "stable": False}
     if done.returncode != 0:
         raise RuntimeError(f"perf_analyzer on {path} failed:\n{done.stdout}\n{done.stderr}")
     with out.open() as f:
@@ -364,10 +368,12 @@ def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
             row = {
                 "path": path,
                 "concurrency": c,
-                "rps": round(result["rps"], 1),
-                "p50_us": round(result["p50_us"]),
-                "p99_us": round(result["p99_us"]),
-                "ratio": round(result["rps"] / base["rps"], 3) if base else None,
+                "rps": None if result["rps"] is None else round(result["rps"], 1),
+                "p50_us": None if result["p50_us"] is None else round(result["p50_us"]),
+                "p99_us": None if result["p99_us"] is None else round(result["p99_us"]),
+                "ratio": round(result["rps"] / base["rps"], 3)
+                if base and base["rps"] and result["rps"] is not None
+                else None,
                 "proxy_cpu_us": cpu_us,
                 "added_cpu_us": added_cpu(path, cpu_us, baseline),
                 "stable": result["stable"],
@@ -393,14 +399,16 @@ def added_cpu(path: str, cpu_us: int | None, baseline: dict[str, dict[str, Any]]
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'path':14s} {'conc':>4s} {'req/s':>8s} {'p50 us':>8s} {'p99 us':>8s} "
              f"{'ratio':>6s} {'proxy CPU us/call':>17s} {'added CPU us':>12s}"]  # fmt: skip
+
+    def cell(value: Any, spec: str = "") -> str:
+        return "-" if value is None else format(value, spec)
+
     for r in rows:
-        cpu = "-" if r["proxy_cpu_us"] is None else str(r["proxy_cpu_us"])
-        added = "-" if r["added_cpu_us"] is None else str(r["added_cpu_us"])
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         path = r["path"] + ("" if r["stable"] else "*")  # NOTE: * = a looser stability bound
         lines.append(
-            f"{path:14s} {r['concurrency']:>4d} {r['rps']:>8.1f} {r['p50_us']:>8d} "
-            f"{r['p99_us']:>8d} {ratio:>6s} {cpu:>17s} {added:>12s}"
+            f"{path:14s} {r['concurrency']:>4d} {cell(r['rps'], '.1f'):>8s} "
+            f"{cell(r['p50_us']):>8s} {cell(r['p99_us']):>8s} {cell(r['ratio'], '.2f'):>6s} "
+            f"{cell(r['proxy_cpu_us']):>17s} {cell(r['added_cpu_us']):>12s}"
         )
     return "\n".join(lines)
 
