@@ -40,10 +40,14 @@ Spec = tuple[str, str]
 
 @dataclass(eq=False)
 class _Loaded:
-    plugin: LoadedPlugin
+    flow: PluginFlow
     spec: Spec
     users: int = 0
     retired: bool = False
+
+    @property
+    def plugin(self) -> LoadedPlugin:
+        return self.flow.plugin
 
 
 @dataclass(eq=False)
@@ -133,9 +137,11 @@ class PluginHost:
         else:
             self.metrics.plugin_loads.labels(key, "loaded").inc()
             if self._slots.get(model) is not slot or slot.spec != spec:
-                self._retire(_Loaded(plugin, spec))  # superseded while loading
+                # superseded while loading
+                self._retire(_Loaded(PluginFlow(plugin, self.metrics), spec))
             else:
-                old, slot.serving, slot.error = slot.serving, _Loaded(plugin, spec), None
+                old, slot.error = slot.serving, None
+                slot.serving = _Loaded(PluginFlow(plugin, self.metrics), spec)
                 log.info("model %s: plugin %s serving", model, key)
                 if old is not None:
                     self._retire(old)
@@ -198,7 +204,7 @@ class PluginHost:
             )
         held.users += 1
         try:
-            yield PluginFlow(held.plugin, self.metrics)
+            yield held.flow
         finally:
             held.users -= 1
             if held.retired and held.users == 0:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -220,6 +222,10 @@ class Core:
         #: Metric children per (model, version, surface, code): labels() costs a lock and
         #: a dict lookup per metric per call otherwise.
         self._children: dict[tuple[str, str, str, grpc.StatusCode, str], tuple[Any, ...]] = {}
+        #: Ids of calls that bring none: a random prefix per process and a counter
+        #: (cheaper than a uuid per call).
+        self._id_prefix = secrets.token_hex(6)
+        self._id_count = itertools.count(1)
 
     # -- wrappers -----------------------------------------------------------------------
 
@@ -311,6 +317,10 @@ class Core:
             post_h.observe(info.postprocess_s)
 
     # -- helpers ------------------------------------------------------------------------
+
+    def request_id(self) -> str:
+        """A new request id, unique per gateway process and across processes in practice."""
+        return f"{self._id_prefix}-{next(self._id_count)}"
 
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The caller's deadline on :attr:`clock` (or the default timeout from now)."""
