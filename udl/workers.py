@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import udl
-from registry.processes import _die_with_parent as die_with_parent
+from registry.processes import die_with_parent
 from udl.sdk import InvalidInput
 
 log = logging.getLogger("udl.workers")
