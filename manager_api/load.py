@@ -1,5 +1,6 @@
 """Per-model load as the gateways see it: calls/s, error rate and p50/p99 latency over the
-last minutes.
+last minutes, and for models with a response cache or shadow traffic their hit rate and
+shadow agreement.
 
 :class:`LoadTracker` scrapes every registered gateway's Prometheus ``/metrics`` (the
 ``metrics_address`` of its ``/gateways`` record) every ``interval_s`` seconds, turns the
@@ -33,6 +34,10 @@ log = logging.getLogger("manager_api.load")
 CALLS = "modelgate_gateway_requests"
 LATENCY = "modelgate_gateway_latency_seconds"
 LATENCY_STAGE = "total"
+#: Response cache lookups by outcome (hit, miss, bypass) and shadow answers compared with the
+#: primary's by outcome (agree, disagree).
+CACHE = "modelgate_gateway_cache_lookups"
+SHADOW = "modelgate_gateway_shadow_agreement"
 
 
 class LoadSample(BaseModel):
@@ -43,6 +48,16 @@ class LoadSample(BaseModel):
     error_rate: float = Field(description="Share of those calls answered with a code not OK.")
     p50_s: float | None = Field(description="Median end-to-end latency; None without calls.")
     p99_s: float | None = Field(description="99th percentile latency; None without calls.")
+    cache_hit_rate: float | None = Field(
+        default=None,
+        description="Share of response cache lookups (hits and misses) that hit; None without "
+        "lookups (no cache, or no call).",
+    )
+    shadow_agreement: float | None = Field(
+        default=None,
+        description="Share of compared shadow answers that agreed with the primary's; None "
+        "without comparisons.",
+    )
 
 
 class ModelLoad(BaseModel):
@@ -61,10 +76,20 @@ class Counters:
     errors: dict[str, float] = field(default_factory=dict)
     #: Per model: upper bound (``le``) -> cumulative count, summed over surfaces.
     buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+    cache_hits: dict[str, float] = field(default_factory=dict)
+    #: Hits and misses (a bypass is not a lookup the cache could answer).
+    cache_lookups: dict[str, float] = field(default_factory=dict)
+    shadow_agreed: dict[str, float] = field(default_factory=dict)
+    shadow_compared: dict[str, float] = field(default_factory=dict)
+
+
+def _add(into: dict[str, float], key: str, value: float) -> None:
+    into[key] = into.get(key, 0.0) + value
 
 
 def parse_counters(text: str, at: float) -> Counters:
-    """The per-model calls, errors and latency buckets of a gateway's ``/metrics`` text."""
+    """The per-model calls, errors, latency buckets, cache lookups and shadow comparisons of
+    a gateway's ``/metrics`` text."""
     out = Counters(time=at)
     for family in text_string_to_metric_families(text):
         if family.name == CALLS:
@@ -82,6 +107,19 @@ def parse_counters(text: str, at: float) -> Counters:
                 per_model = out.buckets.setdefault(s.labels["model"], {})
                 le = float(s.labels["le"])
                 per_model[le] = per_model.get(le, 0.0) + s.value
+        elif family.name == CACHE:
+            for s in family.samples:
+                outcome = s.labels["outcome"]
+                if s.name.endswith("_total") and outcome in ("hit", "miss"):
+                    _add(out.cache_lookups, s.labels["model"], s.value)
+                    if outcome == "hit":
+                        _add(out.cache_hits, s.labels["model"], s.value)
+        elif family.name == SHADOW:
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    _add(out.shadow_compared, s.labels["model"], s.value)
+                    if s.labels["outcome"] == "agree":
+                        _add(out.shadow_agreed, s.labels["model"], s.value)
     return out
 
 
@@ -118,6 +156,10 @@ class _Interval:
     calls: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
+    cache_hits: float = 0.0
+    cache_lookups: float = 0.0
+    shadow_agreed: float = 0.0
+    shadow_compared: float = 0.0
 
     def add(self, model: str, new: Counters, old: Counters) -> None:
         seconds = new.time - old.time
@@ -128,6 +170,10 @@ class _Interval:
         old_buckets = old.buckets.get(model, {})
         for le, count in new.buckets.get(model, {}).items():
             self.buckets[le] = self.buckets.get(le, 0.0) + _delta(count, old_buckets.get(le, 0.0))
+        for name in ("cache_hits", "cache_lookups", "shadow_agreed", "shadow_compared"):
+            new_counts, old_counts = getattr(new, name), getattr(old, name)
+            increase = _delta(new_counts.get(model, 0.0), old_counts.get(model, 0.0))
+            setattr(self, name, getattr(self, name) + increase)
 
     def sample(self, at: float) -> LoadSample:
         return LoadSample(
@@ -136,6 +182,10 @@ class _Interval:
             error_rate=self.errors / self.calls if self.calls else 0.0,
             p50_s=quantile(0.5, self.buckets),
             p99_s=quantile(0.99, self.buckets),
+            cache_hit_rate=self.cache_hits / self.cache_lookups if self.cache_lookups else None,
+            shadow_agreement=(
+                self.shadow_agreed / self.shadow_compared if self.shadow_compared else None
+            ),
         )
 
 
@@ -143,7 +193,7 @@ def samples_of(pairs: Iterable[tuple[Counters, Counters]], at: float) -> dict[st
     """One sample per model from (new, old) scrapes of each gateway."""
     intervals: dict[str, _Interval] = {}
     for new, old in pairs:
-        for model in set(new.calls) | set(new.buckets):
+        for model in {*new.calls, *new.buckets, *new.cache_lookups, *new.shadow_compared}:
             intervals.setdefault(model, _Interval()).add(model, new, old)
     return {model: interval.sample(at) for model, interval in intervals.items()}
 

@@ -61,8 +61,12 @@ def charts(samples: list[LoadSample], slots: int) -> dict[str, tuple[str, str]]:
     def line(values: list[float | None]) -> str:
         return sparkline(values, slots)
 
+    def share(values: list[float | None]) -> str:
+        latest = next((v for v in reversed(values) if v is not None), None)
+        return "-" if latest is None else f"{latest:.1%}"
+
     last = samples[-1] if samples else None
-    return {
+    figures = {
         "calls/s": (
             line([s.calls_per_s for s in samples]),
             f"{last.calls_per_s:.1f}" if last else "-",
@@ -74,6 +78,14 @@ def charts(samples: list[LoadSample], slots: int) -> dict[str, tuple[str, str]]:
         "p50": (line([s.p50_s for s in samples]), ms(last.p50_s if last else None)),
         "p99": (line([s.p99_s for s in samples]), ms(last.p99_s if last else None)),
     }
+    # NOTE: only models with a cache or shadow traffic (and calls) have these figures
+    for title, values in (
+        ("cache hits", [s.cache_hit_rate for s in samples]),
+        ("shadow agreement", [s.shadow_agreement for s in samples]),
+    ):
+        if any(v is not None for v in values):
+            figures[title] = (line(values), share(values))
+    return figures
 
 
 @router.get("", response_class=HTMLResponse)

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.metrics import GatewayMetrics
 from manager_api.load import parse_counters, quantile, samples_of
+from manager_api.ui.routes import charts
 from registry import layout
 from registry.records import Gateway
 from tests.gateway.conftest import ADD_ONE
@@ -121,3 +122,29 @@ def test_an_unreachable_gateway_is_named_and_the_others_still_count(console: Con
         ),
         what="samples from the reachable gateway",
     )
+
+
+def test_cache_hit_rate_and_shadow_agreement_from_gateway_metrics() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.cache_lookups.labels("c", "miss").inc()
+    before = scrape(metrics, at=0.0)
+    for outcome, n in (("hit", 3), ("miss", 1), ("bypass", 5)):
+        for _ in range(n):
+            metrics.cache_lookups.labels("c", outcome).inc()
+    for outcome, n in (("agree", 9), ("disagree", 1)):
+        for _ in range(n):
+            metrics.shadow_agreement.labels("s", "2", outcome).inc()
+    metrics.requests.labels("plain", "1", "kserve", "OK").inc()
+    after = scrape(metrics, at=1.0)
+
+    samples = samples_of([(after, before)], at=1.0)
+
+    assert samples["c"].cache_hit_rate == 0.75  # a bypass is not a lookup; the first miss is old
+    assert samples["s"].shadow_agreement == 0.9
+    assert samples["plain"].cache_hit_rate is None
+    assert samples["plain"].shadow_agreement is None
+    figures = charts(list(samples.values()), 10)
+    assert "cache hits" not in charts([samples["plain"]], 10)
+    assert charts([samples["c"]], 10)["cache hits"][1] == "75.0%"
+    assert charts([samples["s"]], 10)["shadow agreement"][1] == "90.0%"
+    assert figures  # every model has the four load charts
