@@ -19,6 +19,7 @@ from gateway.errors import (
 from gateway.router import Target
 from gateway.surfaces.base import CallInfo, Core, Handler
 from gateway.surfaces.partial import TfsMultiRequest, TfsRequest
+from gateway.table import ModelEntry
 from protos.tfs.tensorflow_serving.apis import get_model_metadata_pb2, inference_pb2, predict_pb2
 
 SURFACE = "tfserving"
@@ -61,9 +62,10 @@ def signature_names(response: bytes) -> frozenset[str]:
 class TFServingSurface:
     def __init__(self, core: Core) -> None:
         self.core = core
-        #: Signature names per (model, version), for the routing table of ``_generation``.
-        self._signatures: dict[tuple[str, int], frozenset[str]] = {}
-        self._generation = -1
+        #: Signature names per (model, version), with the model's table entry they were
+        #: fetched for: a table that changed that model re-derives its entry (a new object),
+        #: which drops them; other models' changes keep them.
+        self._signatures: dict[tuple[str, int], tuple[ModelEntry, frozenset[str]]] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         u = self.core.unary
@@ -93,20 +95,19 @@ class TFServingSurface:
     ) -> None:
         """Refuse a ``signature_name`` the model version does not have, as TF-Serving does.
 
-        The names come from the version's metadata, fetched once per routing table.
+        The names come from the version's metadata, fetched once per change of the model.
         """
-        table = self.core.router.table
-        if self._generation != table.generation:
-            self._signatures.clear()
-            self._generation = table.generation
         name, v = target.model.name, target.version.version
-        known = self._signatures.get((name, v))
-        if known is None:
+        cached = self._signatures.get((name, v))
+        if cached is not None and cached[0] is target.model:
+            known = cached[1]
+        else:
             body = translate.metadata_request_to_tf(name, v)
             response = await self.core.forward(
                 target, "GetModelMetadata", body, body, lambda b: b.tfs_metadata, context, info
             )
-            known = self._signatures[(name, v)] = signature_names(response)
+            known = signature_names(response)
+            self._signatures[(name, v)] = (target.model, known)
         if signature not in known:
             words = f'Serving signature key "{capped(signature)}" not found.'
             hint = f"model {name!r} version {v} has the signatures {', '.join(sorted(known))}"
