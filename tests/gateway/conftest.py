@@ -81,7 +81,7 @@ class RunningGateway:
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         if self.app.dataplane is not None:
             self.run(self.app.dataplane.settle())  # fast-path calls are counted from its log
-        value = self.metrics_registry.get_sample_value(name, labels or {})
+        value = self.app.exposed.get_sample_value(name, labels or {})  # its workers too
         return 0.0 if value is None else value
 
     def instances(self, model: str) -> int:
