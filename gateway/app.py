@@ -313,7 +313,8 @@ class GatewayApp:
         tell the control process, which publishes it)."""
         self._plugins_changed.set()
         if self._reporter is not None:
-            self._reporter.send(status)
+            if not self._stopping:
+                self._reporter.send(status)
         elif self.worker is None:
             self._update_record(plugins=self._plugin_status())
 

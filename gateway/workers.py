@@ -110,13 +110,14 @@ def merge_plugins(
     views: Sequence[Mapping[str, GatewayPluginStatus]],
 ) -> dict[str, GatewayPluginStatus]:
     """One gateway's plugin status over its processes: a load error any of them has, and the
-    version serving when all of them serve the same one (none while they differ: a swap in
-    progress somewhere)."""
+    version serving when every process that serves one serves the same (a process still
+    loading its first version serves none; none while they differ: a swap half done, or a
+    version that failed to load in some of them)."""
     merged: dict[str, GatewayPluginStatus] = {}
     for model in sorted({m for view in views for m in view}):
         seen = [view[model] for view in views if model in view]
         errors = [s.error for s in seen if s.error]
-        serving = {s.serving for s in seen}
+        serving = {s.serving for s in seen if s.serving}
         merged[model] = GatewayPluginStatus(
             serving=serving.pop() if len(serving) == 1 else None,
             error=errors[0] if errors else None,
@@ -279,6 +280,9 @@ class WorkerPool:
             await asyncio.to_thread(process.start)
             worker.process = process
             assert process.proc is not None
+            if self.state is not State.RUNNING:  # NOTE: stop() came while it was starting
+                await asyncio.to_thread(process.stop, self.settings.grace_s)
+                return
             await _exited(process.proc.pid)
             served = worker.serving.is_set()
             worker.serving.clear()
