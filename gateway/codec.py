@@ -1,6 +1,7 @@
 """Tensor conversion between KServe v2, TF-Serving and the JSON codec of ``Invoke``.
 
 numpy arrays are the common form; BYTES/DT_STRING tensors are object arrays of ``bytes``.
+Raw contents decode to read-only views of the message's bytes (no copy).
 Any dtype outside ``SUPPORTED_DATATYPES`` is refused with INVALID_ARGUMENT naming it, and so
 is anything a decoder cannot take as it is: a value that does not fit its datatype (the rule
 of :func:`modelgate_client.tensors.typed_array`), contents whose size does not match the
@@ -20,7 +21,6 @@ from tritonclient.utils import (
     deserialize_bytes_tensor,
     np_to_triton_dtype,
     serialize_byte_tensor,
-    triton_to_np_dtype,
 )
 
 from gateway.errors import InvalidArgumentError
@@ -49,7 +49,10 @@ _NP_TO_TF = {np_dtype: enum for enum, (np_dtype, _) in TF_DTYPES.items()}
 
 #: The KServe datatypes the gateway decodes: those with a TF-Serving counterpart (so not
 #: BF16, which numpy lacks). tritonclient maps them to and from numpy.
-SUPPORTED_DATATYPES = tuple(np_to_triton_dtype(dtype) for dtype, _ in TF_DTYPES.values())
+# NOTE: tritonclient's mappings are chains of comparisons (~5-20 us a call): looked up once
+_KSERVE_OF_NP = {np_dtype: np_to_triton_dtype(np_dtype) for np_dtype in _NP_TO_TF}
+_NP_OF_KSERVE = {datatype: np_dtype for np_dtype, datatype in _KSERVE_OF_NP.items()}
+SUPPORTED_DATATYPES = tuple(_KSERVE_OF_NP.values())
 
 #: KServe InferTensorContents field per datatype.
 _KSERVE_FIELDS = {
@@ -71,20 +74,20 @@ _KSERVE_FIELDS = {
 def kserve_datatype_of_tf(enum: int) -> str:
     """KServe datatype of a TF DataType enum value ("" when unsupported)."""
     spec = TF_DTYPES.get(enum)
-    return np_to_triton_dtype(spec[0]) if spec else ""
+    return _KSERVE_OF_NP[spec[0]] if spec else ""
 
 
 def tf_dtype_of_kserve(datatype: str) -> int:
     """TF DataType enum value of a KServe datatype (0, DT_INVALID, when unsupported)."""
-    if datatype not in SUPPORTED_DATATYPES:
-        return 0
-    return _NP_TO_TF[np.dtype(triton_to_np_dtype(datatype))]
+    np_dtype = _NP_OF_KSERVE.get(datatype)
+    return 0 if np_dtype is None else _NP_TO_TF[np_dtype]
 
 
 def _numpy_dtype(name: str, datatype: str) -> np.dtype:
-    if datatype not in SUPPORTED_DATATYPES:
+    np_dtype = _NP_OF_KSERVE.get(datatype)
+    if np_dtype is None:
         raise _unsupported(name, datatype)
-    return np.dtype(triton_to_np_dtype(datatype))
+    return np_dtype
 
 
 def _unsupported(name: str, dtype: object) -> InvalidArgumentError:
@@ -107,6 +110,8 @@ def _checked(name: str, datatype: str, values: Any) -> np.ndarray:
 MAX_BROADCAST = 1 << 24
 #: Most dimensions of a tensor (numpy's limit).
 MAX_DIMS = 32
+#: Most bytes a tensor can hold (numpy's limit).
+_MAX_SIZE = int(np.iinfo(np.intp).max)
 
 
 def _check_shape(name: str, shape: list[int], itemsize: int) -> int:
@@ -120,7 +125,7 @@ def _check_shape(name: str, shape: list[int], itemsize: int) -> int:
             f"tensor {quoted(name)}: negative dimension in shape {shown(shape)}"
         )
     # NOTE: numpy refuses even an empty array whose other dimensions overflow its size
-    if math.prod(d for d in shape if d) * max(itemsize, 1) > np.iinfo(np.intp).max:
+    if math.prod(d for d in shape if d) * max(itemsize, 1) > _MAX_SIZE:
         raise InvalidArgumentError(
             f"tensor {quoted(name)}: shape {shown(shape)} has more elements than a tensor can hold"
         )
@@ -170,7 +175,7 @@ def _proto_values(name: str, datatype: str, values: list[Any]) -> np.ndarray:
         arr[:] = values
         return arr
     # NOTE: the field's own type (float, int64, ...) fits the datatype: no check needed
-    return np.array(values, dtype=triton_to_np_dtype(datatype))
+    return np.array(values, dtype=_NP_OF_KSERVE[datatype])
 
 
 def _bytes_of(size: int) -> str:
@@ -186,7 +191,8 @@ def _from_raw(name: str, datatype: str, raw: bytes, shape: list[int]) -> np.ndar
             f"tensor {quoted(name)}: raw contents of {_bytes_of(len(raw))} are not a multiple "
             f"of the {_bytes_of(dtype.itemsize)} of one {datatype}"
         )
-    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    # NOTE: a read-only view of the request's bytes (no copy on little-endian hosts)
+    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     return _shape(name, values, shape, broadcast=False)
 
 
@@ -240,9 +246,10 @@ def kserve_response_outputs(response: kserve.ModelInferResponse) -> Named:
 
 
 def kserve_datatype(name: str, arr: np.ndarray) -> str:
-    if arr.dtype not in _NP_TO_TF:
+    datatype = _KSERVE_OF_NP.get(arr.dtype)
+    if datatype is None:
         raise _unsupported(name, arr.dtype)
-    return np_to_triton_dtype(arr.dtype)
+    return datatype
 
 
 def _raw(arr: np.ndarray, datatype: str) -> bytes:
@@ -307,7 +314,9 @@ def tf_to_array(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
                 f"tensor {quoted(name)}: tensor_content of {_bytes_of(size)} is not a multiple "
                 f"of the {_bytes_of(dtype.itemsize)} of one {dtype_name}"
             )
-        arr = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype)
+        arr = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(
+            dtype, copy=False
+        )
         return _shape(name, arr, shape, broadcast=False)
     values = list(getattr(tensor, field))
     if field == "half_val":
@@ -318,7 +327,7 @@ def tf_to_array(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
             )
         arr = np.array(values, dtype=np.uint16).view(np.float16)
     else:
-        arr = _proto_values(name, np_to_triton_dtype(dtype), values)
+        arr = _proto_values(name, _KSERVE_OF_NP[dtype], values)
     return _shape(name, arr, shape)
 
 

@@ -59,11 +59,14 @@ JSON_FLOW = JsonCodecFlow()
 
 
 class PluginFlow:
-    """Runs one loaded plugin version's hooks, with per-stage metrics."""
+    """Runs one loaded plugin version's hooks, with per-stage metrics (one per version)."""
 
     def __init__(self, plugin: LoadedPlugin, metrics: GatewayMetrics) -> None:
         self.plugin = plugin
         self.metrics = metrics
+        self._seconds = {
+            stage: metrics.plugin_seconds.labels(plugin.key, stage) for stage in plugin.hooks
+        }
 
     async def preprocess(self, request: Request) -> Request:
         start = time.perf_counter()
@@ -100,9 +103,9 @@ class PluginFlow:
             self._observe("postprocess", start)
 
     def _observe(self, stage: str, start: float) -> None:
-        self.metrics.plugin_seconds.labels(self.plugin.key, stage).observe(
-            time.perf_counter() - start
-        )
+        seconds = self._seconds.get(stage)
+        if seconds is not None:  # NOTE: a hook the plugin does not override does not run
+            seconds.observe(time.perf_counter() - start)
 
     def _count_error(self, stage: str, err: Exception) -> None:
         code = type(err).grpc_code if isinstance(err, ModelgateError) else grpc.StatusCode.INTERNAL

@@ -104,3 +104,48 @@ class GatewayMetrics:
             "Times the gateway restarted a Python worker (--python-workers) after it exited.",
             registry=registry,
         )
+        self.cache_lookups = Counter(
+            "modelgate_gateway_cache_lookups",
+            "Response cache lookups of cached models, by model and outcome (hit, miss, or "
+            "bypass: the caller's modelgate-cache: bypass header).",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.cache_unavailable = Counter(
+            "modelgate_gateway_cache_unavailable",
+            "Response cache operations (get, set) skipped because Redis did not answer.",
+            ["op"],
+            registry=registry,
+        )
+        self.shadow_calls = Counter(
+            "modelgate_gateway_shadow_calls",
+            "Calls copied to a model's shadow target, by model and target.",
+            ["model", "target"],
+            registry=registry,
+        )
+        self.shadow_errors = Counter(
+            "modelgate_gateway_shadow_errors",
+            "Shadow copies that failed, by model, target and gRPC code.",
+            ["model", "target", "code"],
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "modelgate_gateway_shadow_dropped",
+            "Sampled shadow copies not sent because too many were in flight, by model.",
+            ["model"],
+            registry=registry,
+        )
+        self.shadow_latency = Histogram(
+            "modelgate_gateway_shadow_latency_seconds",
+            "Time the shadow target took to answer a copy, by model and target.",
+            ["model", "target"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_agreement = Counter(
+            "modelgate_gateway_shadow_agreement",
+            "Shadow answers compared with the primary's, by model, target and outcome "
+            "(agree, disagree).",
+            ["model", "target", "outcome"],
+            registry=registry,
+        )

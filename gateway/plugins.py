@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,10 +40,14 @@ Spec = tuple[str, str]
 
 @dataclass(eq=False)
 class _Loaded:
-    plugin: LoadedPlugin
+    flow: PluginFlow
     spec: Spec
     users: int = 0
     retired: bool = False
+
+    @property
+    def plugin(self) -> LoadedPlugin:
+        return self.flow.plugin
 
 
 @dataclass(eq=False)
@@ -92,18 +96,20 @@ class PluginHost:
 
     # -- following the routing table ----------------------------------------------------
 
-    def sync(self, models: Mapping[str, ModelEntry]) -> None:
-        """Start loads for models whose plugin changed; retire plugins of removed models."""
+    def sync(self, models: Mapping[str, ModelEntry], names: Iterable[str]) -> None:
+        """Follow the table ``models`` for the changed ``names``: start loads for models
+        whose plugin changed; retire the plugins of models that are gone or have none."""
         changed = False
-        for name in list(self._slots):
+        for name in names:
             entry = models.get(name)
-            if entry is None or spec_of(entry) is None:
-                self._drop(name)
-                changed = True
-        for name, entry in models.items():
-            spec = spec_of(entry)
+            spec = None if entry is None else spec_of(entry)
             slot = self._slots.get(name)
-            if spec is None or (slot is not None and slot.spec == spec):
+            if spec is None:
+                if slot is not None:
+                    self._drop(name)
+                    changed = True
+                continue
+            if slot is not None and slot.spec == spec:
                 continue
             if slot is None:
                 slot = self._slots[name] = _Slot(spec)
@@ -131,9 +137,11 @@ class PluginHost:
         else:
             self.metrics.plugin_loads.labels(key, "loaded").inc()
             if self._slots.get(model) is not slot or slot.spec != spec:
-                self._retire(_Loaded(plugin, spec))  # superseded while loading
+                # superseded while loading
+                self._retire(_Loaded(PluginFlow(plugin, self.metrics), spec))
             else:
-                old, slot.serving, slot.error = slot.serving, _Loaded(plugin, spec), None
+                old, slot.error = slot.serving, None
+                slot.serving = _Loaded(PluginFlow(plugin, self.metrics), spec)
                 log.info("model %s: plugin %s serving", model, key)
                 if old is not None:
                     self._retire(old)
@@ -178,7 +186,7 @@ class PluginHost:
             return
         slot = self._slots.get(entry.name)
         if slot is None:  # the table listener has not seen this model yet
-            self.sync({entry.name: entry})
+            self.sync({entry.name: entry}, (entry.name,))
             slot = self._slots[entry.name]
         if slot.serving is None and not slot.settled.is_set():
             try:
@@ -196,7 +204,7 @@ class PluginHost:
             )
         held.users += 1
         try:
-            yield PluginFlow(held.plugin, self.metrics)
+            yield held.flow
         finally:
             held.users -= 1
             if held.retired and held.users == 0:

@@ -85,6 +85,17 @@ class GatewaySettings(BaseSettings):
     haproxy_dir: Path | None = None
     """Directory of HAProxy's configuration, admin socket and route map (default: a private
     temporary directory, removed on stop)."""
+    cache_redis_url: str | None = None
+    """Redis URL ("redis://host:6379/0", "unix:///path/redis.sock") of the response cache,
+    shared by the gateways that name it; None: each gateway caches in its own memory. Put no
+    password here (flags are visible to every user): use ``cache_redis_password``
+    (``MODELGATE_GATEWAY_CACHE_REDIS_PASSWORD``)."""
+    cache_redis_password: str | None = None
+    """Password of ``cache_redis_url``'s Redis. A secret: environment only, no flag."""
+    cache_redis_timeout_s: float = Field(default=0.5, gt=0)
+    """Seconds a Redis command of the response cache may take before the call skips it."""
+    shadow_max_in_flight: int = Field(default=64, ge=1)
+    """Shadow copies running at once; a sampled copy over this is dropped (and counted)."""
     ready_file: Path | None = None
     """Write a JSON file with the pid and bound ports here once serving (for supervisors and
     tests)."""

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from registry.records import (
     BackendKind,
     GatewayPluginStatus,
     ModelHealth,
     Name,
+    ResponseCache,
     RoutingPolicy,
+    Shadow,
+    Tolerance,
 )
 
 PluginRef = Annotated[
@@ -27,6 +37,36 @@ class Body(BaseModel):
     """Base of request bodies: unknown fields are refused so typos do not pass silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class CacheBody(ResponseCache):
+    """The model's response cache: answers kept per exact request, for ``ttl_s`` seconds, at
+    most ``max_entries`` per gateway (least recently used go first; in Redis, by TTL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToleranceBody(Tolerance):
+    """Numeric tolerance of shadow agreement (numpy ``allclose``); 0 and 0: exact match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShadowBody(Shadow):
+    """Shadow traffic: ``percent`` of the calls are copied to ``target`` (a version number of
+    this model or another model's name); callers only ever see the primary's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tolerance: ToleranceBody = Field(default_factory=ToleranceBody)
+
+
+def check_shadow_target(name: str, shadow: Shadow | None) -> None:
+    """Refuse a model shadowing itself (by name)."""
+    if shadow is not None and shadow.target == name:
+        raise ValueError(
+            f"shadow.target {name!r} is the model itself; name another model or a version number"
+        )
 
 
 class ModelCreate(Body):
@@ -48,6 +88,13 @@ class ModelCreate(Body):
     memory_mb: int = Field(default=0, ge=0, le=10_000_000, description="MiB per replica.")
     description: Annotated[str, StringConstraints(max_length=1000)] = ""
     state: Literal["online", "offline"] = Field(default="online", description="Initial state.")
+    cache: CacheBody | None = Field(default=None, description="Response cache; none: off.")
+    shadow: ShadowBody | None = Field(default=None, description="Shadow traffic; none: off.")
+
+    @model_validator(mode="after")
+    def _shadow_is_another_model(self) -> Self:
+        check_shadow_target(self.name, self.shadow)
+        return self
 
 
 class ModelUpdate(Body):
@@ -64,6 +111,8 @@ class ModelUpdate(Body):
     constraints: dict[Label, Label] | None = None
     memory_mb: int | None = Field(default=None, ge=0, le=10_000_000)
     description: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    cache: CacheBody | None = Field(default=None, description="Response cache; null: off.")
+    shadow: ShadowBody | None = Field(default=None, description="Shadow traffic; null: off.")
 
 
 class VersionOut(BaseModel):
@@ -99,6 +148,8 @@ class ModelOut(BaseModel):
     constraints: dict[str, str]
     memory_mb: int
     description: str
+    cache: ResponseCache | None = None
+    shadow: Shadow | None = None
     versions: list[VersionOut] = Field(default_factory=list)
     plugin_serving: dict[str, GatewayPluginStatus] = Field(description=PLUGIN_SERVING)
 

@@ -194,7 +194,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*_die_with_parent(), *self.cmd],
+                [*die_with_parent(), *self.cmd],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -231,7 +231,9 @@ class ServerProcess:
             kill(left)
 
 
-def _die_with_parent() -> list[str]:
+def die_with_parent(signal: str = "KILL") -> list[str]:
+    """The argv prefix that makes a child get ``signal`` when its parent dies, even by
+    SIGKILL (util-linux ``setpriv --pdeathsig``); empty, with a warning, without setpriv."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         log.warning(
@@ -239,4 +241,4 @@ def _die_with_parent() -> list[str]:
             "if the owner is killed; install util-linux"
         )
         return []
-    return [setpriv, "--pdeathsig", "KILL", "--"]
+    return [setpriv, "--pdeathsig", signal, "--"]

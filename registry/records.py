@@ -11,7 +11,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from registry.errors import InvalidRecordError
 from registry.layout import NAME_PATTERN
@@ -122,11 +130,46 @@ class Gateway(Record):
     gateway_id: NodeId
     address: str
     version: str
+    #: host:port of the gateway's HTTP port (Prometheus ``/metrics``, ``/healthz``); None
+    #: from gateways older than the field.
+    metrics_address: str | None = None
     started: float = Field(default_factory=now)
     #: Plugin state per model name: the ``name@version`` serving it and the last load error.
     plugins: dict[str, GatewayPluginStatus] = Field(default_factory=dict)
     #: Health of each REST service's URLs, by service name, as this gateway probes them.
     services: dict[str, ServiceHealth] = Field(default_factory=dict)
+
+
+class ResponseCache(BaseModel):
+    """A model's response cache (gateway/cache.py): answers kept per exact request."""
+
+    #: Seconds an answer stays cached.
+    ttl_s: float = Field(gt=0, le=7 * 86400)
+    #: Answers kept per gateway (least recently used go first); Redis keeps them by TTL.
+    max_entries: int = Field(default=1000, ge=1, le=1_000_000)
+
+
+class Tolerance(BaseModel):
+    """How close a shadow's numeric outputs must be to the primary's to agree (numpy
+    ``allclose``: ``|shadow - primary| <= absolute + relative * |primary|``); 0 and 0 is an
+    exact match. Non-numeric outputs always compare exactly."""
+
+    absolute: float = Field(default=0.0, ge=0)
+    relative: float = Field(default=0.0, ge=0)
+
+
+class Shadow(BaseModel):
+    """Shadow traffic (gateway/shadow.py): a copy of some calls goes to ``target`` too."""
+
+    #: Another version of the same model (a number; digits are read as one) or another model
+    #: taking the same inputs.
+    target: Annotated[
+        Version | Name,
+        BeforeValidator(lambda v: int(v) if isinstance(v, str) and v.isdigit() else v),
+    ]
+    #: Share of calls copied, in percent.
+    percent: float = Field(gt=0, le=100)
+    tolerance: Tolerance = Field(default_factory=Tolerance)
 
 
 class Model(Record):
@@ -153,6 +196,19 @@ class Model(Record):
     #: Memory one replica needs, in MiB (placement).
     memory_mb: int = Field(default=0, ge=0)
     description: str = ""
+    #: Response cache; None: off.
+    cache: ResponseCache | None = None
+    #: Shadow traffic; None: off.
+    shadow: Shadow | None = None
+
+    @model_validator(mode="after")
+    def _shadow_is_another_model(self) -> Self:
+        if self.shadow is not None and self.shadow.target == self.name:
+            raise ValueError(
+                f"shadow.target: {self.name!r} is the model itself; name another model or a "
+                "version number"
+            )
+        return self
 
 
 class ModelVersion(Record):

@@ -1,34 +1,35 @@
 """Load plugin packages for the gateway: fetch by sha256, unpack, import in isolation, run.
 
-Isolation: a plugin's own top-level modules (``utils.py``, ...) are imported with the
-plugin's folder first on ``sys.path`` and then moved out of ``sys.modules`` under a private
-prefix, so two plugins (or two versions of one) that both ship ``utils.py`` never see each
-other's. NOTE: import your own modules at module level; an ``import utils`` run later,
-inside a function, no longer finds the plugin's folder on ``sys.path``.
+Isolation: see :mod:`udl.isolation` (a plugin's own modules never collide with another's).
 
-Execution: whether a hook is a coroutine is decided once, at load. ``async`` and coroutine
-hooks run on the event loop, ``thread`` hooks in the gateway's bounded thread pool, and
-``process`` plugins in a process pool of their own whose workers (started with ``spawn``)
-import and ``load`` the plugin themselves (so CPU-heavy hooks do not hold the gateway's GIL).
+Execution is decided once, at load: which hooks the plugin overrides (the others are
+skipped: a plugin without ``postprocess`` costs nothing after the backend call), and how
+each runs. Coroutine hooks and the plain hooks of an ``async`` plugin run on the event loop,
+the plain hooks of a ``thread`` plugin in the gateway's bounded thread pool (one hand-off
+per stage), and ``process`` plugins in worker processes of their own that import and
+``load`` the plugin themselves, so CPU-heavy hooks do not hold the gateway's GIL
+(:mod:`udl.workers`: one round trip per stage over a socket). Every stage has its timeout
+(``asyncio.timeout``: a timer, no task per call); a ``thread`` hook past it keeps its
+thread until it returns, a ``process`` worker past it is killed and replaced.
+
+A ``process`` plugin's ``postprocess`` receives the request without its ``tensors`` (the
+model's inputs, which stay in the gateway): everything else (payload, content type,
+parameters, metadata, ids) is there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import dataclasses
 import inspect
 import logging
-import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
-import threading
-import traceback
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 
@@ -40,12 +41,12 @@ from registry.downloads import (
     verify_sha256,
 )
 from registry.errors import DeadlineExceededError, InvalidArgumentError
+from udl.isolation import import_plugin_class, overridden_hooks
 from udl.package import DEFAULT_MAX_BYTES, PluginManifest, Stage, unpack
 from udl.sdk import InvalidInput, Plugin, PluginError, Request, Response
+from udl.workers import HookFailed, WorkerLoadFailed, WorkerLost, WorkerPool
 
 log = logging.getLogger("udl.loader")
-
-_IMPORT_LOCK = threading.Lock()
 
 
 class PluginLoadError(PluginError):
@@ -108,85 +109,12 @@ def unpack_once(data: bytes, sha256: str, cache_dir: Path) -> tuple[Path, Plugin
     return target, manifest
 
 
-def import_plugin_class(directory: Path, manifest: PluginManifest, alias: str) -> type[Plugin]:
-    """Import the entrypoint class from ``directory`` with its modules kept private."""
-    own = {p.stem for p in directory.glob("*.py")} | {
-        p.name for p in directory.iterdir() if (p / "__init__.py").exists()
-    }
-
-    def is_own(name: str) -> bool:
-        return name.split(".")[0] in own
-
-    with _IMPORT_LOCK:
-        stashed = {n: sys.modules.pop(n) for n in list(sys.modules) if is_own(n)}
-        sys.path.insert(0, str(directory))
-        importlib.invalidate_caches()
-        try:
-            module = importlib.import_module(manifest.module)
-        finally:
-            sys.path.remove(str(directory))
-            for name in [n for n in sys.modules if is_own(n)]:
-                sys.modules[f"{alias}.{name}"] = sys.modules.pop(name)
-            sys.modules.update(stashed)
-    cls = getattr(module, manifest.class_name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, Plugin)):
-        raise InvalidArgumentError(
-            f"entrypoint {manifest.entrypoint!r} is not a udl.Plugin subclass"
-        )
-    return cls
-
-
-# -- process executor: each worker process holds its own plugin instance -------------------
-
-_CHILD_PLUGIN: Plugin | None = None
-#: Why this worker has no plugin: ("Type: message", traceback text).
-_CHILD_LOAD_ERROR: tuple[str, str] | None = None
-
-
-def _child_init(directory: str, manifest_json: str, alias: str, config: dict[str, Any]) -> None:
-    global _CHILD_PLUGIN, _CHILD_LOAD_ERROR
-    # NOTE: an initializer that raises breaks the pool (BrokenProcessPool) and the plugin's
-    # own error is lost; keep it for _child_load_error to report instead.
-    try:
-        manifest = PluginManifest.model_validate_json(manifest_json)
-        plugin = import_plugin_class(Path(directory), manifest, alias)()
-        _run_sync(plugin.load, config)
-    except Exception as err:
-        _CHILD_LOAD_ERROR = (f"{type(err).__name__}: {err}", traceback.format_exc())
-    else:
-        _CHILD_PLUGIN = plugin
-
-
-def _child_load_error() -> tuple[str, str] | None:
-    return _CHILD_LOAD_ERROR
-
-
-def _run_sync(fn: Callable[..., Any], *args: Any) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-def _child_call(stage: str, *args: Any) -> Any:
-    if _CHILD_PLUGIN is None:  # a worker started later, whose load failed
-        assert _CHILD_LOAD_ERROR is not None
-        raise RuntimeError(f"the plugin did not load in this worker:\n{_CHILD_LOAD_ERROR[1]}")
-    try:
-        return _run_sync(getattr(_CHILD_PLUGIN, stage), *args)
-    except InvalidInput:
-        raise
-    except Exception:
-        # NOTE: user exceptions may not pickle; send the traceback text instead.
-        raise RuntimeError(traceback.format_exc()) from None
-
-
 class LoadedPlugin:
-    """One loaded plugin version, ready to run hooks with timeouts and error mapping."""
+    """One loaded plugin version, ready to run hooks with timeouts and error mapping.
+
+    Either ``instance`` (in the gateway: ``async`` and ``thread``) or ``workers``
+    (``process``) runs the hooks.
+    """
 
     def __init__(
         self,
@@ -194,20 +122,30 @@ class LoadedPlugin:
         sha256: str,
         directory: Path,
         instance: Plugin | None,
-        process_pool: ProcessPoolExecutor | None,
+        workers: WorkerPool | None,
         thread_pool: Executor,
     ) -> None:
         self.manifest = manifest
         self.sha256 = sha256
         self.directory = directory
+        #: The call hooks the plugin overrides; the others are skipped.
+        self.hooks = workers.hooks if workers is not None else frozenset()
+        if instance is not None:
+            self.hooks = overridden_hooks(type(instance))
         self._instance = instance
-        self._process_pool = process_pool
+        self._workers = workers
         self._thread_pool = thread_pool
-        # Decided once: which hooks are coroutines (only meaningful in-process).
-        self._is_async = {
-            stage: instance is not None and inspect.iscoroutinefunction(getattr(instance, stage))
-            for stage in ("load", "preprocess", "postprocess", "unload")
-        }
+        self._timeouts = {stage: manifest.timeout(stage) for stage in get_args(Stage)}
+        #: Decided once, per stage: the in-gateway hook, whether it is a coroutine function,
+        #: and whether it runs on the event loop.
+        self._hook: dict[str, Callable[..., Any]] = {}
+        self._coroutine: dict[str, bool] = {}
+        self._on_loop: dict[str, bool] = {}
+        if instance is not None:
+            for stage in ("preprocess", "postprocess", "unload"):
+                hook = self._hook[stage] = getattr(instance, stage)
+                self._coroutine[stage] = inspect.iscoroutinefunction(hook)
+                self._on_loop[stage] = self._coroutine[stage] or manifest.executor == "async"
 
     @property
     def key(self) -> str:
@@ -215,40 +153,46 @@ class LoadedPlugin:
         return f"{self.manifest.name}@{self.manifest.version}"
 
     async def _run(self, stage: Stage, request_id: str, *args: Any) -> Any:
-        timeout = self.manifest.timeout(stage)
-        where = f"plugin {self.key} {stage}"
+        timeout = self._timeouts[stage]
         try:
-            return await asyncio.wait_for(self._call(stage, *args), timeout)
+            if self._workers is not None:
+                return await self._workers.call(stage, args, timeout)
+            hook = self._hook[stage]
+            if self._coroutine[stage]:
+                async with asyncio.timeout(timeout):
+                    return await hook(*args)
+            if self._on_loop[stage]:  # the author asked for the event loop: no timeout
+                return hook(*args)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(timeout):
+                return await loop.run_in_executor(self._thread_pool, hook, *args)
         except InvalidInput as err:
-            raise InvalidInput(f"{err} ({where}, request {request_id})") from None
+            raise InvalidInput(f"{err} ({self._where(stage)}, request {request_id})") from None
         except TimeoutError:
             raise PluginTimeoutError(
-                f"{where} exceeded its {timeout:g}s timeout (request {request_id})"
+                f"{self._where(stage)} exceeded its {timeout:g}s timeout (request {request_id})"
             ) from None
+        except (HookFailed, WorkerLost) as err:  # the worker sent its traceback as text
+            log.error("%s failed (request %s):\n%s", self._where(stage), request_id, err)
+            raise PluginFailedError(f"{self._where(stage)} failed (request {request_id})") from None
         except Exception as err:
-            if self._process_pool is not None:  # the child sent its traceback as text
-                log.error("%s failed (request %s):\n%s", where, request_id, err)
-            else:
-                log.error("%s failed (request %s)", where, request_id, exc_info=err)
-            raise PluginFailedError(f"{where} failed (request {request_id})") from None
+            log.error("%s failed (request %s)", self._where(stage), request_id, exc_info=err)
+            raise PluginFailedError(f"{self._where(stage)} failed (request {request_id})") from None
 
-    async def _call(self, stage: Stage, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._process_pool is not None:
-            return await loop.run_in_executor(self._process_pool, _child_call, stage, *args)
-        assert self._instance is not None
-        hook = getattr(self._instance, stage)
-        if self._is_async[stage]:
-            return await hook(*args)
-        if self.manifest.executor == "async":  # the author asked for the event loop
-            return hook(*args)
-        return await loop.run_in_executor(self._thread_pool, hook, *args)
+    def _where(self, stage: str) -> str:
+        return f"plugin {self.key} {stage}"
 
     async def preprocess(self, request: Request) -> Request:
+        if "preprocess" not in self.hooks:
+            return request
         result = await self._run("preprocess", request.request_id, request)
         return self._check(result, Request, "preprocess", request.request_id)
 
     async def postprocess(self, response: Response, request: Request) -> Response:
+        if "postprocess" not in self.hooks:
+            return response
+        if self._workers is not None:  # NOTE: the model's inputs stay here (module docstring)
+            request = dataclasses.replace(request, tensors={})
         result = await self._run("postprocess", request.request_id, response, request)
         return self._check(result, Response, "postprocess", request.request_id)
 
@@ -261,14 +205,14 @@ class LoadedPlugin:
         return value
 
     async def close(self) -> None:
-        """Call ``unload`` (best effort) and release the process pool."""
+        """Call ``unload`` (best effort) and stop the worker processes."""
+        if self._workers is not None:  # each worker unloads its own instance
+            await self._workers.close(grace=self._timeouts["unload"])
+            return
         try:
-            if self._instance is not None:
-                await self._run("unload", "unload")
+            await self._run("unload", "unload")
         except PluginError:
             log.warning("plugin %s unload failed", self.key)
-        if self._process_pool is not None:
-            self._process_pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def load_plugin(
@@ -287,31 +231,26 @@ async def load_plugin(
     key = f"{manifest.name}@{manifest.version}"
     alias = f"_udl_{manifest.name.replace('.', '_').replace('-', '_')}_{sha256[:12]}"
     timeout = manifest.timeout("load")
-    loop = asyncio.get_running_loop()
     try:
         if manifest.executor == "process":
-            pool = ProcessPoolExecutor(
-                max_workers=process_workers,
-                # NOTE: spawn, not fork: forking a process that runs gRPC's threads is unsafe.
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_child_init,
-                initargs=(str(directory), manifest.model_dump_json(), alias, config),
-            )
-            # Start a worker now so a broken plugin fails at load, not on the first call.
-            failure = await asyncio.wait_for(loop.run_in_executor(pool, _child_load_error), timeout)
-            if failure is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-                log.error("plugin %s failed to load (in its worker process):\n%s", key, failure[1])
-                raise PluginLoadError(f"plugin {key} failed to load: {failure[0]}")
-            return LoadedPlugin(manifest, sha256, directory, None, pool, thread_pool)
+            init = (str(directory), manifest.model_dump_json(), alias, config)
+            workers = WorkerPool(key, init, process_workers, timeout)
+            try:
+                await workers.start()
+            except WorkerLoadFailed as err:
+                summary, text = err.args
+                log.error("plugin %s failed to load (in its worker process):\n%s", key, text)
+                raise PluginLoadError(f"plugin {key} failed to load: {summary}") from None
+            except WorkerLost as err:  # e.g. the plugin's load ended its process
+                raise PluginLoadError(f"plugin {key} failed to load: {err}") from None
+            return LoadedPlugin(manifest, sha256, directory, None, workers, thread_pool)
         cls = await asyncio.to_thread(import_plugin_class, directory, manifest, alias)
         instance = cls()
-        if inspect.iscoroutinefunction(instance.load):
-            await asyncio.wait_for(instance.load(config), timeout)
-        else:
-            await asyncio.wait_for(
-                loop.run_in_executor(thread_pool, instance.load, config), timeout
-            )
+        async with asyncio.timeout(timeout):
+            if inspect.iscoroutinefunction(instance.load):
+                await instance.load(config)
+            else:
+                await asyncio.get_running_loop().run_in_executor(thread_pool, instance.load, config)
         return LoadedPlugin(manifest, sha256, directory, instance, None, thread_pool)
     except TimeoutError:
         raise PluginLoadError(f"plugin {key} load exceeded its {timeout:g}s timeout") from None

@@ -53,7 +53,8 @@ class Request:
         model: the model name the caller asked for.
         version: the version chosen for this call (None until routing picked one).
         tensors: input tensors by name; what ``preprocess`` returns here is sent to the
-            backend (Triton or TF-Serving alike).
+            backend (Triton or TF-Serving alike). Tensors decoded from the caller's message
+            are read-only views of its bytes: build new arrays rather than writing into them.
         payload: the raw body of an ``Invoke`` call (empty on tensor surfaces).
         content_type: MIME type of ``payload``, e.g. ``image/png``.
         parameters: string parameters of the call (``Invoke.parameters``).
@@ -97,7 +98,8 @@ class Plugin:
 
     One instance serves many concurrent calls: keep per-call state in the request, not on
     ``self``. Hooks may be ``async def``; the gateway awaits those on its event loop and runs
-    plain ones in a thread or process pool (``executor`` in ``plugin.toml``).
+    plain ones in a thread pool or worker processes (``executor`` in ``plugin.toml``). A
+    ``preprocess`` or ``postprocess`` that a subclass does not override is skipped.
     """
 
     def load(self, config: dict[str, Any]) -> None:
@@ -110,7 +112,11 @@ class Plugin:
         return request
 
     def postprocess(self, response: Response, request: Request) -> Response:
-        """Turn the model's output tensors into the caller's answer."""
+        """Turn the model's output tensors into the caller's answer.
+
+        ``request`` is what ``preprocess`` returned; with the ``process`` executor its
+        ``tensors`` are left out (they stay in the gateway), everything else is there.
+        """
         return response
 
     def unload(self) -> None:

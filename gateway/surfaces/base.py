@@ -8,7 +8,10 @@ gateway's one place that maps exceptions to gRPC statuses (via :func:`gateway.er
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +27,15 @@ from gateway.backends.base import Api, Call, TensorCall
 from gateway.backends.channels import Metadata
 from gateway.backends.kinds import Backends
 from gateway.backends.wire import parse
+from gateway.cache import (
+    CACHED_METHODS,
+    ResponseCache,
+    bypassed,
+    cache_key,
+    decode_response,
+    encode_response,
+    flow_cache_key,
+)
 from gateway.errors import (
     BackendStatusError,
     InvalidArgumentError,
@@ -36,6 +48,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
+from gateway.shadow import SHADOWED_METHODS, DetachedContext, ShadowTraffic, request_copy
 from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2
 from registry.logs import set_call
@@ -110,6 +123,78 @@ def split_version(text: str) -> tuple[int | None, str | None]:
     return (version, None) if version is not None else (None, text)
 
 
+Flow = Callable[..., Awaitable[udl.Response]]
+
+
+def _behind_cache_and_shadow(flow: Flow) -> Flow:
+    """:meth:`Core.infer_flow` behind the model's response cache, then copied to its shadow;
+    as it is for a model with neither."""
+
+    @functools.wraps(flow)
+    def wrapped(
+        core: Core,
+        target: Target,
+        request: udl.Request,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+        *,
+        outputs: Sequence[str] = (),
+    ) -> Awaitable[udl.Response]:
+        record = target.model.record
+        if record.cache is None and record.shadow is None:
+            return flow(core, target, request, context, info, outputs=outputs)
+        return cached_or_shadowed(core, target, request, context, info, outputs)
+
+    async def cached_or_shadowed(
+        core: Core,
+        target: Target,
+        request: udl.Request,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+        outputs: Sequence[str],
+    ) -> udl.Response:
+        record = target.model.record
+        name = target.model.name
+        spec, key = record.cache, ""
+        if spec is not None:
+            if bypassed(context.invocation_metadata()):
+                core.metrics.cache_lookups.labels(name, "bypass").inc()
+                spec = None
+            else:
+                key = flow_cache_key(target, request, outputs)
+                cached = await core.cache.get(name, spec, key)
+                if cached is not None:
+                    return decode_response(cached)
+        shadow = record.shadow
+        copy: tuple[udl.Request, DetachedContext] | None = None
+        if shadow is not None and core.shadow.admit(name, shadow):
+            # NOTE: taken before the primary's plugin runs, which may change the request
+            copy = (
+                request_copy(request),
+                DetachedContext(
+                    tuple(context.invocation_metadata() or ()),
+                    time.monotonic() + core.deadline(context) - core.clock(),
+                ),
+            )
+        response = await flow(core, target, request, context, info, outputs=outputs)
+        if spec is not None:
+            try:
+                await core.cache.put(name, spec, key, encode_response(response))
+            except InvalidArgumentError as err:
+                log.debug("model %s: answer not cached: %s", name, err)
+        if shadow is not None and copy is not None:
+
+            async def shadow_flow(
+                t: Target, r: udl.Request, c: grpc.aio.ServicerContext
+            ) -> udl.Response:
+                return await flow(core, t, r, c, CallInfo(), outputs=outputs)
+
+            core.shadow.copy_flow(target, shadow, shadow_flow, *copy, answer=response)
+        return response
+
+    return wrapped
+
+
 class Core:
     """Shared dependencies of the surfaces."""
 
@@ -119,6 +204,8 @@ class Core:
         backends: Backends,
         metrics: GatewayMetrics,
         plugins: PluginHost,
+        cache: ResponseCache,
+        shadow: ShadowTraffic,
         *,
         default_timeout: float,
         version: str,
@@ -127,12 +214,18 @@ class Core:
         self.backends = backends
         self.metrics = metrics
         self.plugins = plugins
+        self.cache = cache
+        self.shadow = shadow
         self.default_timeout = default_timeout
         self.version = version
         self.clock = router.clock
         #: Metric children per (model, version, surface, code): labels() costs a lock and
         #: a dict lookup per metric per call otherwise.
         self._children: dict[tuple[str, str, str, grpc.StatusCode, str], tuple[Any, ...]] = {}
+        #: Ids of calls that bring none: a random prefix per process and a counter
+        #: (cheaper than a uuid per call).
+        self._id_prefix = secrets.token_hex(6)
+        self._id_count = itertools.count(1)
 
     # -- wrappers -----------------------------------------------------------------------
 
@@ -225,6 +318,10 @@ class Core:
 
     # -- helpers ------------------------------------------------------------------------
 
+    def request_id(self) -> str:
+        """A new request id, unique per gateway process and across processes in practice."""
+        return f"{self._id_prefix}-{next(self._id_count)}"
+
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The caller's deadline on :attr:`clock` (or the default timeout from now)."""
         remaining = context.time_remaining()
@@ -308,7 +405,29 @@ class Core:
             target, timed, deadline=self.deadline(context), key=self.sticky_key(target, context)
         )
 
-    async def forward(
+    def forward(
+        self,
+        target: Target,
+        method: str,
+        request: bytes,
+        pinned: bytes,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> Awaitable[bytes]:
+        """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
+
+        ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
+        protocol; the others translate ``request``. A model with a response cache or shadow
+        traffic goes through :meth:`_cached_or_shadowed`; the others pay one check (no
+        coroutine of its own).
+        """
+        record = target.model.record
+        if record.cache is None and record.shadow is None:
+            return self._route(target, method, request, pinned, api, context, info)
+        return self._cached_or_shadowed(target, method, request, pinned, api, context, info)
+
+    async def _cached_or_shadowed(
         self,
         target: Target,
         method: str,
@@ -318,11 +437,40 @@ class Core:
         context: grpc.aio.ServicerContext,
         info: CallInfo,
     ) -> bytes:
-        """Route the caller's ``method`` call; each instance's backend answers it by ``api``.
+        """:meth:`_route` behind the model's response cache, then copied to its shadow."""
+        record = target.model.record
+        name, v = target.model.name, target.version.version
+        spec = record.cache if method in CACHED_METHODS else None
+        key = ""
+        if spec is not None:
+            if bypassed(context.invocation_metadata()):
+                self.metrics.cache_lookups.labels(name, "bypass").inc()
+                spec = None
+            else:
+                key = cache_key(name, v, method, request)
+                cached = await self.cache.get(name, spec, key)
+                if cached is not None:
+                    return cached
+        budget_s = self.deadline(context) - self.clock()
+        answer = await self._route(target, method, request, pinned, api, context, info)
+        if spec is not None:
+            await self.cache.put(name, spec, key, answer)
+        shadow = record.shadow
+        if shadow is not None and method in SHADOWED_METHODS and self.shadow.admit(name, shadow):
+            md = self.forward_metadata(context)
+            self.shadow.copy_call(target, shadow, method, request, answer, api, md, budget_s)
+        return answer
 
-        ``pinned`` is ``request`` with the chosen version set, for a backend of the caller's
-        protocol; the others translate ``request``.
-        """
+    async def _route(
+        self,
+        target: Target,
+        method: str,
+        request: bytes,
+        pinned: bytes,
+        api: Api,
+        context: grpc.aio.ServicerContext,
+        info: CallInfo,
+    ) -> bytes:
         v = target.version.version
         call = Call(target.model.name, v, method, request, pinned, self.forward_metadata(context))
 
@@ -340,6 +488,7 @@ class Core:
                 parse(REQUEST_TYPES[method], request, f"{method}Request")
             raise
 
+    @_behind_cache_and_shadow
     async def infer_flow(
         self,
         target: Target,

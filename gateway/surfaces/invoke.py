@@ -3,8 +3,6 @@ ListModels."""
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 
 import udl
@@ -72,7 +70,7 @@ class GatewaySurface:
             )
         target = self.core.resolve(info, req.model, version, label or req.version_label or None)
         name, v = target.model.name, target.version.version
-        request_id = req.request_id or uuid.uuid4().hex
+        request_id = req.request_id or self.core.request_id()
         set_call(name, str(v), request_id)
         md = self.core.forward_metadata(context)
 

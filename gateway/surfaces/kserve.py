@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -188,7 +187,7 @@ class KServeSurface:
                 model=target.model.name,
                 tensors=dict(codec.kserve_request_inputs(req)),
                 parameters={k: _param_text(p) for k, p in req.parameters.items()},
-                request_id=req.id or uuid.uuid4().hex,
+                request_id=req.id or self.core.request_id(),
             ),
             context,
             info,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 
 import udl
@@ -138,7 +136,7 @@ class TFServingSurface:
             udl.Request(
                 model=target.model.name,
                 tensors={k: codec.tf_to_array(k, t) for k, t in sorted(req.inputs.items())},
-                request_id=uuid.uuid4().hex,
+                request_id=self.core.request_id(),
             ),
             context,
             info,

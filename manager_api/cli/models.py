@@ -87,6 +87,75 @@ def _model_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     return body
 
 
+def _cache_and_shadow(
+    cli: Cli, args: argparse.Namespace, body: dict[str, Any], name: str | None
+) -> None:
+    """Add ``--cache-*`` / ``--shadow*`` to ``body``, merged into the model ``name``'s current
+    settings (None: creating, there are none): ``--cache-max-entries`` alone keeps the TTL."""
+    current: dict[str, Any] | None = None
+
+    def stored(key: str) -> dict[str, Any] | None:
+        nonlocal current
+        if name is None:
+            return None
+        if current is None:
+            current = cli.api.call("GET", f"/v1/models/{name}")
+        return current.get(key)
+
+    cache_options = args.cache_ttl is not None or args.cache_max_entries is not None
+    if args.no_cache and cache_options:
+        raise CliError("--no-cache turns the cache off: drop --cache-ttl/--cache-max-entries", 2)
+    if args.no_cache:
+        body["cache"] = None
+    elif cache_options:
+        cache = dict(stored("cache") or {})
+        if args.cache_ttl is None and not cache:
+            raise CliError("the model has no cache: set --cache-ttl SECONDS too", 2)
+        if args.cache_ttl is not None:
+            cache["ttl_s"] = args.cache_ttl
+        if args.cache_max_entries is not None:
+            cache["max_entries"] = args.cache_max_entries
+        body["cache"] = cache
+
+    shadow_options = args.shadow is not None or args.shadow_tolerance is not None
+    if args.no_shadow and shadow_options:
+        raise CliError("--no-shadow turns shadow traffic off: drop --shadow/--shadow-tolerance", 2)
+    if args.no_shadow:
+        body["shadow"] = None
+    elif shadow_options:
+        shadow = dict(stored("shadow") or {})
+        if args.shadow is None and not shadow:
+            raise CliError("the model has no shadow: set --shadow TARGET:PERCENT too", 2)
+        if args.shadow is not None:
+            target, sep, percent = args.shadow.rpartition(":")
+            if not sep or not target:
+                raise CliError(f"--shadow {args.shadow!r}: use TARGET:PERCENT, e.g. 2:10", 2)
+            shadow.update(target=target, percent=percent)
+        if args.shadow_tolerance is not None:
+            shadow["tolerance"] = pairs(args.shadow_tolerance.split(","), "--shadow-tolerance")
+        body["shadow"] = shadow
+
+
+def cache_summary(cache: dict[str, Any] | None) -> str | None:
+    """e.g. ``ttl 60s, at most 1000 entries``."""
+    if cache is None:
+        return None
+    return f"ttl {cell(cache['ttl_s'])}s, at most {cache['max_entries']} entries"
+
+
+def shadow_summary(shadow: dict[str, Any] | None) -> str | None:
+    """e.g. ``10% to version 2, exact`` or ``5% to model b, within absolute=0.01,relative=0``."""
+    if shadow is None:
+        return None
+    target = shadow["target"]
+    to = f"version {target}" if isinstance(target, int) else f"model {target}"
+    tolerance = shadow["tolerance"]
+    exact = not (tolerance["absolute"] or tolerance["relative"])
+    return f"{cell(shadow['percent'])}% to {to}, " + (
+        "exact" if exact else f"within {cell({k: cell(v) for k, v in tolerance.items()})}"
+    )
+
+
 def _archive(args: argparse.Namespace) -> Path | None:
     """The ``--file`` to upload (checked before anything is sent), or None for ``--uri``."""
     if not args.file:
@@ -139,6 +208,9 @@ def _summarised(record: dict[str, Any]) -> dict[str, Any]:
     """A model or its status for a table: the plugin summarised (per gateway: its own table)."""
     shown = {key: value for key, value in record.items() if key != "plugin_serving"}
     shown["plugin"] = plugin_summary(record["plugin"], record["plugin_serving"])
+    if "cache" in record:  # models (a status has no cache or shadow)
+        shown["cache"] = cache_summary(record["cache"])
+        shown["shadow"] = shadow_summary(record["shadow"])
     return shown
 
 
@@ -180,7 +252,9 @@ def models_get(cli: Cli, args: argparse.Namespace) -> None:
 
 
 def models_create(cli: Cli, args: argparse.Namespace) -> None:
-    _show_model(cli, cli.api.call("POST", "/v1/models", json=_model_body(args, creating=True)))
+    body = _model_body(args, creating=True)
+    _cache_and_shadow(cli, args, body, None)
+    _show_model(cli, cli.api.call("POST", "/v1/models", json=body))
 
 
 def models_update(cli: Cli, args: argparse.Namespace) -> None:
@@ -189,6 +263,7 @@ def models_update(cli: Cli, args: argparse.Namespace) -> None:
         body["clear_plugin"] = True
     if args.clear_constraints:
         body["constraints"] = {}
+    _cache_and_shadow(cli, args, body, args.name)
     if not body:
         raise CliError("nothing to update: pass at least one option", 2)
     _show_model(cli, cli.api.call("PATCH", f"/v1/models/{args.name}", json=body))
@@ -304,6 +379,23 @@ def _model_options(p: argparse.ArgumentParser, creating: bool) -> None:
         p.add_argument("--offline", action="store_true", help="create it offline")
 
 
+def _cache_and_shadow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-ttl", type=float, metavar="SECONDS", help="cache answers this long")
+    p.add_argument("--cache-max-entries", type=int, metavar="N", help="answers per gateway")
+    p.add_argument("--no-cache", action="store_true", help="turn the response cache off")
+    p.add_argument(
+        "--shadow",
+        metavar="TARGET:PERCENT",
+        help="copy PERCENT%% of calls to TARGET (a version number or another model)",
+    )
+    p.add_argument(
+        "--shadow-tolerance",
+        metavar="absolute=A,relative=R",
+        help="numeric agreement tolerance of the shadow (default: exact match)",
+    )
+    p.add_argument("--no-shadow", action="store_true", help="turn shadow traffic off")
+
+
 def _version_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--uri", help="artifact URI (file://, s3://, http(s)://, ...)")
@@ -320,9 +412,11 @@ def add_commands(commands: Commands) -> None:
     p = mc.add("create", "create a model", models_create)
     p.add_argument("name")
     _model_options(p, creating=True)
+    _cache_and_shadow_options(p)
     p = mc.add("update", "change a model", models_update)
     p.add_argument("name")
     _model_options(p, creating=False)
+    _cache_and_shadow_options(p)
     p.add_argument("--clear-plugin", action="store_true")
     p.add_argument("--clear-constraints", action="store_true", help="place on any worker")
     p = mc.add(

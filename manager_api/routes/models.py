@@ -20,6 +20,7 @@ from manager_api.schemas import (
     TrafficUpdate,
     VersionCreate,
     VersionOut,
+    check_shadow_target,
 )
 from manager_api.state import read_state
 from manager_api.status import model_status, plan, plugin_serving
@@ -180,10 +181,14 @@ def update_model(
         _check_group(m.registry, fields["group"])
     if fields.get("plugin") is not None:
         _check_plugin(m.registry, fields["plugin"])
+    try:
+        check_shadow_target(name, body.shadow)
+    except ValueError as err:
+        raise InvalidArgumentError(str(err)) from None
 
     def change(model: Model) -> Model:
         for key, value in fields.items():
-            if value is None and key not in ("plugin", "sticky_header"):
+            if value is None and key not in ("plugin", "sticky_header", "cache", "shadow"):
                 continue
             setattr(model, key, value)
         if clear:

@@ -159,6 +159,35 @@ def test_each_executor_transforms_invoke_end_to_end(
     assert status.serving == key and status.error is None
 
 
+PREPROCESS_ONLY_PLUGIN = """
+import numpy as np
+import udl
+
+
+class Csv(udl.Plugin):
+    def preprocess(self, request):
+        values = [float(v) for v in request.payload.decode().split(",")]
+        request.tensors = {"INPUT0": np.asarray(values, np.float32)}
+        return request
+"""
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_hook_the_plugin_does_not_override_is_skipped(
+    gateway, registry, triton_a, tmp_path, executor
+):
+    key = publish(registry, tmp_path, "pre", "1", PREPROCESS_ONLY_PLUGIN, executor)
+    serve_add_one(registry, triton_a.address, key)
+    wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route in the gateway")
+    answer = invoke(gateway.address, b"1,2")
+    # no postprocess: the output tensors come back in the JSON codec
+    outputs = {o["name"]: o["data"] for o in json.loads(answer.payload)["outputs"]}
+    assert outputs == {"OUTPUT0": [2.0, 3.0]}
+    seconds = "modelgate_gateway_plugin_seconds_count"
+    assert gateway.metric(seconds, {"plugin": key, "stage": "preprocess"}) == 1
+    assert gateway.metric(seconds, {"plugin": key, "stage": "postprocess"}) == 0
+
+
 def test_plugin_runs_on_kserve_and_tfserving_surfaces(gateway, registry, triton_a, tmp_path):
     serve_add_one(registry, triton_a.address, publish(registry, tmp_path, "csv", "1", CSV_PLUGIN))
     wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="route in the gateway")

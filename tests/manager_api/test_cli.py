@@ -16,7 +16,14 @@ import pytest
 from gateway.settings import GatewaySettings
 from manager_api.app import create_app
 from registry import Registry, layout
-from registry.records import Gateway, GatewayPluginStatus, Model
+from registry.records import (
+    Gateway,
+    GatewayPluginStatus,
+    Model,
+    ResponseCache,
+    Shadow,
+    Tolerance,
+)
 from tests.gateway.conftest import (
     ADD_ONE,
     RunningGateway,
@@ -329,3 +336,54 @@ def test_manager_refuses_to_start_without_a_valid_tokens_file(tmp_path: Path):
             timeout=60,
         )
         assert proc.returncode == 2 and "tokens file" in proc.stderr, proc.stderr
+
+
+def stored(registry: Registry, name: str = "m1") -> Model:
+    return registry.get(layout.model(name), Model)[0]
+
+
+def test_models_cache_and_shadow_options(mg, registry: Registry):
+    out = mg("models", "create", "m1", "--backend", "triton", "--cache-ttl", "60",
+             "--shadow", "2:10").stdout  # fmt: skip
+    assert "ttl 60s, at most 1000 entries" in out and "10% to version 2, exact" in out
+    assert stored(registry).cache == ResponseCache(ttl_s=60)
+    assert stored(registry).shadow == Shadow(target=2, percent=10)
+
+    # a part alone keeps the rest
+    mg("models", "update", "m1", "--cache-max-entries", "50",
+       "--shadow-tolerance", "absolute=0.5,relative=0.01")  # fmt: skip
+    assert stored(registry).cache == ResponseCache(ttl_s=60, max_entries=50)
+    assert stored(registry).shadow == Shadow(
+        target=2, percent=10, tolerance=Tolerance(absolute=0.5, relative=0.01)
+    )
+    mg("models", "update", "m1", "--shadow", "other:25")
+    assert stored(registry).shadow == Shadow(
+        target="other", percent=25, tolerance=Tolerance(absolute=0.5, relative=0.01)
+    )
+    text = mg("models", "get", "m1").stdout
+    assert "ttl 60s, at most 50 entries" in text
+    assert "25% to model other, within absolute=0.5,relative=0.01" in text
+    got = json.loads(mg("models", "get", "m1", "--json").stdout)
+    assert got["cache"] == {"ttl_s": 60.0, "max_entries": 50}
+
+    mg("models", "update", "m1", "--no-cache", "--no-shadow")
+    assert stored(registry).cache is None and stored(registry).shadow is None
+    assert "cache" in mg("models", "get", "m1").stdout  # shown as "-"
+
+
+def test_models_cache_and_shadow_usage_errors_send_nothing(mg, registry: Registry):
+    mg("models", "create", "m1", "--backend", "triton")
+    for args, words in [
+        (["--cache-max-entries", "5"], "set --cache-ttl SECONDS too"),
+        (["--shadow-tolerance", "absolute=1"], "set --shadow TARGET:PERCENT too"),
+        (["--shadow", "10"], "use TARGET:PERCENT"),
+        (["--no-cache", "--cache-ttl", "5"], "--no-cache turns the cache off"),
+        (["--no-shadow", "--shadow", "2:5"], "--no-shadow turns shadow traffic off"),
+        (["--shadow-tolerance", "oops", "--shadow", "2:5"], "key=value"),
+    ]:
+        proc = mg("models", "update", "m1", *args, check=False)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
+    proc = mg("models", "update", "m1", "--shadow", "2:200", check=False)
+    assert proc.returncode == 1 and "shadow.percent" in proc.stderr
+    model = stored(registry)
+    assert model.cache is None and model.shadow is None

@@ -41,12 +41,17 @@ class AsyncEcho(udl.Plugin):
 """
 
 ERRORS = """
+import os
 import time
 import udl
 
 class Errors(udl.Plugin):
     def preprocess(self, request):
         mode = request.parameters.get("mode")
+        if mode is None:  # say which process ran the hook
+            request.parameters["pid"] = str(os.getpid())
+        if mode == "crash":
+            os._exit(3)
         if mode == "invalid":
             raise udl.InvalidInput("pixels must be 8x8")
         if mode == "bug":
@@ -64,6 +69,38 @@ import udl
 class Broken(udl.Plugin):
     def load(self, config):
         raise RuntimeError("model file missing")
+"""
+
+PRE_ONLY = """
+import numpy as np
+import udl
+
+class PreOnly(udl.Plugin):
+    def preprocess(self, request):
+        request.tensors = {"INPUT0": np.ones(2, np.float32)}
+        return request
+"""
+
+NOTHING = """
+import udl
+
+class Nothing(udl.Plugin):
+    def load(self, config):
+        self.ready = True
+"""
+
+#: postprocess answers with what it received of the request.
+SEES_REQUEST = """
+import json
+import udl
+
+class SeesRequest(udl.Plugin):
+    def postprocess(self, response, request):
+        response.payload = json.dumps({
+            "tensors": sorted(request.tensors), "payload": request.payload.decode(),
+            "parameters": request.parameters, "request_id": request.request_id,
+        }).encode()
+        return response
 """
 
 USES_UTILS = """
@@ -93,6 +130,8 @@ def write_plugin(
     (folder / "plugin.toml").write_text(
         f'name = "{name}"\nversion = "{version}"\nentrypoint = "{module}:{cls}"\n'
         f'executor = "{executor}"\ntimeout_s = {timeout_s}\n'
+        # NOTE: a worker process starts in ~0.5 s, more on a busy machine
+        "[timeouts]\nload = 60.0\n"
     )
     (folder / f"{module}.py").write_text(source)
     for filename, text in (extra or {}).items():
