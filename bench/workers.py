@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, Stack, run_perf_analyzer, table, tree_cpu_seconds
+from bench.run import MODEL, RESULTS, Stack, run_perf_analyzer, table, tree_cpu_seconds
 from bench.tools import perf_analyzer
 
 WORKERS = (1, 2)
@@ -40,33 +40,36 @@ def start_workers_gateways(stack: Stack) -> None:
 def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for c in args.concurrency:
-        direct_rps = 0.0
+        direct_rps: float | None = None
         for path in ("direct", *(f"workers{n}" for n in WORKERS)):
             pid = stack.pid.get(path)
             if pid is not None:
                 # NOTE: bench/run.py sends TF-Serving Predict to the "translated" address
                 stack.address["translated"] = stack.address[path]
             cpu_before = tree_cpu_seconds(pid) if pid else 0.0
-            calls_before = stack.inferences()
+            calls_before = stack.inferences(MODEL)
             out = stack.workdir / f"{path}-{c}.csv"
             driven = "direct" if pid is None else "translated"
             result = run_perf_analyzer(stack, driven, c, args, out)
-            calls = stack.inferences() - calls_before
+            calls = stack.inferences(MODEL) - calls_before
             cpu = tree_cpu_seconds(pid) - cpu_before if pid else None
+            rps = result["rps"]
             if path == "direct":
-                direct_rps = result["rps"]
+                direct_rps = rps
             rows.append(
                 {
-                    "path": "direct" if pid is None else f"translated_{path}",
+                    "path": "direct" if pid is None else f"translated_w{path[len('workers') :]}",
                     "concurrency": c,
-                    "rps": round(result["rps"], 1),
-                    "p50_us": round(result["p50_us"]),
-                    "p99_us": round(result["p99_us"]),
-                    "ratio": round(result["rps"] / direct_rps, 3) if direct_rps else None,
+                    "rps": None if rps is None else round(rps, 1),
+                    "p50_us": None if rps is None else round(result["p50_us"]),
+                    "p99_us": None if rps is None else round(result["p99_us"]),
+                    "ratio": round(rps / direct_rps, 3) if rps and direct_rps else None,
                     "proxy_cpu_us": None if cpu is None or not calls else round(cpu * 1e6 / calls),
+                    "added_cpu_us": None,
+                    "stable": result["stable"],
                 }
             )
-            print(f"  {rows[-1]['path']:20s} c={c}: {rows[-1]}", flush=True)
+            print(f"  {rows[-1]['path']:14s} c={c}: {rows[-1]}", flush=True)
     return rows
 
 
