@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.local.runner import ProcessFailed
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from registry import Registry, layout
@@ -225,3 +228,20 @@ def test_dataplane_python_is_one_process(tmp_path, zookeeper, zk_root, add_one_r
         assert not [c for c in children if "gateway.workers" in c.cmdline()]
     finally:
         gw.stop()
+
+
+def test_a_start_that_fails_after_the_workers_started_leaves_nothing(tmp_path, zookeeper, zk_root):
+    # NOTE: a short TMPDIR of its own (Unix socket paths are limited to 108 bytes)
+    private_tmp = Path(tempfile.mkdtemp(prefix="mgw-", dir="/tmp"))
+    try:
+        gw = GatewayProcess(
+            tmp_path, "--zk", zookeeper.hosts, "--root", zk_root, "--dataplane", "haproxy",
+            "--haproxy-bin", "/bin/false", "--python-workers", "2",
+            env={**os.environ, "TMPDIR": str(private_tmp)},
+        )  # fmt: skip
+        with pytest.raises(ProcessFailed, match="haproxy exited with code 1 at start"):
+            gw.serve()
+        assert gw.returncode == 1
+        assert list(private_tmp.iterdir()) == []
+    finally:
+        shutil.rmtree(private_tmp)
