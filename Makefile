@@ -66,6 +66,7 @@ up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager loc
 
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
 	$(PY) -m bench
+	$(PY) -m bench.workers
 
 clean: ## remove the virtualenv, generated code and local state
 	rm -rf $(VENV) .run protos/tfs protos/descriptors build dist *.egg-info

@@ -19,7 +19,11 @@ async def run(settings: GatewaySettings) -> None:
     from gateway.app import GatewayApp
 
     app = GatewayApp(settings)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # NOTE: what started (HAProxy, Python workers) stops, files removed
+        raise
     stop = entrypoint.stop_event()
     if settings.ready_file is not None:
         readyfile.write(settings.ready_file, {"grpc": app.port, "metrics": app.metrics_port})

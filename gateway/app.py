@@ -30,6 +30,7 @@ from gateway.surfaces.kserve import KServeSurface
 from gateway.surfaces.tfserving import TFServingSurface
 from gateway.table import SLICE, RoutingTable, TableChange, with_service_health
 from gateway.watcher import TableWatcher
+from gateway.workers import Reporter, WorkerPaths, WorkerPool, merge_plugins
 
 # NOTE: imported for their descriptors, so that reflection can describe these services.
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2  # noqa: F401
@@ -47,13 +48,19 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GatewayApp:
-    """One gateway. ``await start()``, then ``await stop()`` (graceful)."""
+    """One gateway. ``await start()``, then ``await stop()`` (graceful).
+
+    With ``worker`` it is one of the gateway's Python workers (gateway/workers.py): it
+    serves the Python path on the worker's Unix socket and reports to the control process,
+    which alone runs HAProxy, the status port and the ``/gateways/<id>`` record.
+    """
 
     def __init__(
         self,
         settings: GatewaySettings,
         metrics_registry: CollectorRegistry | None = None,
         registry: Registry | None = None,
+        worker: WorkerPaths | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = GatewayMetrics(metrics_registry or CollectorRegistry())
@@ -80,10 +87,8 @@ class GatewayApp:
         self.configured = RoutingTable()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self.http = StatusServer(
-            settings.host, settings.metrics_port, self.metrics.registry, self._healthz
-        )
         self.watcher: TableWatcher | None = None
+        self.worker = worker
         #: HAProxy in front (``--dataplane haproxy``); None when Python serves the port alone.
         self.dataplane = (
             DataPlane(
@@ -98,9 +103,32 @@ class GatewayApp:
                 on_backend_down=self.router.eject,
                 layout=Layout(settings.haproxy_dir) if settings.haproxy_dir else None,
             )
-            if settings.dataplane == "haproxy"
+            if settings.dataplane == "haproxy" and worker is None
             else None
         )
+        #: More Python processes behind HAProxy (``--python-workers``), started and
+        #: restarted by this one.
+        self.workers = (
+            WorkerPool(
+                settings,
+                self.metrics,
+                on_up=lambda index: self._spawn(self._rotate(index, up=True)),
+                on_down=lambda index: self._spawn(self._rotate(index, up=False)),
+                on_plugins=lambda: self._update_record(plugins=self._plugin_status()),
+            )
+            if self.dataplane is not None and settings.python_workers > 1
+            else None
+        )
+        #: What the status port's /metrics shows: this process's metrics and its workers'.
+        self.exposed = (
+            self.metrics.registry
+            if self.workers is None
+            else self.workers.exposed(self.metrics.registry)
+        )
+        self.http = StatusServer(settings.host, settings.metrics_port, self.exposed, self._healthz)
+        #: A worker's line to the control process, once it serves.
+        self._reporter: Reporter | None = None
+        self._plugins_changed = asyncio.Event()
         self.plugins: PluginHost | None = None
         self.node: EphemeralNode | None = None
         self.port = 0
@@ -122,6 +150,8 @@ class GatewayApp:
         if self.registry is None:
             self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout_s)
             await asyncio.to_thread(self.registry.start)
+        if self.workers is not None:
+            await self.workers.start()  # NOTE: they boot while this process builds its table
         self.plugins = PluginHost(
             self.registry,
             self.metrics,
@@ -168,7 +198,10 @@ class GatewayApp:
             self.server,
         )
         address = f"{s.host}:{s.port}"
-        if self.dataplane is not None:
+        if self.worker is not None:
+            await self._settle_plugins()
+            self.port = self.server.add_insecure_port(f"unix:{self.worker.socket}")
+        elif self.dataplane is not None:
             # NOTE: HAProxy takes the public port (and TLS); Python serves it on loopback
             address = f"127.0.0.1:{s.internal_port}"
             self.port = self.server.add_insecure_port(address)
@@ -178,16 +211,25 @@ class GatewayApp:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.worker is not None:
+            await self.health.set("", SERVING)
+            self._reporter = Reporter(self.worker)
+            self._reporter.send(self.plugins.status())
+            log.info("Python worker %d serving on %s", self.worker.index, self.worker.socket)
+            return
         if self.dataplane is not None:
-            self.port = await self.dataplane.start(s.host, s.port, self.port)
+            workers = () if self.workers is None else self.workers.sockets
+            self.port = await self.dataplane.start(s.host, s.port, self.port, workers)
         self.metrics_port = await self.http.start()
+        if self.workers is not None:
+            await self.workers.wait_serving()
         await self.health.set("", SERVING)
         record = GatewayRecord(
             gateway_id=s.node_id(self.port),
             address=s.address(self.port),
             metrics_address=f"{s.address(self.port).rpartition(':')[0]}:{self.metrics_port}",
             version=version(),
-            plugins=self.plugins.status(),
+            plugins=self._plugin_status(),
             services=self.prober.health(self.configured.services),
         )
         self.node = await asyncio.to_thread(
@@ -195,7 +237,7 @@ class GatewayApp:
         )
         # NOTE: what changed while the node was being created
         self._update_record(
-            plugins=self.plugins.status(), services=self.prober.health(self.configured.services)
+            plugins=self._plugin_status(), services=self.prober.health(self.configured.services)
         )
         log.info(
             "gateway %s serving on %s (metrics on %d), %d models routable",
@@ -213,6 +255,8 @@ class GatewayApp:
         await self.health.enter_graceful_shutdown()
         if self.dataplane is not None:
             await self.dataplane.stop()
+        if self.workers is not None:
+            await self.workers.stop(self.settings.grace_s)
         if self.server is not None:
             await self.server.stop(self.settings.grace_s)
         if self.node is not None:
@@ -229,6 +273,8 @@ class GatewayApp:
         await self.shadow.stop()
         await self.cache.close()
         await self.backends.close()
+        if self._reporter is not None:
+            self._reporter.close()
         if self._own_registry and self.registry is not None:
             await asyncio.to_thread(self.registry.stop)
         log.info("gateway stopped")
@@ -288,8 +334,32 @@ class GatewayApp:
                 await self.backends.pool.forget(set(table.addresses))
 
     def _on_plugins(self, status: dict[str, GatewayPluginStatus]) -> None:
-        """Publish plugin status (serving version, load errors) in /gateways/<id>."""
-        self._update_record(plugins=status)
+        """Publish plugin status (serving version, load errors) in /gateways/<id> (a worker:
+        tell the control process, which publishes it)."""
+        self._plugins_changed.set()
+        if self._reporter is not None:
+            if not self._stopping:
+                self._reporter.send(status)
+        elif self.worker is None:
+            self._update_record(plugins=self._plugin_status())
+
+    def _plugin_status(self) -> dict[str, GatewayPluginStatus]:
+        """The plugins of this process and of every worker that serves."""
+        assert self.plugins is not None
+        workers = [] if self.workers is None else self.workers.plugin_views()
+        return merge_plugins([self.plugins.status(), *workers])
+
+    async def _settle_plugins(self) -> None:
+        """(A worker, before it serves.) Until the plugins of the first table are loaded or
+        have failed: HAProxy sends it no call that would find its plugin still loading."""
+        assert self.plugins is not None
+        while not all(p.serving or p.error for p in self.plugins.status().values()):
+            self._plugins_changed.clear()
+            await self._plugins_changed.wait()
+
+    async def _rotate(self, worker: int, *, up: bool) -> None:
+        assert self.dataplane is not None
+        await self.dataplane.rotate_worker(worker, up=up)
 
     def _update_record(self, **update: Any) -> None:
         """Change fields of this gateway's record in /gateways/<id> (no-op before start)."""
@@ -323,10 +393,16 @@ class GatewayApp:
             "models": len(self.router.table.models),
             "zookeeper": zk,
         }
+        if self.workers is not None:
+            details["python_workers"] = self.workers.serving + 1
         if self._stopping:
             details["status"] = "stopping"
         elif self.router.table.generation == 0:
             details["status"] = "no routing table yet"
+        elif self.dataplane is not None and not self.dataplane.serving:
+            details["status"] = "haproxy not running"
+        elif self.workers is not None and self.workers.serving < len(self.workers.workers):
+            details["status"] = "a python worker is not serving"
         return details["status"] == "ok", details
 
 

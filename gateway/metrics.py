@@ -39,6 +39,7 @@ class GatewayMetrics:
             "Calls being served, by surface.",
             ["surface"],
             registry=registry,
+            multiprocess_mode="livesum",  # NOTE: summed over live workers (gateway/workers.py)
         )
         self.retries = Counter(
             "modelgate_gateway_retries",
@@ -96,6 +97,11 @@ class GatewayMetrics:
         self.dataplane_restarts = Counter(
             "modelgate_gateway_dataplane_restarts",
             "Times the gateway restarted HAProxy (its data plane) after it exited.",
+            registry=registry,
+        )
+        self.worker_restarts = Counter(
+            "modelgate_gateway_worker_restarts",
+            "Times the gateway restarted a Python worker (--python-workers) after it exited.",
             registry=registry,
         )
         self.cache_lookups = Counter(

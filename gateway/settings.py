@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -77,6 +78,10 @@ class GatewaySettings(BaseSettings):
     ``python``: the Python gateway serves the gRPC port alone."""
     internal_port: int = Field(default=0, ge=0, le=65535)
     """Loopback port of the Python gateway behind HAProxy (0 picks a free one)."""
+    python_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    """Python gateway processes serving behind HAProxy, this one included (default: one per
+    core; 1: this process alone). HAProxy balances each call over them. Ignored by
+    ``--dataplane python``, which is one process."""
     haproxy_dir: Path | None = None
     """Directory of HAProxy's configuration, admin socket and route map (default: a private
     temporary directory, removed on stop)."""

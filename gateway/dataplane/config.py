@@ -9,6 +9,7 @@ algorithm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def slot_name(pool: str, index: int) -> str:
     return f"{pool}_{index}"
 
 
+def worker_server(index: int) -> str:
+    """The python backend's server of Python worker ``index`` (gateway/workers.py)."""
+    return f"python_{index}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where HAProxy's files live and how many slots it pre-declares."""
@@ -100,11 +106,13 @@ def render(
     layout: Layout,
     listener: Listener,
     python_port: int,
+    workers: Sequence[Path] = (),
     *,
     max_message_bytes: int,
     threads: int = 1,
 ) -> str:
-    """The complete configuration text."""
+    """The complete configuration text (``workers``: the Unix sockets of the Python workers
+    beside the gateway on ``python_port``)."""
     bind = f"bind fd@{listener.fd}"
     if listener.tls_pem is not None:
         bind += f" ssl crt {listener.tls_pem} alpn h2"
@@ -179,9 +187,16 @@ frontend public
     default_backend {PYTHON_BACKEND}
 
 backend {PYTHON_BACKEND}
+    # NOTE: per call (each HTTP/2 stream), to the Python process with the fewest calls
+    balance leastconn
     server gateway {python} proto h2
 """
     ]
+    for index, path in enumerate(workers, start=1):
+        # NOTE: the gateway takes a worker out (and back) through the Runtime API as it exits
+        # (and serves again); the check covers a restarted HAProxy
+        server = f"server {worker_server(index)} unix@{path} proto h2"
+        out.append(f"    {server} check inter 500 fall 2 rise 1\n")
     for pool, algorithm in POOLS.values():
         for index in range(layout.slots):
             out.append(

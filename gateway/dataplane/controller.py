@@ -13,7 +13,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.dataplane.config import (
     Layout,
     Listener,
     render,
+    worker_server,
 )
 from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fast_routes
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
@@ -98,8 +99,11 @@ class DataPlane:
         self._children: dict[tuple[str, str], tuple[FastRoute, Any, Any]] = {}
         self.applied = asyncio.Event()
 
-    async def start(self, host: str, port: int, python_port: int) -> int:
-        """Start HAProxy on ``host:port`` (0 picks a free port); returns the port.
+    async def start(
+        self, host: str, port: int, python_port: int, workers: Sequence[Path] = ()
+    ) -> int:
+        """Start HAProxy on ``host:port`` (0 picks a free port); returns the port. The
+        Python path goes to ``127.0.0.1:python_port`` and the Unix sockets ``workers``.
 
         The gateway opens the listening socket and HAProxy inherits it, so calls wait in its
         backlog (instead of being refused) while a crashed HAProxy is restarted.
@@ -116,7 +120,7 @@ class DataPlane:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._public = public = socket.create_server((host, port), family=family, backlog=1024)
         public.set_inheritable(True)
-        await asyncio.to_thread(self._write_files, public.fileno(), python_port)
+        await asyncio.to_thread(self._write_files, public.fileno(), python_port, workers)
         self.supervisor = Supervisor(
             self.binary,
             self.layout.config,
@@ -137,7 +141,7 @@ class DataPlane:
         self._dirty.set()
         return int(public.getsockname()[1])
 
-    def _write_files(self, fd: int, python_port: int) -> None:
+    def _write_files(self, fd: int, python_port: int, workers: Sequence[Path]) -> None:
         self.layout.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.layout.route_map.write_text("")
         listener = Listener(fd)
@@ -148,8 +152,32 @@ class DataPlane:
             pem.write_bytes(Path(cert).read_bytes().rstrip(b"\n") + b"\n" + Path(key).read_bytes())
             listener = Listener(fd, pem, Path(self.client_ca) if self.client_ca else None)
         self.layout.config.write_text(
-            render(self.layout, listener, python_port, max_message_bytes=self.max_message_bytes)
+            render(
+                self.layout,
+                listener,
+                python_port,
+                workers,
+                max_message_bytes=self.max_message_bytes,
+            )
         )
+
+    @property
+    def serving(self) -> bool:
+        """HAProxy runs (false while a crashed one is being restarted)."""
+        process = None if self.supervisor is None else self.supervisor.process
+        return self.state is State.RUNNING and process is not None and process.returncode is None
+
+    async def rotate_worker(self, index: int, *, up: bool) -> None:
+        """Put Python worker ``index`` in the python backend's rotation, or take it out."""
+        server = f"{PYTHON_BACKEND}/{worker_server(index)}"
+        command = f"set server {server} health {'up' if up else 'down'}"
+        try:
+            (output,) = await self.api.execute([command])
+        except RuntimeApiError as err:  # NOTE: restarting; the new HAProxy's checks decide
+            log.warning("could not tell haproxy %r: %s", command, err)
+            return
+        if output:
+            log.warning("haproxy: %r -> %s", command, output)
 
     def on_table(self, table: RoutingTable, change: TableChange) -> None:
         """A new routing table (cheap: the commands are computed and sent by a task)."""

@@ -134,7 +134,10 @@ class Supervisor:
         self.state = State.STOPPING
         process = self.process
         if process is not None and process.returncode is None:
-            self._kill_group(signal.SIGUSR1)
+            # NOTE: to the master alone, which soft-stops its workers: a worker that gets a
+            # second SIGUSR1 while stopping dies of it (its calls in flight with it)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGUSR1)
             try:
                 await asyncio.wait_for(process.wait(), grace)
             except TimeoutError:
