@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import logging
 import os
@@ -15,10 +14,10 @@ from pathlib import Path
 
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from registry.errors import ModelgateError
+from registry.processes import die_with_parent
 
 log = logging.getLogger("gateway.dataplane.haproxy")
 
-_PR_SET_PDEATHSIG = 1
 
 #: Restart delay after a crash, doubled per consecutive failed start, capped.
 _BACKOFF_S = (0.1, 5.0)
@@ -75,10 +74,11 @@ class Supervisor:
 
     async def _spawn(self) -> None:
         self.process = process = await asyncio.create_subprocess_exec(
-            self.binary, "-W", "-db", "-f", str(self.config),
+            # NOTE: SIGTERM when the gateway dies, even by SIGKILL: no orphan HAProxy keeps
+            # the public port
+            *die_with_parent("TERM"), self.binary, "-W", "-db", "-f", str(self.config),
             pass_fds=self.pass_fds,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -160,13 +160,6 @@ class Supervisor:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the gateway dies, even by SIGKILL (Linux prctl), so that no
-    orphan HAProxy keeps the public port."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _relay(stream: asyncio.StreamReader) -> None:
