@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
 from manager_api.routes import catalog, cluster, models, plugins, system
 from manager_api.settings import ManagerSettings
+from manager_api.state import ClusterView
 from registry import Registry, layout
 from registry.records import Group
 from registry.version import version
@@ -75,6 +77,7 @@ def create_app(
         tokens = TokenStore.load(settings.tokens_file)
     metrics = ManagerMetrics(metrics_registry or CollectorRegistry())
     manager_id = settings.manager_id or f"{socket.gethostname()}:{os.getpid()}"
+    view = ClusterView(registry)
     manager = Manager(
         settings=settings,
         registry=registry,
@@ -83,15 +86,21 @@ def create_app(
         audit=AuditLog(settings.audit_log),
         metrics=metrics,
         manager_id=manager_id,
+        view=view,
     )
     run_loop = settings.reconcile if start_reconciler is None else start_reconciler
     if run_loop:
         manager.reconciler = Reconciler(
-            registry, metrics, manager_id, interval=settings.reconcile_interval_s
+            registry, metrics, manager_id, interval=settings.reconcile_interval_s, view=view
         )
+
+    #: NOTE: an app's lifespan may run more than once at a time (a test client and a
+    #: schema fuzzer on one app): the view starts with the first and closes with the last.
+    lifespans = 0
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        nonlocal lifespans
         if not registry.exists(layout.group("default")):
             try:
                 registry.create(
@@ -99,6 +108,9 @@ def create_app(
                 )
             except Exception:  # created concurrently by another manager
                 pass
+        if lifespans == 0:
+            await asyncio.to_thread(view.start)
+        lifespans += 1
         if manager.reconciler is not None:
             manager.reconciler.start()
         try:
@@ -106,6 +118,9 @@ def create_app(
         finally:
             if manager.reconciler is not None:
                 manager.reconciler.stop()
+            lifespans -= 1
+            if lifespans == 0:
+                view.close()
 
     app = FastAPI(
         title="modelgate manager",
