@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from manager_api.metrics import ManagerMetrics
 from manager_api.placement import Key, Shortfall
-from manager_api.state import ClusterState, ClusterView, read_state
+from manager_api.state import Changes, ClusterState, ClusterView, read_state
 from registry import Registry, layout
 from registry.errors import ModelgateError
 from registry.records import Assignment
@@ -86,6 +86,17 @@ def plan_pass(state: ClusterState, names: Iterable[str]) -> PassResult:
             result.writes[layout.assignment(worker_id, *key)] = None
             result.removed.append((worker_id, key))
     return result
+
+
+def affected(state: ClusterState, changes: Changes, short: set[str]) -> set[str]:
+    """The models whose placement ``changes`` may change: those changed, those assigned to a
+    changed worker and, when a worker changed, the models ``short`` of replicas."""
+    names = set(changes.models)
+    for worker_id in changes.workers:
+        names.update(m for m, _ in state.assignments.get(worker_id, {}))
+    if changes.workers:
+        names |= short
+    return names
 
 
 def write_pass(registry: Registry, result: PassResult, metrics: ManagerMetrics | None) -> None:
@@ -234,11 +245,7 @@ class Reconciler:
                 names = state.model_names()
                 self._full_due = time.monotonic() + FULL_PASS_EVERY_S
             else:
-                names = set(changes.models)
-                for worker_id in changes.workers:
-                    names.update(m for m, _ in state.assignments.get(worker_id, {}))
-                if changes.workers:
-                    names.update(m for m, _ in self._shortfalls)
+                names = affected(state, changes, {m for m, _ in self._shortfalls})
             return names, plan_pass(state, names)
 
     def _pass(self) -> None:
