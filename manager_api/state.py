@@ -223,6 +223,25 @@ class ClusterState:
         self.changed_models, self.changed_workers = set(), set()
         return models, workers
 
+    def copy(self) -> ClusterState:
+        """An independent copy (without change marks) for work too long to hold a lock for.
+
+        Records are immutable once applied (a change replaces them), so the copy shares
+        them and copies only the containers: O(nodes), ~0.1 s at 10,000 models x 3 replicas.
+        """
+        return ClusterState(
+            models=dict(self.models),
+            versions=dict(self.versions),
+            workers=dict(self.workers),
+            specs=dict(self.specs),
+            assignments={w: dict(keys) for w, keys in self.assignments.items()},
+            routes={k: set(ws) for k, ws in self.routes.items()},
+            holders={m: {v: set(ws) for v, ws in by.items()} for m, by in self.holders.items()},
+            memory_used=dict(self.memory_used),
+            views=dict(self.views),
+            _version_nodes={m: dict(n) for m, n in self._version_nodes.items()},
+        )
+
     # -- queries ---------------------------------------------------------------------------
 
     def worker_views(self) -> list[WorkerView]:
@@ -384,9 +403,15 @@ class ClusterView:
 
     @contextmanager
     def read(self) -> Iterator[ClusterState]:
-        """The current state, unchanged while the ``with`` block runs (keep it short)."""
+        """The current state, unchanged while the ``with`` block runs: keep it short (one
+        model, one worker); work on the whole fleet takes a :meth:`copy`."""
         with self._cond:
             yield self._cluster
+
+    def copy(self) -> ClusterState:
+        """A copy of the current state, for reads of the whole fleet (see :meth:`read`)."""
+        with self._cond:
+            return self._cluster.copy()
 
     def take_changes(self) -> Changes:
         with self._cond:

@@ -370,28 +370,54 @@ class Registry:
     def write_many(self, puts: Mapping[str, Record], deletes: Iterable[str] = ()) -> None:
         """:meth:`put` every record of ``puts``, then :meth:`delete` every path of ``deletes``.
 
-        The requests are pipelined (sent without waiting for each answer): a batch costs
-        about two round trips, not one per node. Not atomic; every put is answered before
-        the first delete is sent (make-before-break). A path already gone is not an error.
+        The requests are pipelined (sent without waiting for each answer): a batch costs a
+        few round trips, not one per node. Missing parents are created level by level, once
+        each. Not atomic; every put is answered before the first delete is sent
+        (make-before-break). A path already gone is not an error.
         """
         timeout = self.operation_timeout
-        with self._zk(next(iter(puts), "(batch)")):
-            sent = [
-                (path, data, self._client.create_async(path, data, makepath=True))
-                for path, data in ((p, r.to_bytes(p)) for p, r in puts.items())
-            ]
-            overwrites = []
-            for path, data, request in sent:
-                try:
-                    request.get(timeout=timeout)
-                except NodeExistsError:
-                    overwrites.append(self._client.set_async(path, data))
-            for request in overwrites:
-                request.get(timeout=timeout)
+        data = {p: r.to_bytes(p) for p, r in puts.items()}
+        with self._zk(next(iter(data), "(batch)")):
+            orphans = self._create_many(data, timeout)
+            if orphans:
+                self._ensure_parents(orphans, timeout)
+                if self._create_many({p: data[p] for p in orphans}, timeout):
+                    raise NoNodeError(f"parents of {orphans[0]} vanished while writing")
             for request in [self._client.delete_async(path) for path in deletes]:
                 try:
                     request.get(timeout=timeout)
                 except NoNodeError:
+                    pass
+
+    def _create_many(self, data: Mapping[str, bytes], timeout: float) -> list[str]:
+        """Create-or-overwrite each node, pipelined; return the paths whose parent is missing."""
+        sent = [(p, d, self._client.create_async(p, d)) for p, d in data.items()]
+        overwrites, orphans = [], []
+        for path, value, request in sent:
+            try:
+                request.get(timeout=timeout)
+            except NodeExistsError:
+                overwrites.append(self._client.set_async(path, value))
+            except NoNodeError:
+                orphans.append(path)
+        for request in overwrites:
+            request.get(timeout=timeout)
+        return orphans
+
+    def _ensure_parents(self, paths: Iterable[str], timeout: float) -> None:
+        """Create the missing ancestors of ``paths`` (empty nodes), one level per round trip."""
+        ancestors: set[str] = set()
+        for path in paths:
+            parent = posixpath.dirname(path)
+            while parent != "/" and parent not in ancestors:
+                ancestors.add(parent)
+                parent = posixpath.dirname(parent)
+        for depth in sorted({p.count("/") for p in ancestors}):
+            level = [p for p in ancestors if p.count("/") == depth]
+            for request in [self._client.create_async(p, b"") for p in level]:
+                try:
+                    request.get(timeout=timeout)
+                except NodeExistsError:
                     pass
 
     def ensure_path(self, path: str) -> None:

@@ -418,9 +418,8 @@ def read_status(m: Ctx, caller: Caller, name: ModelName) -> ModelStatus:
 def read_all_status(m: Ctx, caller: Caller) -> list[ModelStatus]:
     require_role(caller, "viewer", "reading status")
     gateways = _gateways(m.registry)
-    with m.view.read() as state:
-        shortfalls = state.placement().shortfalls
-        return [
-            model_status(state, mod, shortfalls, gateways)
-            for _, mod in sorted(state.models.items())
-        ]
+    state = m.view.copy()
+    shortfalls = state.placement().shortfalls
+    return [
+        model_status(state, mod, shortfalls, gateways) for _, mod in sorted(state.models.items())
+    ]

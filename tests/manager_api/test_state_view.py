@@ -145,6 +145,7 @@ def test_view_equals_a_fresh_read_after_random_changes(
                 return comparable(state) == fresh
 
         wait_for(caught_up, timeout=30, what=f"the view to equal a fresh read (round {round_})")
+        assert comparable(view.copy()) == fresh
     with view.read() as state:
         assert state.models or state.assignments, "the random changes left nothing to compare"
 
