@@ -36,8 +36,13 @@ log = logging.getLogger("manager_api.reconcile")
 #: held up) bounds how long a change missed that way could stay unreconciled, at a CPU
 #: cost of a few percent of one core at 10,000 models x 3 replicas.
 FULL_PASS_EVERY_S = 60.0
-#: Longest wait for the view to show the leader's own writes before the next pass.
+#: Longest wait for the view to show the leader's own writes before the next pass, plus
+#: :data:`WRITES_VISIBLE_PER_NODE_S` per node written. NOTE: a pass planned on a view that
+#: misses the last pass's writes would place those replicas again (then remove the surplus);
+#: a TreeCache takes in a few thousand new nodes a second, so a big first placement (30,000
+#: assignments) needs longer than a handful of moves.
 WRITES_VISIBLE_S = 10.0
+WRITES_VISIBLE_PER_NODE_S = 0.002
 
 
 @dataclass
@@ -76,6 +81,8 @@ def _up_to_date(state: ClusterState, old: Assignment) -> bool:
 def plan_pass(state: ClusterState, names: Iterable[str]) -> PassResult:
     """The assignment changes that place the models ``names`` (the others stay put)."""
     chosen = set(names)
+    if not chosen:
+        return PassResult()
     plan = state.placement(chosen)
     result = PassResult(shortfalls=plan.shortfalls)
     for worker_id, keys in sorted(plan.desired.items()):
@@ -259,7 +266,8 @@ class Reconciler:
         try:
             names, result = self._plan()
             write_pass(self.registry, result, self.metrics)
-            if not self.view.wait_written(result.writes, WRITES_VISIBLE_S):
+            timeout = WRITES_VISIBLE_S + WRITES_VISIBLE_PER_NODE_S * len(result.writes)
+            if not self.view.wait_written(result.writes, timeout):
                 log.warning("the cluster view did not show this pass's writes in time")
             self._shortfalls = {
                 k: s for k, s in self._shortfalls.items() if k[0] not in names

@@ -84,6 +84,17 @@ _TREE_KINDS: dict[int, Any] = {
 }
 
 
+#: Most requests :meth:`Registry.write_many` has in flight. NOTE: ZooKeeper answers a
+#: session's requests in order, so a ping queued behind thousands of writes (each one
+#: fsynced) can miss the session timeout: a bounded window keeps the session alive.
+_IN_FLIGHT = 500
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 def _deliver(
     loop: asyncio.AbstractEventLoop | None, callback: Callable[..., Any]
 ) -> Callable[..., None]:
@@ -378,16 +389,18 @@ class Registry:
         timeout = self.operation_timeout
         data = {p: r.to_bytes(p) for p, r in puts.items()}
         with self._zk(next(iter(data), "(batch)")):
-            orphans = self._create_many(data, timeout)
-            if orphans:
-                self._ensure_parents(orphans, timeout)
-                if self._create_many({p: data[p] for p in orphans}, timeout):
-                    raise NoNodeError(f"parents of {orphans[0]} vanished while writing")
-            for request in [self._client.delete_async(path) for path in deletes]:
-                try:
-                    request.get(timeout=timeout)
-                except NoNodeError:
-                    pass
+            for chunk in _chunks(list(data), _IN_FLIGHT):
+                orphans = self._create_many({p: data[p] for p in chunk}, timeout)
+                if orphans:
+                    self._ensure_parents(orphans, timeout)
+                    if self._create_many({p: data[p] for p in orphans}, timeout):
+                        raise NoNodeError(f"parents of {orphans[0]} vanished while writing")
+            for chunk in _chunks(list(deletes), _IN_FLIGHT):
+                for request in [self._client.delete_async(path) for path in chunk]:
+                    try:
+                        request.get(timeout=timeout)
+                    except NoNodeError:
+                        pass
 
     def _create_many(self, data: Mapping[str, bytes], timeout: float) -> list[str]:
         """Create-or-overwrite each node, pipelined; return the paths whose parent is missing."""
@@ -413,12 +426,13 @@ class Registry:
                 ancestors.add(parent)
                 parent = posixpath.dirname(parent)
         for depth in sorted({p.count("/") for p in ancestors}):
-            level = [p for p in ancestors if p.count("/") == depth]
-            for request in [self._client.create_async(p, b"") for p in level]:
-                try:
-                    request.get(timeout=timeout)
-                except NodeExistsError:
-                    pass
+            level = sorted(p for p in ancestors if p.count("/") == depth)
+            for chunk in _chunks(level, _IN_FLIGHT):
+                for request in [self._client.create_async(p, b"") for p in chunk]:
+                    try:
+                        request.get(timeout=timeout)
+                    except NodeExistsError:
+                        pass
 
     def ensure_path(self, path: str) -> None:
         """Create ``path`` and its parents as empty persistent nodes if missing."""
