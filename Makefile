@@ -29,10 +29,13 @@ endef
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools (idempotent)
+setup: $(STAMP) $(GENERATED) ## create .venv, install modelgate[dev], ZooKeeper, HAProxy, Java/Node client tools, Chromium + playwright-core (idempotent)
 	$(call debian_package,/usr/share/java/zookeeper.jar,zookeeper)
 	$(call debian_package,/usr/sbin/haproxy,haproxy)
 	@bash examples/clients/setup.sh
+	$(call debian_package,/usr/bin/chromium,chromium)
+	@cd tests/manager_api/ui && { [ node_modules/.modelgate-npm-ci -nt package-lock.json ] || \
+	  { npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.modelgate-npm-ci; }; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

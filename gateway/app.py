@@ -26,7 +26,7 @@ from gateway.surfaces import invoke
 from gateway.surfaces.base import Core
 from gateway.surfaces.kserve import KServeSurface
 from gateway.surfaces.tfserving import TFServingSurface
-from gateway.table import RoutingTable, with_service_health
+from gateway.table import SLICE, RoutingTable, TableChange, with_service_health
 from gateway.watcher import TableWatcher
 
 # NOTE: imported for their descriptors, so that reflection can describe these services.
@@ -98,6 +98,8 @@ class GatewayApp:
         self._stopping = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._health_lock = asyncio.Lock()
+        #: What changed since the model health services were last set.
+        self._health_changes = TableChange()
         self._node_lock = asyncio.Lock()
         #: The gateway record as it should be in ZooKeeper (written by :meth:`_update_node`).
         self._wanted: Record | None = None
@@ -170,6 +172,7 @@ class GatewayApp:
         record = GatewayRecord(
             gateway_id=s.node_id(self.port),
             address=s.address(self.port),
+            metrics_address=f"{s.address(self.port).rpartition(':')[0]}:{self.metrics_port}",
             version=version(),
             plugins=self.plugins.status(),
             services=self.prober.health(self.configured.services),
@@ -221,29 +224,32 @@ class GatewayApp:
 
     # -- table and health ---------------------------------------------------------------
 
-    def _on_table(self, table: RoutingTable) -> None:
+    def _on_table(self, table: RoutingTable, change: TableChange) -> None:
+        # NOTE: a table keeps the services mapping of the previous one when none changed
+        services_changed = table.services is not self.configured.services
         self.configured = table
-        self.prober.sync(table.services)
+        if services_changed:
+            self.prober.sync(table.services)
         if self.dataplane is not None:
-            self.dataplane.on_table(table)
-        self._publish_table()
+            self.dataplane.on_table(table, change)
+        self._publish_table(change)
         if self.plugins is not None:
-            self.plugins.sync(table.models)
-        self._update_record(services=self.prober.health(table.services))
+            self.plugins.sync(table.models, change.models)
+        if services_changed:
+            self._update_record(services=self.prober.health(table.services))
 
     def _on_probe(self) -> None:
         """A REST service URL went down or came back: route, report health and record it."""
-        self._publish_table()
+        self._publish_table(TableChange(frozenset(self.configured.services)))
         self._update_record(services=self.prober.health(self.configured.services))
 
-    def _publish_table(self) -> None:
+    def _publish_table(self, change: TableChange) -> None:
         table = with_service_health(self.configured, self.prober.down)
-        self.router.set_table(table)
-        counts = table.describe()
-        for name, ready in counts.items():
-            self.metrics.routes.labels(name).set(ready)
-        for name in self._model_health - set(counts):
-            self.metrics.routes.labels(name).set(0)
+        self.router.set_table(table, change)
+        for name in change.models:
+            entry = table.models.get(name)
+            self.metrics.routes.labels(name).set(entry.ready_instances if entry else 0)
+        self._health_changes = self._health_changes.then(change)
         self._spawn(self._apply_health())
 
     async def _apply_health(self) -> None:
@@ -251,16 +257,19 @@ class GatewayApp:
         async with self._health_lock:
             if self._stopping:
                 return
-            table = self.router.table
-            counts = table.describe()
-            for name, ready in counts.items():
-                await self.health.set(f"model/{name}", SERVING if ready else NOT_SERVING)
-            for name in self._model_health - set(counts):
-                await self.health.set(f"model/{name}", NOT_SERVING)
-            self._model_health |= set(counts)
-            live = {i.address for m in table.models.values() for v in m.versions.values()
-                    for i in v.instances}  # fmt: skip
-            await self.backends.pool.forget(live)
+            table, change = self.router.table, self._health_changes
+            self._health_changes = TableChange()
+            for n, name in enumerate(change.models, 1):
+                if n % SLICE == 0:
+                    await asyncio.sleep(0)  # NOTE: a burst of changes: let calls run
+                entry = table.models.get(name)
+                ready = entry is not None and entry.ready_instances > 0
+                if entry is not None or name in self._model_health:
+                    await self.health.set(f"model/{name}", SERVING if ready else NOT_SERVING)
+                if entry is not None:
+                    self._model_health.add(name)
+            if change.removed:
+                await self.backends.pool.forget(set(table.addresses))
 
     def _on_plugins(self, status: dict[str, GatewayPluginStatus]) -> None:
         """Publish plugin status (serving version, load errors) in /gateways/<id>."""

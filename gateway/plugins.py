@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -92,18 +92,20 @@ class PluginHost:
 
     # -- following the routing table ----------------------------------------------------
 
-    def sync(self, models: Mapping[str, ModelEntry]) -> None:
-        """Start loads for models whose plugin changed; retire plugins of removed models."""
+    def sync(self, models: Mapping[str, ModelEntry], names: Iterable[str]) -> None:
+        """Follow the table ``models`` for the changed ``names``: start loads for models
+        whose plugin changed; retire the plugins of models that are gone or have none."""
         changed = False
-        for name in list(self._slots):
+        for name in names:
             entry = models.get(name)
-            if entry is None or spec_of(entry) is None:
-                self._drop(name)
-                changed = True
-        for name, entry in models.items():
-            spec = spec_of(entry)
+            spec = None if entry is None else spec_of(entry)
             slot = self._slots.get(name)
-            if spec is None or (slot is not None and slot.spec == spec):
+            if spec is None:
+                if slot is not None:
+                    self._drop(name)
+                    changed = True
+                continue
+            if slot is not None and slot.spec == spec:
                 continue
             if slot is None:
                 slot = self._slots[name] = _Slot(spec)
@@ -178,7 +180,7 @@ class PluginHost:
             return
         slot = self._slots.get(entry.name)
         if slot is None:  # the table listener has not seen this model yet
-            self.sync({entry.name: entry})
+            self.sync({entry.name: entry}, (entry.name,))
             slot = self._slots[entry.name]
         if slot.serving is None and not slot.settled.is_set():
             try:

@@ -22,7 +22,7 @@ from gateway.errors import (
     ModelUnavailableError,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.table import Instance, ModelEntry, RoutingTable, VersionEntry
+from gateway.table import Instance, ModelEntry, RoutingTable, TableChange, VersionEntry
 from registry.records import Service
 
 log = logging.getLogger("gateway.router")
@@ -92,17 +92,32 @@ class Router:
         self.addresses: dict[str, AddressState] = {}
         self._rr: dict[tuple[str, int], Iterator[int]] = {}
         self._wrr: dict[str, _SmoothWRR] = {}
+        #: Addresses no model routes to, whose state is dropped once no call is in flight.
+        self._unused: set[str] = set()
 
     # -- table --------------------------------------------------------------------------
 
-    def set_table(self, table: RoutingTable) -> None:
-        """Swap in a new table (one assignment: calls see the old or the new one whole)."""
-        self.table = table
-        live = {i.address for m in table.models.values() for v in m.versions.values()
-                for i in (*v.instances, *v.down)}  # fmt: skip
-        for address in list(self.addresses):
-            if address not in live and self.addresses[address].in_flight == 0:
-                del self.addresses[address]
+    def set_table(self, table: RoutingTable, change: TableChange | None = None) -> None:
+        """Swap in a new table (one assignment: calls see the old or the new one whole).
+
+        ``change`` says what differs from the current table (None: anything may); the cost
+        is that of the change: the state of each address no model routes to any more is
+        dropped (once no call is in flight on it), and that of each model that is gone.
+        """
+        old, self.table = self.table, table
+        change = change or TableChange.between(old, table)
+        for name in change.models:
+            if name not in table.models and (entry := old.models.get(name)) is not None:
+                self._wrr.pop(name, None)
+                for version in entry.versions:
+                    self._rr.pop((name, version), None)
+        self._unused -= change.added
+        self._unused |= change.removed
+        for address in list(self._unused):
+            state = self.addresses.get(address)
+            if state is None or state.in_flight == 0:
+                self.addresses.pop(address, None)
+                self._unused.discard(address)
 
     # -- version choice -----------------------------------------------------------------
 

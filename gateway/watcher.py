@@ -1,24 +1,30 @@
 """Feeds the router from ZooKeeper: tree watches on /models, /routes and /services.
 
-Every change is applied to a dict of raw nodes; a rebuild is scheduled once per burst of
-events and the new table is swapped in whole. While ZooKeeper is unreachable the caches
-(and so the table) are kept; ``zk_connected`` drops to 0, logged once per outage.
+Events are queued as they come; one task applies them to a :class:`TableState` (each
+changed node's record parsed once), re-derives the entries of the changed models and
+publishes the new table with what changed (:class:`TableChange`) once per burst. The work is
+done in slices between which the serving loop runs; the table is swapped in whole. While
+ZooKeeper is unreachable the caches (and so the table) are kept; ``zk_connected`` drops to
+0, logged once per outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from gateway.metrics import GatewayMetrics
-from gateway.table import RoutingTable, build_table
+from gateway.table import SLICE, RoutingTable, TableChange, TableState
 from registry import Registry, TreeEvent, layout
 from registry.client import TreeWatch
 
 log = logging.getLogger("gateway.watcher")
 
 WATCHED = (layout.MODELS, layout.ROUTES, layout.SERVICES)
+#: Queued node changes applied between two turns of the event loop (one parse each).
+NODES_PER_SLICE = 1000
 
 
 class TableWatcher:
@@ -26,17 +32,19 @@ class TableWatcher:
         self,
         registry: Registry,
         metrics: GatewayMetrics,
-        on_table: Callable[[RoutingTable], None],
+        on_table: Callable[[RoutingTable, TableChange], None],
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.on_table = on_table
-        self.nodes: dict[str, bytes | None] = {}
+        self.state = TableState()
         self.generation = 0
         self.initialized: set[str] = set()
         self.ready = asyncio.Event()
         self._watches: list[TreeWatch] = []
-        self._scheduled = False
+        #: Node changes not applied yet: (path, data), data None for a removed subtree.
+        self._queue: deque[tuple[str, bytes | None]] = deque()
+        self._task: asyncio.Task[None] | None = None
         self._outage = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -54,11 +62,9 @@ class TableWatcher:
     def _handler(self, root: str) -> Callable[[TreeEvent], None]:
         def on_event(event: TreeEvent) -> None:
             if event.kind in ("added", "updated") and event.path:
-                self.nodes[event.path] = event.data
+                self._queue.append((event.path, event.data or b""))
             elif event.kind == "removed" and event.path:
-                prefix = event.path + "/"
-                for path in [p for p in self.nodes if p == event.path or p.startswith(prefix)]:
-                    del self.nodes[path]
+                self._queue.append((event.path, None))
             elif event.kind == "initialized":
                 self.initialized.add(root)
             elif event.kind in ("suspended", "lost"):
@@ -85,20 +91,30 @@ class TableWatcher:
                 )
 
     def _schedule(self) -> None:
-        if self._scheduled or len(self.initialized) < len(WATCHED) or self._loop is None:
-            return
-        self._scheduled = True
-        self._loop.call_soon(self._rebuild)
+        if self._task is None and self._loop is not None:
+            self._task = self._loop.create_task(self._run(), name="table-updates")
 
-    def _rebuild(self) -> None:
-        self._scheduled = False
-        self.generation += 1
-        table = build_table(self.nodes, self.generation)
-        self.on_table(table)
-        self.metrics.table_swaps.inc()
-        self.ready.set()
+    async def _run(self) -> None:
+        """Apply the queued changes, then (every watch initialised) derive and publish."""
+        while True:
+            if self._queue:
+                for _ in range(min(NODES_PER_SLICE, len(self._queue))):
+                    self.state.apply(*self._queue.popleft())
+            elif len(self.initialized) < len(WATCHED) or (self.generation and not self.state.dirty):
+                break
+            elif self.state.step(SLICE):
+                self.generation += 1
+                table, change = self.state.publish(self.generation)
+                self.on_table(table, change)
+                self.metrics.table_swaps.inc()
+                self.ready.set()
+                break
+            await asyncio.sleep(0)  # NOTE: a slice done: let calls run before the next one
+        self._task = None
 
     def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
         for watch in self._watches:
             watch.close()
         self._watches.clear()

@@ -16,11 +16,13 @@ from manager_api.auth import AuditLog, Principal, TokenStore
 from manager_api.blobs import BlobStore
 from manager_api.context import Manager
 from manager_api.errors import install_error_handlers, problem
+from manager_api.load import LoadTracker
 from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
-from manager_api.routes import catalog, cluster, models, plugins, system
+from manager_api.routes import catalog, cluster, load, models, plugins, system
 from manager_api.settings import ManagerSettings
 from manager_api.state import ClusterView
+from manager_api.ui import routes as console
 from registry import Registry, layout
 from registry.records import Group
 from registry.version import version
@@ -65,11 +67,13 @@ def create_app(
     tokens: TokenStore | None = None,
     metrics_registry: CollectorRegistry | None = None,
     start_reconciler: bool | None = None,
+    load_interval_s: float = 5.0,
 ) -> FastAPI:
     """Build the manager's app around a started ``registry``.
 
     ``tokens`` defaults to ``settings.tokens_file``. The reconcile loop (leader election)
-    starts and stops with the app's lifespan when ``settings.reconcile`` is set.
+    starts and stops with the app's lifespan when ``settings.reconcile`` is set; the load
+    tracker (gateway scrapes every ``load_interval_s``) always does.
     """
     if tokens is None:
         if settings.tokens_file is None:
@@ -113,9 +117,13 @@ def create_app(
         lifespans += 1
         if manager.reconciler is not None:
             manager.reconciler.start()
+        # NOTE: one tracker per lifespan run (a test harness may run the lifespan twice)
+        tracker = _app.state.load = LoadTracker(registry, interval_s=load_interval_s)
+        tracker.start()
         try:
             yield
         finally:
+            await tracker.stop()
             if manager.reconciler is not None:
                 manager.reconciler.stop()
             lifespans -= 1
@@ -129,9 +137,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    app.state.load = LoadTracker(registry)  # replaced by a started one in the lifespan
     install_error_handlers(app)
-    for module in (models, cluster, plugins, catalog, system):
+    for module in (models, cluster, plugins, catalog, system, load):
         app.include_router(module.router)
+    console.mount(app)
 
     @app.middleware("http")
     async def observe(

@@ -122,6 +122,9 @@ class Gateway(Record):
     gateway_id: NodeId
     address: str
     version: str
+    #: host:port of the gateway's HTTP port (Prometheus ``/metrics``, ``/healthz``); None
+    #: from gateways older than the field.
+    metrics_address: str | None = None
     started: float = Field(default_factory=now)
     #: Plugin state per model name: the ``name@version`` serving it and the last load error.
     plugins: dict[str, GatewayPluginStatus] = Field(default_factory=dict)

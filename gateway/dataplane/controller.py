@@ -32,7 +32,7 @@ from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fas
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
 from gateway.metrics import GatewayMetrics
-from gateway.table import RoutingTable
+from gateway.table import SLICE, RoutingTable, TableChange
 
 log = logging.getLogger("gateway.dataplane")
 
@@ -82,8 +82,12 @@ class DataPlane:
         self.supervisor: Supervisor | None = None
         self.state = State.LATENT
         self._table = RoutingTable()
+        #: What changed since the last apply.
+        self._change = TableChange()
         self._dirty = asyncio.Event()
         self._reset = False
+        #: The next apply programs every model (the first, and after HAProxy restarted).
+        self._full = True
         self._addresses: dict[str, Address | None] = {}
         self._applier: asyncio.Task[None] | None = None
         self._log: asyncio.Task[None] | None = None
@@ -147,9 +151,10 @@ class DataPlane:
             render(self.layout, listener, python_port, max_message_bytes=self.max_message_bytes)
         )
 
-    def on_table(self, table: RoutingTable) -> None:
+    def on_table(self, table: RoutingTable, change: TableChange) -> None:
         """A new routing table (cheap: the commands are computed and sent by a task)."""
         self._table = table
+        self._change = self._change.then(change)
         self.applied.clear()
         self._dirty.set()
 
@@ -171,35 +176,51 @@ class DataPlane:
                 return
             if self._reset:
                 self._reset = False
+                self._full = True
                 self.programmer.reset()
-            table = self._table
-            await self._resolve(table)
-            routes = fast_routes(table, self._addresses.get)
-            commands = self.programmer.plan(routes)
-            try:
-                outputs = await self.api.execute(commands)
-            except RuntimeApiError as err:
-                # NOTE: HAProxy went away; the supervisor restarts it, then a full resync
-                log.warning("could not program haproxy: %s", err)
-                self._reset = True
-                continue
-            for command, output in zip(commands, outputs, strict=True):
-                if output and " addr " not in command:
-                    log.warning("haproxy: %r -> %s", command, output)
-            if commands:
-                log.info("haproxy programmed: %d commands, %d fast-path routes",
-                         len(commands), len(routes))  # fmt: skip
-            if not self._dirty.is_set():
+            table, change = self._table, self._change
+            self._change = TableChange()
+            # NOTE: after a (re)start HAProxy has its base configuration: program every model
+            models = sorted(table.models if self._full else change.models)
+            self._full = False
+            await self._resolve(table, change, models)
+            # NOTE: in slices of models (each one Runtime API batch) so a full resync never
+            # holds the serving loop for long
+            for start in range(0, len(models), SLICE):
+                if not await self._program(table, models[start : start + SLICE]):
+                    self._reset = True  # HAProxy went away; restarted, then a full resync
+                    break
+            if not self._dirty.is_set() and not self._reset:
                 self.applied.set()
 
-    async def _resolve(self, table: RoutingTable) -> None:
-        """Resolve instance host names once each (HAProxy's ``set server addr`` takes IPs)."""
-        live = {i.address for m in table.models.values() for v in m.versions.values()
+    async def _program(self, table: RoutingTable, models: list[str]) -> bool:
+        """Send HAProxy the commands that bring ``models`` up to ``table``; False when it
+        could not be reached."""
+        routes = fast_routes(table, self._addresses.get, models)
+        commands = self.programmer.plan(routes, models)
+        try:
+            outputs = await self.api.execute(commands)
+        except RuntimeApiError as err:
+            log.warning("could not program haproxy: %s", err)
+            return False
+        for command, output in zip(commands, outputs, strict=True):
+            if output and " addr " not in command:
+                log.warning("haproxy: %r -> %s", command, output)
+        if commands:
+            log.info("haproxy programmed: %d commands for %d models, %d fast-path routes",
+                     len(commands), len(models), len(routes))  # fmt: skip
+        return True
+
+    async def _resolve(self, table: RoutingTable, change: TableChange, models: list[str]) -> None:
+        """Resolve the new instance host names of ``models`` once each (HAProxy's ``set
+        server addr`` takes IPs); forget the addresses no model routes to any more."""
+        for address in change.removed:
+            self._addresses.pop(address, None)
+        entries = (table.models.get(name) for name in models)
+        live = {i.address for m in entries if m is not None for v in m.versions.values()
                 for i in v.instances if i.protocol != "rest"}  # fmt: skip
-        for address in [a for a in self._addresses if a not in live]:
-            del self._addresses[address]
         loop = asyncio.get_running_loop()
-        for address in live - set(self._addresses):
+        for address in live - self._addresses.keys():
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
             try:

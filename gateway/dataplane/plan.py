@@ -12,7 +12,7 @@ route.lua), goes to the Python gateway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,12 +51,16 @@ class FastRoute:
 
 
 def fast_routes(
-    table: RoutingTable, resolve: Callable[[str], Address | None]
+    table: RoutingTable,
+    resolve: Callable[[str], Address | None],
+    models: Iterable[str] | None = None,
 ) -> dict[RouteId, FastRoute]:
-    """The fast-path routes of ``table``; ``resolve`` turns "host:port" into an address."""
+    """The fast-path routes of ``models`` in ``table`` (None: of every model), by name (so
+    slots are handed out in that order); ``resolve`` turns "host:port" into an address."""
     routes: dict[RouteId, FastRoute] = {}
-    for entry in table.models.values():
-        for route in _model_routes(entry, resolve):
+    for name in sorted(table.models if models is None else models):
+        entry = table.models.get(name)
+        for route in _model_routes(entry, resolve) if entry is not None else ():
             routes[route.id] = route
     return routes
 
@@ -117,6 +121,8 @@ class Programmer:
         self._slots: dict[RouteId, _Slot] = {}
         self._map: dict[str, str] = {}
         self._by_backend: dict[str, FastRoute] = {}
+        #: The route ids with a slot, per model.
+        self._by_model: dict[str, set[RouteId]] = {}
 
     def route_of(self, backend: str) -> FastRoute | None:
         """The route a slot backend serves now (for metrics)."""
@@ -130,15 +136,30 @@ class Programmer:
             return None
         return next((a for a, n in slot.servers.items() if f"s{n}" == server), None)
 
-    def plan(self, routes: Mapping[RouteId, FastRoute]) -> list[str]:
+    def plan(
+        self, routes: Mapping[RouteId, FastRoute], models: Collection[str] | None = None
+    ) -> list[str]:
+        """The commands from what HAProxy has to ``routes``, the fast routes of ``models``
+        (None: ``routes`` are all of them); the routes of other models stay as they are.
+        The cost is that of the named models' routes."""
+        if models is None:
+            models = {route.model for route in routes.values()} | self._by_model.keys()
         ready: list[str] = []
         retired: list[str] = []
         freed: list[_Slot] = []
-        for rid in [r for r, s in self._slots.items() if _moved(s.route, routes.get(r))]:
-            old = self._slots.pop(rid)
-            retired += [self._server(old, n, "state maint") for n in old.servers.values()]
-            del self._by_backend[old.backend]
-            freed.append(old)
+        keys: dict[str, RouteId] = {}
+        for name in models:
+            for rid in [
+                r
+                for r in self._by_model.get(name, ())
+                if _moved(self._slots[r].route, routes.get(r))
+            ]:
+                old = self._slots.pop(rid)
+                self._forget(rid)
+                retired += [self._server(old, n, "state maint") for n in old.servers.values()]
+                del self._by_backend[old.backend]
+                freed.append(old)
+                keys[old.route.key] = rid
         for rid, route in routes.items():
             slot = self._slots.get(rid)
             if slot is None:
@@ -148,10 +169,12 @@ class Programmer:
                     continue
                 slot = _Slot(slot_name(route.pool, self._free[route.pool].pop()), route)
                 self._slots[rid] = slot
+                self._by_model.setdefault(route.model, set()).add(rid)
             elif slot.route == route:
                 continue
             slot.route = route
             self._by_backend[slot.backend] = route
+            keys[route.key] = rid
             wanted = set(route.servers)
             for address in [a for a in slot.servers if a not in wanted]:
                 retired.append(self._server(slot, slot.servers.pop(address), "state maint"))
@@ -171,21 +194,31 @@ class Programmer:
                     self._server(slot, n, "state ready"),
                     self._server(slot, n, "health up"),
                 ]
-        wanted_map = {slot.route.key: slot.backend for slot in self._slots.values()}
-        changes = []
-        for key, backend in wanted_map.items():
+        changes, removed = [], []
+        for key, rid in keys.items():
+            slot = self._slots.get(rid)
             was = self._map.get(key)
-            if was is None:
-                changes.append(f"add map {self.route_map} {key} {backend}")
-            elif was != backend:
-                changes.append(f"set map {self.route_map} {key} {backend}")
-        changes += [f"del map {self.route_map} {key}" for key in self._map if key not in wanted_map]
-        self._map = wanted_map
+            if slot is None:
+                if was is not None:
+                    removed.append(f"del map {self.route_map} {key}")
+                    del self._map[key]
+            elif was is None:
+                changes.append(f"add map {self.route_map} {key} {slot.backend}")
+            elif was != slot.backend:
+                changes.append(f"set map {self.route_map} {key} {slot.backend}")
+            if slot is not None:
+                self._map[key] = slot.backend
         for slot in freed:  # NOTE: reusable from the next plan on, once their maint is sent
             self._free[slot.route.pool].append(int(slot.backend.rsplit("_", 1)[1]))
         # NOTE: servers are up before a key points at them; keys are gone before their
         # servers go into maintenance (in-flight calls on them finish).
-        return ready + changes + retired
+        return ready + changes + removed + retired
+
+    def _forget(self, rid: RouteId) -> None:
+        rids = self._by_model[rid[1]]
+        rids.discard(rid)
+        if not rids:
+            del self._by_model[rid[1]]
 
     @staticmethod
     def _server(slot: _Slot, n: int, what: str) -> str:

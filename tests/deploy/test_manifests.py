@@ -281,3 +281,26 @@ def test_dashboard_json_is_what_its_generator_writes() -> None:
     spec.loader.exec_module(module)
     on_disk = (DEPLOY / "grafana" / "dashboards" / "modelgate.json").read_text()
     assert on_disk == module.render(), "run: .venv/bin/python deploy/grafana/dashboard.py"
+
+
+def test_gateways_run_haproxy_in_front_in_every_deployment() -> None:
+    # The image carries HAProxy, and every gateway asks for the haproxy data plane
+    # explicitly: an image without it must fail the start, not fall back silently.
+    assert re.search(r"apt-get install[^\n]*\bhaproxy\b", DOCKERFILE.read_text())
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    gateways = [s for s in services.values() if role_of(s.get("command")) == "gateway"]
+    assert gateways and all(
+        s["environment"]["MODELGATE_GATEWAY_DATAPLANE"] == "haproxy" for s in gateways
+    )
+    containers = [
+        c
+        for _, spec in pod_specs()
+        for c in spec["containers"]
+        if role_of(c.get("command")) == "gateway"
+    ]
+    assert containers
+    for container in containers:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MODELGATE_GATEWAY_DATAPLANE"] == "haproxy"
+        # HAProxy's run directory (configuration, sockets) is under the writable /tmp
+        assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", ())}
