@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
 from manager_api.routes import catalog, cluster, load, models, plugins, system
 from manager_api.settings import ManagerSettings
+from manager_api.state import ClusterView
 from manager_api.ui import routes as console
 from registry import Registry, layout
 from registry.records import Group
@@ -79,6 +81,7 @@ def create_app(
         tokens = TokenStore.load(settings.tokens_file)
     metrics = ManagerMetrics(metrics_registry or CollectorRegistry())
     manager_id = settings.manager_id or f"{socket.gethostname()}:{os.getpid()}"
+    view = ClusterView(registry)
     manager = Manager(
         settings=settings,
         registry=registry,
@@ -87,15 +90,21 @@ def create_app(
         audit=AuditLog(settings.audit_log),
         metrics=metrics,
         manager_id=manager_id,
+        view=view,
     )
     run_loop = settings.reconcile if start_reconciler is None else start_reconciler
     if run_loop:
         manager.reconciler = Reconciler(
-            registry, metrics, manager_id, interval=settings.reconcile_interval_s
+            registry, metrics, manager_id, interval=settings.reconcile_interval_s, view=view
         )
+
+    #: NOTE: an app's lifespan may run more than once at a time (a test client and a
+    #: schema fuzzer on one app): the view starts with the first and closes with the last.
+    lifespans = 0
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        nonlocal lifespans
         if not registry.exists(layout.group("default")):
             try:
                 registry.create(
@@ -103,6 +112,9 @@ def create_app(
                 )
             except Exception:  # created concurrently by another manager
                 pass
+        if lifespans == 0:
+            await asyncio.to_thread(view.start)
+        lifespans += 1
         if manager.reconciler is not None:
             manager.reconciler.start()
         # NOTE: one tracker per lifespan run (a test harness may run the lifespan twice)
@@ -114,6 +126,9 @@ def create_app(
             await tracker.stop()
             if manager.reconciler is not None:
                 manager.reconciler.stop()
+            lifespans -= 1
+            if lifespans == 0:
+                view.close()
 
     app = FastAPI(
         title="modelgate manager",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,7 +15,11 @@ from manager_api.blobs import BlobStore
 from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
 from manager_api.settings import ManagerSettings
+from manager_api.state import ClusterView
 from registry import Registry
+from registry.records import Record
+
+log = logging.getLogger("manager_api.context")
 
 
 @dataclass
@@ -27,12 +33,16 @@ class Manager:
     audit: AuditLog
     metrics: ManagerMetrics
     manager_id: str
+    #: The cluster state from ZooKeeper watches that status and worker reads use.
+    view: ClusterView
     reconciler: Reconciler | None = None
 
-    def kick(self) -> None:
-        """Ask the local reconcile loop for a pass (it only runs one while leader)."""
-        if self.reconciler is not None:
-            self.reconciler.kick()
+    def wrote(self, writes: Mapping[str, Record | None]) -> None:
+        """Call after this API's own writes (path -> record, None: deleted): waits, bounded,
+        until the cluster view shows them, so the caller's next read sees its writes. The
+        view's change is what asks the reconcile loop for a pass."""
+        if not self.view.wait_written(writes):
+            log.warning("the cluster view does not show %s yet", ", ".join(sorted(writes)))
 
 
 def get_manager(request: Request) -> Manager:

@@ -1,24 +1,51 @@
-"""Reading the cluster's desired and observed state from ZooKeeper (via registry/)."""
+"""The cluster's desired and observed state, as placement and status need it.
+
+:class:`ClusterState` is built node by node with :meth:`ClusterState.apply` (one parsed
+record per changed node) and indexed so that one model's status and one model's placement
+cost O(that model + workers), not O(fleet). It is filled either by one fresh read
+(:func:`read_state`) or, in a running manager, by :class:`ClusterView`, which keeps it up to
+date from ZooKeeper tree watches (kazoo TreeCaches) so reads cost no ZooKeeper round trip.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from manager_api.placement import Demand, Key, WorkerView
-from registry import Registry, layout
-from registry.errors import InvalidArgumentError, InvalidRecordError
+from manager_api.placement import Demand, Key, Load, Placement, WorkerView, place
+from registry import Registry, TreeEvent, layout
+from registry.client import TreeWatch
+from registry.errors import InvalidArgumentError, InvalidRecordError, ZooKeeperUnavailableError
 from registry.records import Assignment, Model, ModelVersion, Record, Worker, WorkerSpec
 
 log = logging.getLogger("manager_api.state")
 
 R = TypeVar("R", bound=Record)
 
+#: The subtrees the state is built from.
+WATCHED = (layout.MODELS, layout.ASSIGNMENTS, layout.ROUTES, layout.WORKERS)
+
+
+def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
+    return WorkerView(
+        worker_id=worker_id,
+        backend=worker.backend,
+        labels=dict(worker.labels),
+        capacity_memory_mb=worker.capacity_memory_mb,
+        ready=worker.backend_live,
+        cordoned=spec.cordoned or worker.state == "cordoned",
+        draining=spec.draining or worker.state == "draining",
+    )
+
 
 @dataclass
 class ClusterState:
-    """One (non-atomic) read of everything placement and status need."""
+    """Everything placement and status need, with indexes kept by :meth:`apply`."""
 
     models: dict[str, Model] = field(default_factory=dict)
     versions: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
@@ -28,23 +55,197 @@ class ClusterState:
     assignments: dict[str, dict[Key, Assignment]] = field(default_factory=dict)
     #: key -> workers with a route (READY).
     routes: dict[Key, set[str]] = field(default_factory=dict)
+    #: Index: model -> version -> workers holding an assignment of it.
+    holders: dict[str, dict[int, set[str]]] = field(default_factory=dict)
+    #: Index: worker id -> declared memory (MiB) of the models assigned to it.
+    memory_used: dict[str, int] = field(default_factory=dict)
+    #: Index: worker id -> what placement sees of it (registered workers only).
+    views: dict[str, WorkerView] = field(default_factory=dict)
+    #: Models and workers whose placement may have changed since :meth:`take_changed`.
+    changed_models: set[str] = field(default_factory=set)
+    changed_workers: set[str] = field(default_factory=set)
+    #: Version records per model by node name (``versions`` is derived from it).
+    _version_nodes: dict[str, dict[str, ModelVersion]] = field(default_factory=dict)
+
+    # -- applying one node -----------------------------------------------------------------
+
+    def apply(self, path: str, data: bytes | None) -> None:
+        """Take in the node at ``path`` with ``data`` (``None``: the node is gone).
+
+        Nodes that do not parse or have odd names are skipped with a warning, as if absent.
+        """
+        parts = path.strip("/").split("/")
+        top, rest = "/" + parts[0], parts[1:]
+        try:
+            if top == layout.MODELS:
+                self._apply_model(rest, data)
+            elif top == layout.ASSIGNMENTS:
+                self._apply_assignment(rest, data)
+            elif top == layout.ROUTES:
+                self._apply_route(rest, data)
+            elif top == layout.WORKERS and len(rest) == 1:
+                self._set_worker(rest[0], self._parse(path, data, Worker))
+        except InvalidArgumentError as err:
+            log.warning("ignoring %s: %s", path, err)
+
+    @staticmethod
+    def _parse(path: str, data: bytes | None, record_type: type[R]) -> R | None:
+        if data is None:
+            return None
+        try:
+            return record_type.from_bytes(path, data)
+        except InvalidRecordError as err:
+            log.warning("skipping %s", err)
+            return None
+
+    def _apply_model(self, rest: list[str], data: bytes | None) -> None:
+        if not rest:
+            return
+        name = layout.check_name("model", rest[0])
+        if len(rest) == 1:
+            self._set_model(name, self._parse(layout.model(name), data, Model))
+        elif len(rest) == 3 and rest[1] == "versions":
+            path = f"{layout.versions(name)}/{rest[2]}"
+            nodes = self._version_nodes.setdefault(name, {})
+            rec = self._parse(path, data, ModelVersion)
+            if rec is None:
+                nodes.pop(rest[2], None)
+            else:
+                nodes[rest[2]] = rec
+            if not nodes:
+                del self._version_nodes[name]
+            derived = {r.version: r for _, r in sorted(nodes.items())}
+            if derived:
+                self.versions[name] = derived
+            else:
+                self.versions.pop(name, None)
+            self.changed_models.add(name)
+
+    def _memory_of(self, model: str) -> int:
+        rec = self.models.get(model)
+        return rec.memory_mb if rec is not None else 0
+
+    def _set_model(self, name: str, rec: Model | None) -> None:
+        old_memory = self._memory_of(name)
+        if rec is None:
+            self.models.pop(name, None)
+        else:
+            self.models[name] = rec
+        delta = self._memory_of(name) - old_memory
+        if delta:
+            for workers in self.holders.get(name, {}).values():
+                for wid in workers:
+                    self.memory_used[wid] = self.memory_used.get(wid, 0) + delta
+        self.changed_models.add(name)
+
+    def _apply_assignment(self, rest: list[str], data: bytes | None) -> None:
+        if not rest:
+            return
+        wid = layout.check_node_id("worker", rest[0])
+        if len(rest) == 1:
+            if data is None:
+                for key in list(self.assignments.get(wid, {})):
+                    self._set_assignment(wid, key, None)
+                self.assignments.pop(wid, None)
+                self.specs.pop(wid, None)
+                self.memory_used.pop(wid, None)
+            else:
+                spec = self._parse(layout.assignments(wid), data, WorkerSpec)
+                self.specs[wid] = spec or WorkerSpec()
+                self.assignments.setdefault(wid, {})
+            self._refresh_view(wid)
+        elif len(rest) == 2:
+            key = layout.parse_assignment_key(rest[1])
+            self._set_assignment(
+                wid, key, self._parse(layout.assignment(wid, *key), data, Assignment)
+            )
+
+    def _set_assignment(self, wid: str, key: Key, rec: Assignment | None) -> None:
+        keys = self.assignments.setdefault(wid, {})
+        self.specs.setdefault(wid, WorkerSpec())
+        had = key in keys
+        by_version = self.holders.setdefault(key[0], {})
+        if rec is None:
+            keys.pop(key, None)
+            if had:
+                by_version[key[1]].discard(wid)
+                if not by_version[key[1]]:
+                    del by_version[key[1]]
+                self.memory_used[wid] -= self._memory_of(key[0])
+        else:
+            keys[key] = rec
+            if not had:
+                by_version.setdefault(key[1], set()).add(wid)
+                self.memory_used[wid] = self.memory_used.get(wid, 0) + self._memory_of(key[0])
+        if not by_version:
+            del self.holders[key[0]]
+        self.changed_models.add(key[0])
+
+    def _apply_route(self, rest: list[str], data: bytes | None) -> None:
+        if len(rest) != 3 or not rest[1].isdigit() or int(rest[1]) < 1:
+            return
+        key = (layout.check_name("model", rest[0]), int(rest[1]))
+        if data is None:
+            workers = self.routes.get(key, set())
+            workers.discard(rest[2])
+            if not workers:
+                self.routes.pop(key, None)
+        else:
+            self.routes.setdefault(key, set()).add(rest[2])
+        self.changed_models.add(key[0])
+
+    def _set_worker(self, wid: str, rec: Worker | None) -> None:
+        if rec is None:
+            self.workers.pop(wid, None)
+        else:
+            self.workers[wid] = rec
+        self._refresh_view(wid)
+
+    def _refresh_view(self, wid: str) -> None:
+        """Recompute what placement sees of ``wid``; mark it changed if that differs."""
+        worker = self.workers.get(wid)
+        view = (
+            None
+            if worker is None
+            else _worker_view(wid, worker, self.specs.get(wid) or WorkerSpec())
+        )
+        if self.views.get(wid) == view:
+            return
+        if view is None:
+            del self.views[wid]
+        else:
+            self.views[wid] = view
+        self.changed_workers.add(wid)
+
+    def take_changed(self) -> tuple[set[str], set[str]]:
+        """The models and workers changed since the last call, and forget them."""
+        models, workers = self.changed_models, self.changed_workers
+        self.changed_models, self.changed_workers = set(), set()
+        return models, workers
+
+    def copy(self) -> ClusterState:
+        """An independent copy (without change marks) for work too long to hold a lock for.
+
+        Records are immutable once applied (a change replaces them), so the copy shares
+        them and copies only the containers: O(nodes), ~0.1 s at 10,000 models x 3 replicas.
+        """
+        return ClusterState(
+            models=dict(self.models),
+            versions=dict(self.versions),
+            workers=dict(self.workers),
+            specs=dict(self.specs),
+            assignments={w: dict(keys) for w, keys in self.assignments.items()},
+            routes={k: set(ws) for k, ws in self.routes.items()},
+            holders={m: {v: set(ws) for v, ws in by.items()} for m, by in self.holders.items()},
+            memory_used=dict(self.memory_used),
+            views=dict(self.views),
+            _version_nodes={m: dict(n) for m, n in self._version_nodes.items()},
+        )
+
+    # -- queries ---------------------------------------------------------------------------
 
     def worker_views(self) -> list[WorkerView]:
-        views = []
-        for wid, w in self.workers.items():
-            spec = self.specs.get(wid, WorkerSpec())
-            views.append(
-                WorkerView(
-                    worker_id=wid,
-                    backend=w.backend,
-                    labels=dict(w.labels),
-                    capacity_memory_mb=w.capacity_memory_mb,
-                    ready=w.backend_live,
-                    cordoned=spec.cordoned or w.state == "cordoned",
-                    draining=spec.draining or w.state == "draining",
-                )
-            )
-        return views
+        return list(self.views.values())
 
     def active_versions(self, model: Model) -> list[int]:
         """Versions that get replicas: weighted or labelled ones, else the newest."""
@@ -55,76 +256,189 @@ class ClusterState:
         active |= {v for v, rec in known.items() if rec.labels}
         return sorted(active) if active else [max(known)]
 
-    def demands(self) -> list[Demand]:
-        out = []
-        for model in self.models.values():
-            for v in self.active_versions(model):
-                out.append(
-                    Demand(
-                        model=model.name,
-                        version=v,
-                        backend=model.backend,
-                        replicas=model.replicas,
-                        constraints=dict(model.constraints),
-                        memory_mb=model.memory_mb,
-                    )
-                )
+    def demands_of(self, model: Model) -> list[Demand]:
+        return [
+            Demand(
+                model=model.name,
+                version=v,
+                backend=model.backend,
+                replicas=model.replicas,
+                constraints=dict(model.constraints),
+                memory_mb=model.memory_mb,
+            )
+            for v in self.active_versions(model)
+        ]
+
+    def model_names(self) -> set[str]:
+        """Every model wanted or still assigned somewhere."""
+        return set(self.models) | set(self.holders)
+
+    def assigned(self, names: Iterable[str]) -> dict[str, set[Key]]:
+        """Worker id -> the assigned keys of the models ``names``."""
+        out: dict[str, set[Key]] = {}
+        for name in names:
+            for v, workers in self.holders.get(name, {}).items():
+                for wid in workers:
+                    out.setdefault(wid, set()).add((name, v))
         return out
 
-    def current(self) -> dict[str, set[Key]]:
-        return {w: set(keys) for w, keys in self.assignments.items()}
+    def placement(self, names: Iterable[str] | None = None) -> Placement:
+        """Placement of the models ``names`` (every model if None), every other model staying
+        where it is assigned: O(those models' replicas x log(workers) + workers)."""
+        chosen = self.model_names() if names is None else set(names)
+        demands = [
+            d for n in sorted(chosen) if n in self.models for d in self.demands_of(self.models[n])
+        ]
+        current = self.assigned(chosen)
+        ready = {d.key: self.routes.get(d.key, set()) for d in demands}
+        baseline: dict[str, Load] = {}
+        for wid in self.views:
+            keys = current.get(wid, set())
+            memory = self.memory_used.get(wid, 0) - sum(self._memory_of(m) for m, _ in keys)
+            baseline[wid] = (memory, len(self.assignments.get(wid, {})) - len(keys))
+        return place(demands, self.worker_views(), current, ready=ready, baseline=baseline)
 
 
-def _children_records(reg: Registry, path: str, record_type: type[R]) -> dict[str, R]:
-    out: dict[str, R] = {}
-    for name in reg.children(path):
-        try:
-            rec = reg.read(f"{path}/{name}", record_type)
-        except InvalidRecordError as err:
-            log.warning("skipping %s", err)
-            continue
-        if rec is not None:
-            out[name] = rec
-    return out
+def read_state(reg: Registry) -> ClusterState:
+    """One fresh (non-atomic) read of every watched subtree, one level per round trip."""
+    state = ClusterState()
+    for top in WATCHED:
+        nodes = reg.snapshot(top)
+        for path in sorted(nodes, key=lambda p: (p.count("/"), p)):
+            state.apply(path, nodes[path])
+    state.take_changed()
+    return state
 
 
-def read_state(reg: Registry, *, with_routes: bool = True) -> ClusterState:
-    """Read models, versions, workers, worker specs, assignments and (optionally) routes."""
-    st = ClusterState()
-    st.models = _children_records(reg, layout.MODELS, Model)
-    for name in st.models:
-        st.versions[name] = {
-            rec.version: rec
-            for rec in _children_records(reg, layout.versions(name), ModelVersion).values()
-        }
-    st.workers = _children_records(reg, layout.WORKERS, Worker)
-    for wid in reg.children(layout.ASSIGNMENTS):
-        try:
-            path = layout.assignments(wid)
-        except InvalidArgumentError:
-            continue
-        try:
-            st.specs[wid] = reg.read(path, WorkerSpec) or WorkerSpec()
-        except InvalidRecordError as err:
-            log.warning("ignoring admin state: %s", err)
-            st.specs[wid] = WorkerSpec()
-        keys: dict[Key, Assignment] = {}
-        for child, rec in _children_records(reg, path, Assignment).items():
-            try:
-                keys[layout.parse_assignment_key(child)] = rec
-            except InvalidArgumentError:
-                log.warning("ignoring odd assignment node %s/%s", path, child)
-        st.assignments[wid] = keys
-    if with_routes:
-        for model in reg.children(layout.ROUTES):
-            try:
-                model_path = layout.model_routes(model)
-            except InvalidArgumentError:
-                continue
-            for v in reg.children(model_path):
-                if not v.isdigit() or int(v) < 1:
-                    continue
-                workers = reg.children(layout.version_routes(model, int(v)))
-                if workers:
-                    st.routes[(model, int(v))] = set(workers)
-    return st
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a :class:`ClusterView` since the last :meth:`ClusterView.take_changes`."""
+
+    models: set[str]
+    workers: set[str]
+    #: The watches resynced after a connection loss: only a full pass is sure to be right.
+    resynced: bool
+
+
+ViewState = Literal["latent", "started"]
+
+
+class ClusterView:
+    """A :class:`ClusterState` kept up to date from TreeCaches of :data:`WATCHED`.
+
+    Every change is parsed once, under a lock; readers hold the same lock while they read
+    (:meth:`read`). Lifecycle: ``latent`` → :meth:`start` (returns once every cache is
+    loaded) → ``started`` → :meth:`close` (watches closed, state forgotten) → ``latent``.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.state: ViewState = "latent"
+        self._cluster = ClusterState()
+        self._data: dict[str, bytes] = {}
+        self._cond = threading.Condition(threading.RLock())
+        self._initialized: set[str] = set()
+        self._resynced = False
+        self._trees: list[TreeWatch] = []
+        self._listeners: list[Callable[[], None]] = []
+        #: Bumped by :meth:`close`: events still queued in a closed cache are dropped.
+        self._generation = 0
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on a kazoo thread: keep it short) after every change."""
+        self._listeners.append(callback)
+
+    def start(self, timeout: float = 120.0) -> ClusterView:
+        """Start the watches and wait until each has loaded its subtree; return self."""
+        if self.state != "latent":
+            raise RuntimeError(f"cluster view is {self.state}; start it once")
+        self.state = "started"
+        for top in WATCHED:
+            self._trees.append(self.registry.watch_tree(top, self._handler(top)))
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._initialized) == len(WATCHED), timeout):
+                missing = ", ".join(sorted(set(WATCHED) - self._initialized))
+                raise ZooKeeperUnavailableError(
+                    f"the cluster view did not load {missing} from ZooKeeper at "
+                    f"{self.registry.hosts} within {timeout:g}s"
+                )
+        return self
+
+    def close(self) -> None:
+        if self.state != "started":
+            raise RuntimeError("cluster view is not started")
+        for tree in self._trees:
+            tree.close()
+        with self._cond:
+            self.state = "latent"
+            self._generation += 1
+            self._trees, self._initialized, self._resynced = [], set(), False
+            self._cluster, self._data = ClusterState(), {}
+
+    def _handler(self, top: str) -> Callable[[TreeEvent], None]:
+        generation = self._generation
+
+        def on_event(event: TreeEvent) -> None:
+            with self._cond:
+                if self.state != "started" or self._generation != generation:
+                    return
+                if event.kind == "initialized":
+                    self._initialized.add(top)
+                elif event.kind in ("reconnected", "lost"):
+                    self._resynced = True
+                elif event.path is not None and event.kind in ("added", "updated", "removed"):
+                    self._apply(event.path, None if event.kind == "removed" else event.data or b"")
+                self._cond.notify_all()
+            for listener in self._listeners:
+                listener()
+
+        return on_event
+
+    def _apply(self, path: str, data: bytes | None) -> None:
+        if data is None:
+            self._data.pop(path, None)
+        else:
+            self._data[path] = data
+        self._cluster.apply(path, data)
+
+    @contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        """The current state, unchanged while the ``with`` block runs: keep it short (one
+        model, one worker); work on the whole fleet takes a :meth:`copy`."""
+        with self._cond:
+            yield self._cluster
+
+    def copy(self) -> ClusterState:
+        """A copy of the current state, for reads of the whole fleet (see :meth:`read`)."""
+        with self._cond:
+            return self._cluster.copy()
+
+    def take_changes(self) -> Changes:
+        with self._cond:
+            models, workers = self._cluster.take_changed()
+            resynced, self._resynced = self._resynced, False
+        return Changes(models, workers, resynced)
+
+    def wait_written(self, writes: Mapping[str, Record | None], timeout: float = 5.0) -> bool:
+        """Wait until the view shows each of ``writes`` (a record written, None: deleted).
+
+        A writer calls this after its own writes so that its next read sees them. Returns
+        False if the view had not caught up within ``timeout`` (someone else wrote later).
+        """
+        # NOTE: events arrive about in the order of the writes: checking the oldest pending
+        # write first and dropping each one seen keeps a wait for N writes O(N), not O(N²).
+        pending = {p: None if r is None else r.to_bytes(p) for p, r in writes.items()}
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while pending:
+                    path, data = next(iter(pending.items()))
+                    if self._data.get(path) != data:
+                        break
+                    del pending[path]
+                if not pending:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)

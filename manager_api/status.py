@@ -1,19 +1,18 @@
-"""Desired versus actual: replicas, aggregated from /models, /assignments, /routes, /workers,
-and plugins, from /gateways."""
+"""Desired versus actual: replicas, aggregated from /models, /assignments, /routes, /workers
+(a :class:`ClusterState`), and plugins, from /gateways.
+
+One model's status costs O(that model + workers): its placement is computed with every other
+model where it is assigned (:meth:`ClusterState.placement`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from manager_api.placement import Placement, place
+from manager_api.placement import Key, Shortfall
 from manager_api.schemas import InstanceStatus, ModelStatus, VersionStatus
 from manager_api.state import ClusterState
 from registry.records import Gateway, GatewayPluginStatus, Model
-
-
-def plan(state: ClusterState) -> Placement:
-    """The placement the reconcile loop would compute now (for shortfall messages)."""
-    return place(state.demands(), state.worker_views(), state.current(), ready=state.routes)
 
 
 def plugin_serving(model: Model, gateways: Mapping[str, Gateway]) -> dict[str, GatewayPluginStatus]:
@@ -33,22 +32,22 @@ def plugin_serving(model: Model, gateways: Mapping[str, Gateway]) -> dict[str, G
 
 
 def model_status(
-    state: ClusterState, model: Model, placement: Placement, gateways: Mapping[str, Gateway]
+    state: ClusterState,
+    model: Model,
+    shortfalls: Mapping[Key, Shortfall],
+    gateways: Mapping[str, Gateway],
 ) -> ModelStatus:
+    """``shortfalls``: of a placement of ``model`` (or of every model)."""
     versions = state.versions.get(model.name, {})
     active = set(state.active_versions(model))
-    assigned_on: dict[int, list[str]] = {}
-    for worker_id, keys in state.assignments.items():
-        for name, v in keys:
-            if name == model.name:
-                assigned_on.setdefault(v, []).append(worker_id)
+    assigned_on = state.holders.get(model.name, {})
     out: list[VersionStatus] = []
     for v in sorted(set(versions) | set(assigned_on)):
         key = (model.name, v)
         desired = model.replicas if v in active else 0
         routes = state.routes.get(key, set())
         instances = []
-        for worker_id in sorted(set(assigned_on.get(v, [])) | routes):
+        for worker_id in sorted(assigned_on.get(v, set()) | routes):
             worker = state.workers.get(worker_id)
             health = worker.models.get(f"{model.name}@{v}") if worker else None
             instances.append(
@@ -61,11 +60,11 @@ def model_status(
                     since=health.since if health else None,
                 )
             )
-        assigned = len(assigned_on.get(v, []))
+        assigned = len(assigned_on.get(v, set()))
         ready = len(routes)
         errors = sorted({f"{i.worker_id}: {i.error}" for i in instances if i.error})
-        if key in placement.shortfalls:
-            message = str(placement.shortfalls[key])
+        if key in shortfalls:
+            message = str(shortfalls[key])
         elif desired == 0 and (assigned or ready):
             message = "not active: replicas are being removed"
         elif desired == 0:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import posixpath
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -82,6 +82,17 @@ _TREE_KINDS: dict[int, Any] = {
     KazooTreeEvent.CONNECTION_RECONNECTED: "reconnected",
     KazooTreeEvent.CONNECTION_LOST: "lost",
 }
+
+
+#: Most requests :meth:`Registry.write_many` has in flight. NOTE: ZooKeeper answers a
+#: session's requests in order, so a ping queued behind thousands of writes (each one
+#: fsynced) can miss the session timeout: a bounded window keeps the session alive.
+_IN_FLIGHT = 500
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _deliver(
@@ -366,6 +377,62 @@ class Registry:
             except NotEmptyError:
                 raise FailedPreconditionError(f"{path} has children") from None
         return True
+
+    def write_many(self, puts: Mapping[str, Record], deletes: Iterable[str] = ()) -> None:
+        """:meth:`put` every record of ``puts``, then :meth:`delete` every path of ``deletes``.
+
+        The requests are pipelined (sent without waiting for each answer): a batch costs a
+        few round trips, not one per node. Missing parents are created level by level, once
+        each. Not atomic; every put is answered before the first delete is sent
+        (make-before-break). A path already gone is not an error.
+        """
+        timeout = self.operation_timeout
+        data = {p: r.to_bytes(p) for p, r in puts.items()}
+        with self._zk(next(iter(data), "(batch)")):
+            for chunk in _chunks(list(data), _IN_FLIGHT):
+                orphans = self._create_many({p: data[p] for p in chunk}, timeout)
+                if orphans:
+                    self._ensure_parents(orphans, timeout)
+                    if self._create_many({p: data[p] for p in orphans}, timeout):
+                        raise NoNodeError(f"parents of {orphans[0]} vanished while writing")
+            for chunk in _chunks(list(deletes), _IN_FLIGHT):
+                for request in [self._client.delete_async(path) for path in chunk]:
+                    try:
+                        request.get(timeout=timeout)
+                    except NoNodeError:
+                        pass
+
+    def _create_many(self, data: Mapping[str, bytes], timeout: float) -> list[str]:
+        """Create-or-overwrite each node, pipelined; return the paths whose parent is missing."""
+        sent = [(p, d, self._client.create_async(p, d)) for p, d in data.items()]
+        overwrites, orphans = [], []
+        for path, value, request in sent:
+            try:
+                request.get(timeout=timeout)
+            except NodeExistsError:
+                overwrites.append(self._client.set_async(path, value))
+            except NoNodeError:
+                orphans.append(path)
+        for request in overwrites:
+            request.get(timeout=timeout)
+        return orphans
+
+    def _ensure_parents(self, paths: Iterable[str], timeout: float) -> None:
+        """Create the missing ancestors of ``paths`` (empty nodes), one level per round trip."""
+        ancestors: set[str] = set()
+        for path in paths:
+            parent = posixpath.dirname(path)
+            while parent != "/" and parent not in ancestors:
+                ancestors.add(parent)
+                parent = posixpath.dirname(parent)
+        for depth in sorted({p.count("/") for p in ancestors}):
+            level = sorted(p for p in ancestors if p.count("/") == depth)
+            for chunk in _chunks(level, _IN_FLIGHT):
+                for request in [self._client.create_async(p, b"") for p in chunk]:
+                    try:
+                        request.get(timeout=timeout)
+                    except NodeExistsError:
+                        pass
 
     def ensure_path(self, path: str) -> None:
         """Create ``path`` and its parents as empty persistent nodes if missing."""

@@ -10,7 +10,7 @@ from manager_api.auth import require_role
 from manager_api.context import Caller, Ctx, Manager
 from manager_api.errors import PROBLEM_RESPONSES
 from manager_api.schemas import WorkerOut
-from manager_api.state import read_state
+from manager_api.state import ClusterState
 from registry import layout
 from registry.errors import ConflictError, FailedPreconditionError, NotFoundError
 from registry.records import Gateway, WorkerSpec
@@ -23,7 +23,11 @@ WorkerId = Annotated[
 
 
 def _workers(m: Manager) -> dict[str, WorkerOut]:
-    state = read_state(m.registry, with_routes=False)
+    with m.view.read() as state:
+        return _workers_of(state)
+
+
+def _workers_of(state: ClusterState) -> dict[str, WorkerOut]:
     out: dict[str, WorkerOut] = {}
     for wid in sorted(set(state.workers) | set(state.assignments)):
         w = state.workers.get(wid)
@@ -62,7 +66,8 @@ def _set_spec(m: Manager, worker_id: str, cordoned: bool, draining: bool) -> Wor
         try:
             spec, version = m.registry.get(path, WorkerSpec)
         except NotFoundError:
-            m.registry.put(path, WorkerSpec(cordoned=cordoned, draining=draining))
+            spec = WorkerSpec(cordoned=cordoned, draining=draining)
+            m.registry.put(path, spec)
             break
         spec.cordoned, spec.draining = cordoned, draining
         try:
@@ -70,7 +75,7 @@ def _set_spec(m: Manager, worker_id: str, cordoned: bool, draining: bool) -> Wor
             break
         except ConflictError:
             continue
-    m.kick()
+    m.wrote({path: spec})
     return _workers(m)[worker_id]
 
 
@@ -129,7 +134,7 @@ def remove_worker(
     m.registry.delete(layout.assignments(worker_id), recursive=True)
     if alive:
         m.registry.delete(layout.worker(worker_id))
-    m.kick()
+    m.wrote({layout.assignments(worker_id): None, layout.worker(worker_id): None})
     return Response(status_code=204)
 
 

@@ -22,8 +22,7 @@ from manager_api.schemas import (
     VersionOut,
     check_shadow_target,
 )
-from manager_api.state import read_state
-from manager_api.status import model_status, plan, plugin_serving
+from manager_api.status import model_status, plugin_serving
 from registry import Registry, layout
 from registry.errors import (
     ConflictError,
@@ -130,7 +129,7 @@ def modify_model(
             if if_match is not None:
                 raise
             continue
-        m.kick()
+        m.wrote({layout.model(name): new})
         return new
     raise ConflictError(f"model '{name}' is being changed concurrently; retry")
 
@@ -157,7 +156,7 @@ def create_model(m: Ctx, caller: Caller, body: ModelCreate) -> ModelOut:
         m.registry.create(layout.model(body.name), model)
     except ConflictError:
         raise ConflictError(f"model '{body.name}' already exists") from None
-    m.kick()
+    m.wrote({layout.model(body.name): model})
     return _out(m.registry, model)
 
 
@@ -203,7 +202,7 @@ def update_model(
 def delete_model(m: Ctx, caller: Caller, name: ModelName) -> Response:
     model_to_change(m, caller, name, "deleting a model")
     m.registry.delete(layout.model(name), recursive=True)
-    m.kick()
+    m.wrote({layout.model(name): None})
     return Response(status_code=204)
 
 
@@ -297,14 +296,18 @@ def _add_version(
         m.registry.create(layout.version(name, number), record)
     except ConflictError:
         raise ConflictError(f"model '{name}' already has version {number}") from None
-    if labels:
-        _move_labels(m.registry, name, number, labels)
-    m.kick()
+    moved = _move_labels(m.registry, name, number, labels) if labels else {}
+    m.wrote({layout.version(name, number): record, **moved})
     return VersionOut(**record.model_dump())
 
 
-def _move_labels(reg: Registry, name: str, number: int, labels: list[str]) -> None:
-    """A label names at most one version: take ``labels`` off every other version."""
+def _move_labels(
+    reg: Registry, name: str, number: int, labels: list[str]
+) -> dict[str, ModelVersion]:
+    """A label names at most one version: take ``labels`` off every other version.
+
+    Returns the versions rewritten, by path."""
+    moved: dict[str, ModelVersion] = {}
     for other, rec in _versions(reg, name).items():
         if other == number or not set(rec.labels) & set(labels):
             continue
@@ -312,6 +315,8 @@ def _move_labels(reg: Registry, name: str, number: int, labels: list[str]) -> No
         current, ver = reg.get(path, ModelVersion)
         current.labels = [lab for lab in current.labels if lab not in labels]
         reg.update(path, current, ver)
+        moved[path] = current
+    return moved
 
 
 @router.post(
@@ -374,7 +379,7 @@ def delete_version(m: Ctx, caller: Caller, name: ModelName, version: VersionNo) 
         )
     if not m.registry.delete(layout.version(name, version)):
         raise NotFoundError(f"model '{name}' has no version {version}")
-    m.kick()
+    m.wrote({layout.version(name, version): None})
     return Response(status_code=204)
 
 
@@ -393,10 +398,10 @@ def set_labels(
     except NotFoundError:
         raise NotFoundError(f"model '{name}' has no version {version}") from None
     labels = sorted(set(body.labels))
-    _move_labels(m.registry, name, version, labels)
+    moved = _move_labels(m.registry, name, version, labels)
     rec.labels = labels
     m.registry.update(path, rec, ver)
-    m.kick()
+    m.wrote({path: rec, **moved})
     return VersionOut(**rec.model_dump())
 
 
@@ -406,17 +411,20 @@ def set_labels(
 @router.get("/models/{name}/status", response_model=ModelStatus, summary="Replica status")
 def read_status(m: Ctx, caller: Caller, name: ModelName) -> ModelStatus:
     require_role(caller, "viewer", "reading status")
-    state = read_state(m.registry)
-    if name not in state.models:
-        raise NotFoundError(f"model '{name}' does not exist")
-    return model_status(state, state.models[name], plan(state), _gateways(m.registry))
+    gateways = _gateways(m.registry)
+    with m.view.read() as state:
+        if name not in state.models:
+            raise NotFoundError(f"model '{name}' does not exist")
+        shortfalls = state.placement({name}).shortfalls
+        return model_status(state, state.models[name], shortfalls, gateways)
 
 
 @router.get("/status", response_model=list[ModelStatus], summary="Status of every model")
 def read_all_status(m: Ctx, caller: Caller) -> list[ModelStatus]:
     require_role(caller, "viewer", "reading status")
-    state = read_state(m.registry)
-    placement, gateways = plan(state), _gateways(m.registry)
+    gateways = _gateways(m.registry)
+    state = m.view.copy()
+    shortfalls = state.placement().shortfalls
     return [
-        model_status(state, mod, placement, gateways) for _, mod in sorted(state.models.items())
+        model_status(state, mod, shortfalls, gateways) for _, mod in sorted(state.models.items())
     ]

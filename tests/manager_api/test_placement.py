@@ -1,5 +1,9 @@
 """The placement function, without ZooKeeper."""
 
+import random
+
+import pytest
+
 from manager_api.placement import Demand, WorkerView, place
 
 
@@ -96,3 +100,107 @@ def test_idempotent():
 def test_spreads_models_over_workers_by_assignment_count():
     plan = place([d("m1"), d("m2"), d("m3"), d("m4")], [w("a"), w("b")], {})
     assert sorted(len(keys) for keys in plan.desired.values()) == [2, 2]
+
+
+def reference_place(demands, workers, current, ready=None):
+    """The straightforward placement (a scan of every worker per replica): the oracle that the
+    heap-based ``place`` must agree with."""
+    live = {w.worker_id: w for w in workers}
+    ready_on = {k: set(v) for k, v in (ready or {}).items()}
+    demand_list = sorted(demands, key=lambda d: d.key)
+    memory = {d.key: d.memory_mb for d in demand_list}
+    desired = {w: set() for w in live}
+    used = dict.fromkeys(live, 0)
+    holders_now = {}
+    for worker_id, keys in current.items():
+        for key in keys:
+            holders_now.setdefault(key, []).append(worker_id)
+
+    def matches(w, d):
+        return w.backend == d.backend and all(
+            w.labels.get(k) == v for k, v in d.constraints.items()
+        )
+
+    def assign(worker_id, key):
+        desired[worker_id].add(key)
+        used[worker_id] += memory.get(key, 0)
+
+    for d in demand_list:
+        keep = [live[w] for w in holders_now.get(d.key, []) if w in live and not live[w].draining]
+        keep = sorted((w for w in keep if matches(w, d)), key=lambda w: (w.cordoned, w.worker_id))
+        for w in keep[: d.replicas]:
+            assign(w.worker_id, d.key)
+
+    def load_key(w, model):
+        cap = w.capacity_memory_mb
+        same = sum(1 for m, _ in desired[w.worker_id] if m == model)
+        share = used[w.worker_id] / cap if cap else 0.0
+        return (share, len(desired[w.worker_id]), same, w.worker_id)
+
+    placed_short = set()
+    for d in demand_list:
+        holders = {w for w, keys in desired.items() if d.key in keys}
+        while len(holders) < d.replicas:
+            candidates = [
+                w
+                for w in live.values()
+                if w.usable
+                and matches(w, d)
+                and w.worker_id not in holders
+                and (
+                    w.capacity_memory_mb is None
+                    or used[w.worker_id] + d.memory_mb <= w.capacity_memory_mb
+                )
+            ]
+            if not candidates:
+                placed_short.add(d.key)
+                break
+            best = min(candidates, key=lambda w: load_key(w, d.model))
+            assign(best.worker_id, d.key)
+            holders.add(best.worker_id)
+    for d in demand_list:
+        holders = {w for w, keys in desired.items() if d.key in keys}
+        if len(holders & ready_on.get(d.key, set())) >= d.replicas:
+            continue
+        for wid in holders_now.get(d.key, []):
+            if wid in live and live[wid].draining and matches(live[wid], d):
+                assign(wid, d.key)
+    return {w: keys for w, keys in desired.items() if keys}, placed_short
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_agrees_with_a_scan_of_every_worker_per_replica(seed: int):
+    rnd = random.Random(seed)
+    workers = [
+        w(
+            f"w{i}",
+            rnd.choice(["triton", "triton", "tfserving"]),
+            labels=rnd.choice([{}, {"zone": "a"}, {"zone": "b", "gpu": "true"}]),
+            capacity_memory_mb=rnd.choice([None, 300, 1000]),
+            ready=rnd.random() > 0.1,
+            cordoned=rnd.random() < 0.15,
+            draining=rnd.random() < 0.1,
+        )
+        for i in range(rnd.randint(1, 12))
+    ]
+    demands = [
+        d(
+            f"m{i % 7}",
+            version=1 + i // 7,
+            replicas=rnd.randint(1, 4),
+            backend=rnd.choice(["triton", "triton", "tfserving"]),
+            constraints=rnd.choice([{}, {}, {"zone": "a"}, {"gpu": "true"}]),
+            memory_mb=rnd.choice([0, 0, 50, 200]),
+        )
+        for i in range(rnd.randint(1, 25))
+    ]
+    keys = [dm.key for dm in demands] + [("gone", 1)]
+    current = {
+        wk.worker_id: set(rnd.sample(keys, rnd.randint(0, min(4, len(keys)))))
+        for wk in [*workers, w("dead")]
+    }
+    ready = {k: {wk.worker_id for wk in workers if rnd.random() < 0.3} for k in keys}
+    plan = place(demands, workers, current, ready=ready)
+    desired, short = reference_place(demands, workers, current, ready=ready)
+    assert plan.desired == desired
+    assert set(plan.shortfalls) == short
