@@ -51,6 +51,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2
 
+from bench.scale.workers import hang_up
 from deploy.local.runner import Process, stop_all
 from deploy.local.zookeeper import LocalZooKeeper, four_letter
 from gateway.dataplane.config import Layout
@@ -63,12 +64,14 @@ RESULTS = REPO / "bench" / "results"
 ROOT = "/scale"
 EMPTY_ROOT = "/scale-empty"
 MODES = ("haproxy", "python")
+#: The group the manager creates at its first start.
 GROUP = "default"
 CHURN_WORKER = "bench-churn"
 #: Never read: simulated workers pull nothing (bench/scale/backend.py).
 ARTIFACT_URI = "file:///modelgate-bench/simulated-model"
-#: Models with no replicas: the churn adds and removes their (only) route.
-CHURN_MODELS = 10
+#: Models with no replicas: the churn adds and removes their (only) route, each in turn (a
+#: model whose last change is not visible yet is skipped, so a slow gateway slows the churn).
+CHURN_MODELS = 50
 FIELDS = (
     "models", "replicas", "workers", "zk_nodes", "table_build_s", "route_update_p50_ms",
     "route_update_p99_ms", "loop_stall_max_ms", "gateway_rss_mb", "reconcile_pass_s",
@@ -203,9 +206,6 @@ class Fleet:
 
     async def create_models(self, http: httpx.AsyncClient) -> None:
         """Every model and its version 1 through the REST API, ``--http-concurrency`` at once."""
-        response = await http.post("/v1/groups", json={"name": GROUP})
-        if response.status_code != 409:
-            response.raise_for_status()
         wanted = [(m, self.args.replicas) for m in self.models]
         wanted += [(m, 0) for m in self.churn_models]
         queue = iter(wanted)
@@ -269,14 +269,19 @@ class Fleet:
         total, count = await wait_until(done, f"{passes} reconcile passes", 600)
         return float((total - total0) / (count - count0))
 
-    async def status_api_ms(self, http: httpx.AsyncClient) -> float:
+    async def status_api_ms(self, http: httpx.AsyncClient) -> tuple[float, int]:
+        """p99 of ``--status-calls`` sequential status reads of random models (fewer if
+        ``--status-budget-s`` runs out first, but at least 3); and how many were made."""
         rng = random.Random(1)
-        seconds = []
+        seconds: list[float] = []
+        deadline = time.monotonic() + self.args.status_budget_s
         for name in rng.choices(self.models, k=self.args.status_calls):
+            if len(seconds) >= 3 and time.monotonic() > deadline:
+                break
             started = time.perf_counter()
             (await http.get(f"/v1/models/{name}/status")).raise_for_status()
             seconds.append(time.perf_counter() - started)
-        return percentile(seconds, 99) * 1e3
+        return percentile(seconds, 99) * 1e3, len(seconds)
 
     def stop(self) -> None:
         stop_all(self.procs[::-1], 30)
@@ -391,33 +396,25 @@ async def cold_start(
 
 async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str, Any]:
     """Add and remove the churn models' routes at ``--churn-rate``/s for ``--churn-s``; time
-    each change until the gateway's ModelReady agrees."""
+    each change until the gateway's ModelReady agrees.
+
+    One ModelReady call is in flight at a time, round-robin over the changes not visible yet,
+    ``--poll-ms`` apart: the probe's own load on the gateway stays bounded however slow the
+    gateway is (the resolution is then coarser, in proportion)."""
     args = fleet.args
-    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     address = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     nodes: dict[str, EphemeralNode] = {}
-    pending: set[str] = set()
+    #: model -> (ModelReady answer once the change is visible, when the change began)
+    pending: dict[str, tuple[bool, float]] = {}
+    changed = asyncio.Event()
     latencies: list[float] = []
     stalls: list[float] = []
     probe_s: list[float] = []
-    tasks: set[asyncio.Task[None]] = set()
+    writes: set[asyncio.Task[None]] = set()
     stall_exported = True
 
-    async def observe(name: str, want: bool, since: float) -> None:
-        try:
-            while True:
-                asked = time.perf_counter()
-                ready = await gw.model_ready(name)
-                probe_s.append(time.perf_counter() - asked)
-                if ready == want:
-                    latencies.append(time.perf_counter() - since)
-                    return
-                await asyncio.sleep(args.poll_ms / 1e3)
-        finally:
-            pending.discard(name)
-
-    async def change(name: str) -> None:
-        since = time.perf_counter()
+    async def write(name: str) -> None:
         node = nodes.pop(name, None)
         if node is None:
             record = Route(model=name, version=1, worker_id=CHURN_WORKER, address=address,
@@ -426,7 +423,21 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             nodes[name] = await asyncio.to_thread(fleet.reg.register_ephemeral, path, record)
         else:
             await asyncio.to_thread(node.remove)
-        await observe(name, name in nodes, since)
+
+    async def observe() -> None:
+        while True:
+            if not pending:
+                changed.clear()
+                await changed.wait()
+            for name in list(pending):
+                asked = time.perf_counter()
+                ready = await gw.model_ready(name)
+                probe_s.append(time.perf_counter() - asked)
+                want, since = pending[name]
+                if ready == want:
+                    latencies.append(time.perf_counter() - since)
+                    del pending[name]
+                await asyncio.sleep(args.poll_ms / 1e3)
 
     async def watch_stalls() -> None:
         nonlocal stall_exported
@@ -439,33 +450,36 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
             await asyncio.sleep(1.0)
 
-    stall_task = asyncio.create_task(watch_stalls())
+    helpers = [asyncio.create_task(observe()), asyncio.create_task(watch_stalls())]
     changes = skipped = 0
     started = time.monotonic()
-    cycle = iter(fleet.churn_models * (1 + int(args.churn_s * args.churn_rate)))
-    tick = 0
+    ticks = int(args.churn_s * args.churn_rate)
     try:
-        while (due := started + tick / args.churn_rate) < started + args.churn_s:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            tick += 1
-            name = next(cycle)
+        for tick in range(ticks):
+            await asyncio.sleep(max(0.0, started + tick / args.churn_rate - time.monotonic()))
+            name = fleet.churn_models[tick % len(fleet.churn_models)]
             if name in pending:  # the last change to it is not visible yet: skip, count it
                 skipped += 1
                 continue
-            pending.add(name)
-            task = asyncio.create_task(change(name))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            pending[name] = (name not in nodes, time.perf_counter())
+            changed.set()
+            task = asyncio.create_task(write(name))
+            writes.add(task)
+            task.add_done_callback(writes.discard)
             changes += 1
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*writes)
+
+        async def all_visible() -> bool:
+            return not pending
+
+        await wait_until(all_visible, "every route change visible", args.placement_timeout_s)
         if stall_exported:
-            stalls.append(
-                (await gw.samples(http))["modelgate_gateway_loop_stall_max_seconds"][0][1]
-            )
+            samples = await gw.samples(http)
+            stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
     finally:
-        stall_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stall_task
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         for node in nodes.values():
             await asyncio.to_thread(node.remove)
         listener.close()
@@ -541,8 +555,9 @@ async def measure_size(
                 "create_models_s": round(fleet.timings["create_s"], 2),
                 "placement_s": round(fleet.timings["placement_s"], 2),
                 "reconcile_pass_s": round(await fleet.reconcile_pass_s(http), 3),
-                "status_api_ms": round(await fleet.status_api_ms(http), 1),
             }
+            status_ms, common["status_calls"] = await fleet.status_api_ms(http)
+            common["status_api_ms"] = round(status_ms, 1)
             for mode in args.modes:
                 gw, build = await cold_start(fleet, http, mode)
                 try:
@@ -616,6 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-concurrency", type=int, default=8,
                         help="REST requests in flight while creating models")  # fmt: skip
     parser.add_argument("--status-calls", type=int, default=50)
+    parser.add_argument("--status-budget-s", type=float, default=60.0,
+                        help="stop status calls after this long (3 at least)")  # fmt: skip
     parser.add_argument("--cold-starts", type=int, default=3,
                         help="gateway cold starts per data plane (the fastest counts)")  # fmt: skip
     parser.add_argument("--placement-timeout-s", type=float, default=1800.0)

@@ -22,7 +22,8 @@ from worker_agent.settings import WorkerSettings
 log = logging.getLogger("bench.scale.workers")
 
 
-async def _refuse(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A "model server" that accepts connections (health checks pass) and closes them."""
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -30,7 +31,7 @@ async def _refuse(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 async def run(args: argparse.Namespace) -> None:
     stop = entrypoint.stop_event()
-    listeners = [await asyncio.start_server(_refuse, "127.0.0.1", 0) for _ in args.worker_id]
+    listeners = [await asyncio.start_server(hang_up, "127.0.0.1", 0) for _ in args.worker_id]
     agents = []
     for worker_id, listener in zip(args.worker_id, listeners, strict=True):
         port = listener.sockets[0].getsockname()[1]
