@@ -109,6 +109,8 @@ class RouteView:
     """The bench's own TreeCache of ``/routes``: route owners per (model, version)."""
 
     owners: dict[tuple[str, int], set[str]] = field(default_factory=lambda: defaultdict(set))
+    #: When this session saw each change of the churn's routes (perf_counter), per model.
+    churn_seen: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_event(self, event: TreeEvent) -> None:
@@ -121,6 +123,25 @@ class RouteView:
                 self.owners[key].add(parts[3])
             elif event.kind == "removed":
                 self.owners[key].discard(parts[3])
+            if parts[3] == CHURN_WORKER and event.kind in ("added", "removed"):
+                self.churn_seen[parts[1]].append(time.perf_counter())
+
+    def forget_churn(self) -> None:
+        with self.lock:
+            self.churn_seen.clear()
+
+    def churn_watch_latencies(self, began: list[tuple[str, float]]) -> list[float]:
+        """Seconds from each churn change's start (``began``: model, perf_counter, in order)
+        to this session seeing it: a model's n-th change is its n-th event."""
+        by_model: dict[str, list[float]] = defaultdict(list)
+        for model, since in began:
+            by_model[model].append(since)
+        with self.lock:
+            return [
+                seen - since
+                for model, starts in by_model.items()
+                for since, seen in zip(starts, self.churn_seen.get(model, ()), strict=False)
+            ]
 
     def count(self) -> int:
         with self.lock:
@@ -409,6 +430,8 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
     pending: dict[str, tuple[bool, float]] = {}
     changed = asyncio.Event()
     latencies: list[float] = []
+    #: (model, when its change began) of every change, for the ZooKeeper watch latency
+    began: list[tuple[str, float]] = []
     stalls: list[float] = []
     probe_s: list[float] = []
     writes: set[asyncio.Task[None]] = set()
@@ -450,6 +473,7 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
             await asyncio.sleep(1.0)
 
+    fleet.routes.forget_churn()
     helpers = [asyncio.create_task(observe()), asyncio.create_task(watch_stalls())]
     changes = skipped = 0
     started = time.monotonic()
@@ -462,6 +486,7 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
                 skipped += 1
                 continue
             pending[name] = (name not in nodes, time.perf_counter())
+            began.append((name, pending[name][1]))
             changed.set()
             task = asyncio.create_task(write(name))
             writes.add(task)
@@ -476,6 +501,9 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         if stall_exported:
             samples = await gw.samples(http)
             stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
+        # NOTE: another session's TreeCache (the benchmark's) sees each change too: the part
+        # of the route update that is ZooKeeper's, not the gateway's
+        watch = fleet.routes.churn_watch_latencies(began)
     finally:
         for helper in helpers:
             helper.cancel()
@@ -489,6 +517,8 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         "churn_skipped": skipped,
         "route_update_p50_ms": round(percentile(latencies, 50) * 1e3, 1),
         "route_update_p99_ms": round(percentile(latencies, 99) * 1e3, 1),
+        "zk_watch_p50_ms": round(percentile(watch, 50) * 1e3, 1),
+        "zk_watch_p99_ms": round(percentile(watch, 99) * 1e3, 1),
         "loop_stall_max_ms": round(max(stalls) * 1e3, 1) if stall_exported and stalls else None,
         "model_ready_max_ms": round(max(probe_s) * 1e3, 1),
     }
