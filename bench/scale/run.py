@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import sys
@@ -164,7 +165,7 @@ class Fleet:
         self.procs: list[Process] = []
         self.registry: Registry | None = None
         self.routes = RouteView()
-        self.token = os.urandom(16).hex()
+        self.token = secrets.token_hex(16)
         self.manager_url = ""
         worker_ids = [f"sim-{i:03d}" for i in range(args.workers)]
         #: One worker per data plane, each alone in its process (it is SIGKILLed).
@@ -447,20 +448,23 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         else:
             await asyncio.to_thread(node.remove)
 
+    async def check(name: str) -> None:
+        asked = time.perf_counter()
+        ready = await gw.model_ready(name)
+        answered = time.perf_counter()
+        probe_s.append(answered - asked)
+        want, since = pending[name]
+        if ready == want:
+            latencies.append(answered - since)
+            del pending[name]
+
     async def observe() -> None:
         while True:
             if not pending:
                 changed.clear()
                 await changed.wait()
-            for name in list(pending):
-                asked = time.perf_counter()
-                ready = await gw.model_ready(name)
-                probe_s.append(time.perf_counter() - asked)
-                want, since = pending[name]
-                if ready == want:
-                    latencies.append(time.perf_counter() - since)
-                    del pending[name]
-                await asyncio.sleep(args.poll_ms / 1e3)
+            await asyncio.gather(*(check(name) for name in list(pending)))
+            await asyncio.sleep(args.poll_ms / 1e3)
 
     async def watch_stalls() -> None:
         nonlocal stall_exported
