@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 GENERATED := protos/modelgate/v1/gateway_pb2.py protos/tfs/tensorflow_serving/apis/prediction_service_pb2_grpc.py
 PYTEST_ARGS ?=
 UP_ARGS ?=
+SCALE_ARGS ?=
 
 # $(call debian_package,FILE,PACKAGE): install Debian's PACKAGE unless FILE exists (as root;
 # otherwise say how and fail).
@@ -24,7 +25,7 @@ define debian_package
 	fi
 endef
 
-.PHONY: help setup generate lint test demo up bench clean
+.PHONY: help setup generate lint test demo up bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +68,9 @@ up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager loc
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
 	$(PY) -m bench
 	$(PY) -m bench.workers
+
+bench-scale: setup ## fleet-scale control-plane benchmark (1k/3k/10k models); writes bench/results/scale.json
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 clean: ## remove the virtualenv, generated code and local state
 	rm -rf $(VENV) .run protos/tfs protos/descriptors build dist *.egg-info

@@ -19,6 +19,7 @@ from gateway.backends.rest import ServiceProber
 from gateway.cache import ResponseCache
 from gateway.dataplane.config import Layout
 from gateway.dataplane.controller import DataPlane
+from gateway.looplag import LoopLagProbe
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router
@@ -147,6 +148,7 @@ class GatewayApp:
 
     async def start(self) -> None:
         s = self.settings
+        self.loop_lag = LoopLagProbe(self.metrics).start()
         if self.registry is None:
             self.registry = Registry(s.zk, s.root, connect_timeout=s.zk_connect_timeout_s)
             await asyncio.to_thread(self.registry.start)

@@ -149,3 +149,15 @@ class GatewayMetrics:
             ["model", "target", "outcome"],
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "modelgate_gateway_loop_lag_seconds",
+            "How late the serving event loop woke a task asking to wake every few ms (the "
+            "time every call on the loop waited behind other work).",
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.loop_stall_max = Gauge(
+            "modelgate_gateway_loop_stall_max_seconds",
+            "Longest stall of the serving event loop in the last 10 s.",
+            registry=registry,
+        )
