@@ -588,7 +588,7 @@ async def measure_size(
                 "zk_nodes": await asyncio.to_thread(fleet.zk_nodes),
                 "create_models_s": round(fleet.timings["create_s"], 2),
                 "placement_s": round(fleet.timings["placement_s"], 2),
-                "reconcile_pass_s": round(await fleet.reconcile_pass_s(http), 3),
+                "reconcile_pass_s": round(await fleet.reconcile_pass_s(http), 6),
             }
             status_ms, common["status_calls"] = await fleet.status_api_ms(http)
             common["status_api_ms"] = round(status_ms, 1)
