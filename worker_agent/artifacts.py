@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -78,6 +79,10 @@ class ArtifactStore:
         on_bytes: Callable[[str, int], None] | None = None,
     ) -> None:
         self.model_root = Path(model_root).resolve()
+        #: Held while the staging directory is created with a pull's directory in it, or
+        #: removed when empty: pulls run in threads, and one must not remove it between
+        #: another's creating it and its mkdtemp inside.
+        self._staging_lock = threading.Lock()
         self.max_bytes = max_bytes
         self.manager_url = manager_url
         self.blob_token = blob_token
@@ -119,7 +124,7 @@ class ArtifactStore:
         """Delete a version's files (and the model dir when no version is left)."""
         vdir = self.version_dir(model, version)
         if vdir.exists():
-            trash = Path(tempfile.mkdtemp(dir=self._staging(), prefix="remove-"))
+            trash = self._staged("remove-")
             os.rename(vdir, trash / "v")  # atomic: the version is gone at once
             shutil.rmtree(trash, ignore_errors=True)
         model_dir = self.model_root / model
@@ -132,7 +137,7 @@ class ArtifactStore:
     def install(self, model: str, version: int, uri: str, sha256: str | None) -> PullResult:
         """Fetch, verify, extract and atomically place ``model@version``; blocking."""
         started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(dir=self._staging(), prefix=f"{model}-{version}-"))
+        tmp = self._staged(f"{model}-{version}-")
         what = f"artifact {uri}"
         try:
             source, size, actual = self._fetch(uri, tmp, sha256)
@@ -164,16 +169,19 @@ class ArtifactStore:
         log.info("installed %s@%d from %s (%d bytes, %.2fs)", model, version, uri, size, seconds)
         return PullResult(target, size, seconds)
 
-    def _staging(self) -> Path:
-        path = self.model_root / STAGING
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def _staged(self, prefix: str) -> Path:
+        """A new private directory in the staging directory (created if need be)."""
+        with self._staging_lock:
+            path = self.model_root / STAGING
+            path.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=path, prefix=prefix))
 
     def _drop_staging(self) -> None:
-        try:
-            (self.model_root / STAGING).rmdir()
-        except OSError:
-            pass  # another pull is in progress, or it is already gone
+        with self._staging_lock:
+            try:
+                (self.model_root / STAGING).rmdir()
+            except OSError:
+                pass  # another pull is in progress, or it is already gone
 
     def _fetch(self, uri: str, tmp: Path, sha256: str | None) -> tuple[Path, int, str | None]:
         """A local path of the artifact, its size and its verified sha256 (None: a directory)."""

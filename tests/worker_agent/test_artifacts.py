@@ -9,6 +9,7 @@ import os
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,27 @@ def test_reinstall_replaces_the_old_copy_and_remove_cleans_up(
     assert store.installed("r", 1, b.as_uri(), None)
     store.remove("r", 1)
     assert nothing_written(store)
+
+
+def test_concurrent_pulls_and_removes_share_the_staging_directory(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    # NOTE: each finished pull removes the staging directory when it is empty; another pull
+    # starting at that moment must still get its own directory in it
+    archive = add_one_archive(tmp_path, "c", 1.0)
+    digest = sha256(archive)
+
+    def churn(n: int) -> None:
+        for round_ in range(15):
+            store.install(f"c{n}", 1, archive.as_uri(), digest)
+            if round_ % 2:
+                store.remove(f"c{n}", 1)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(churn, range(8)))  # re-raises the first failure
+
+    assert store.installed_versions() == [(f"c{n}", 1) for n in range(8)]
+    assert not (store.model_root / ".staging").exists()
 
 
 def test_checksum_mismatch_is_rejected_before_extracting(
