@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from registry.status_server import StatusServer
 
@@ -59,3 +62,43 @@ def test_a_taken_port_is_a_clear_oserror() -> None:
         server = StatusServer("127.0.0.1", port, CollectorRegistry(), lambda: (True, {}))
         with pytest.raises(OSError, match="in use"):
             asyncio.run(server.start())
+
+
+def test_metrics_render_off_the_serving_loop_in_every_format() -> None:
+    # NOTE: at fleet size the text takes long to render: the loop's thread must not do it
+    threads: list[int] = []
+
+    class Recording(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            threads.append(threading.get_ident())
+            yield CounterMetricFamily("demo_calls", "calls", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Recording())
+    Counter("other_calls", "calls", registry=registry).inc()
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1", 0, registry, lambda: (True, {}))
+        port = await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                plain = await client.get("/metrics", headers={"accept-encoding": "identity"})
+                assert "content-encoding" not in plain.headers
+                assert "demo_calls_total 1.0" in plain.text and "other_calls_total" in plain.text
+                zipped = await client.get("/metrics", headers={"accept-encoding": "gzip"})
+                assert zipped.headers["content-encoding"] == "gzip"
+                assert "demo_calls_total 1.0" in zipped.text  # httpx decodes it
+                only = await client.get("/metrics", params={"name[]": "other_calls_total"})
+                assert "other_calls_total" in only.text and "demo_calls" not in only.text
+                openmetrics = await client.get(
+                    "/metrics", headers={"accept": "application/openmetrics-text"}
+                )
+                assert openmetrics.headers["content-type"].startswith(
+                    "application/openmetrics-text"
+                )
+                assert openmetrics.text.rstrip().endswith("# EOF")
+        finally:
+            await server.stop()
+        assert threads and threading.get_ident() not in threads
+
+    asyncio.run(scenario())
