@@ -126,6 +126,8 @@ class Programmer:
         self._free = {pool: list(range(self.slot_count - 1, -1, -1)) for pool, _ in POOLS.values()}
         self._slots: dict[RouteId, _Slot] = {}
         self._map: dict[str, str] = {}
+        #: Routes already reported as left without a slot (each is reported once).
+        self._crowded: set[RouteId] = set()
         self._by_backend: dict[str, FastRoute] = {}
         #: The route ids with a slot, per model.
         self._by_model: dict[str, set[RouteId]] = {}
@@ -154,6 +156,7 @@ class Programmer:
         retired: list[str] = []
         freed: list[_Slot] = []
         keys: dict[str, RouteId] = {}
+        crowded: list[FastRoute] = []
         for name in models:
             for rid in [
                 r
@@ -170,9 +173,11 @@ class Programmer:
             slot = self._slots.get(rid)
             if slot is None:
                 if not self._free[route.pool]:
-                    log.warning("no free %s slot: %s v%d stays on the Python path",
-                                route.pool, route.model, route.version)  # fmt: skip
+                    if rid not in self._crowded:
+                        self._crowded.add(rid)
+                        crowded.append(route)
                     continue
+                self._crowded.discard(rid)
                 slot = _Slot(slot_name(route.pool, self._free[route.pool].pop()), route)
                 self._slots[rid] = slot
                 self._by_model.setdefault(route.model, set()).add(rid)
@@ -216,6 +221,11 @@ class Programmer:
                 self._map[key] = slot.backend
         for slot in freed:  # NOTE: reusable from the next plan on, once their maint is sent
             self._free[slot.route.pool].append(int(slot.backend.rsplit("_", 1)[1]))
+        if crowded:
+            shown = ", ".join(f"{r.model} v{r.version}" for r in crowded[:5])
+            log.warning("no free slot (%d per pool) for %d more model version(s): they stay "
+                        "on the Python path (%s%s)", self.slot_count, len(crowded), shown,
+                        ", ..." if len(crowded) > 5 else "")  # fmt: skip
         # NOTE: servers are up before a key points at them; keys are gone before their
         # servers go into maintenance (in-flight calls on them finish).
         return ready + changes + removed + retired

@@ -118,3 +118,13 @@ def test_versions_beyond_the_slots_stay_on_the_python_path():
     commands = programmer.plan(fast_routes(table_of({}, routes), resolve))
     assert [c for c in commands if "map" in c] == [f"add map {MAP} k:a/1 rr_0"]
     assert sum("addr" in c for c in commands) == 1  # one server slot per backend here
+
+
+def test_versions_left_without_a_slot_are_reported_once_in_one_line(caplog):
+    programmer = Programmer(MAP, slots=1, servers=1)
+    fleet = [(f"m{i}", 1, "w1", f"10.0.0.1:{8000 + i}", "kserve") for i in range(8)]
+    with caplog.at_level("WARNING", logger="gateway.dataplane"):
+        programmer.plan(fast_routes(table_of({}, fleet), resolve))
+        programmer.plan(fast_routes(table_of({}, fleet), resolve), {"m3"})  # a change of m3
+    (line,) = [r.getMessage() for r in caplog.records if "no free slot" in r.getMessage()]
+    assert "for 7 more model version(s)" in line and "m1 v1" in line and ", ..." in line
