@@ -145,7 +145,11 @@ def gateway_process(
         proc = subprocess.Popen(
             [python, "-m", "gateway", "--zk", zookeeper.hosts, "--root", zk_root,
              "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-             "--gateway-id", "gw-wheel"],
+             "--gateway-id", "gw-wheel",
+             # NOTE: one Python process: each worker watches ZooKeeper on its own, so a call
+             # right after the health check may reach one a few ms behind (tests/gateway
+             # test_workers covers several)
+             "--python-workers", "1"],
             cwd=tmp_path, env=outside_checkout(), stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
