@@ -39,6 +39,13 @@ class WorkerView:
     ready: bool = True
     cordoned: bool = False
     draining: bool = False
+    #: CPU cores offered, and the cores the model server was measured to use (None: unknown).
+    capacity_cpu: float | None = None
+    cpu_used: float | None = None
+    #: Memory the model server was measured to use, in MiB (None: unknown).
+    memory_used_mb: float | None = None
+    #: Keys not to place here: the server ran out of memory with them loaded.
+    avoid: frozenset[Key] = frozenset()
 
     @property
     def usable(self) -> bool:

@@ -21,14 +21,30 @@ from manager_api.placement import Demand, Key, Load, Placement, WorkerView, plac
 from registry import Registry, TreeEvent, layout
 from registry.client import TreeWatch
 from registry.errors import InvalidArgumentError, InvalidRecordError, ZooKeeperUnavailableError
-from registry.records import Assignment, Model, ModelVersion, Record, Worker, WorkerSpec
+from registry.records import (
+    Assignment,
+    Model,
+    ModelVersion,
+    Record,
+    Scale,
+    Wake,
+    Worker,
+    WorkerSpec,
+)
 
 log = logging.getLogger("manager_api.state")
 
 R = TypeVar("R", bound=Record)
 
 #: The subtrees the state is built from.
-WATCHED = (layout.MODELS, layout.ASSIGNMENTS, layout.ROUTES, layout.WORKERS)
+WATCHED = (
+    layout.MODELS,
+    layout.ASSIGNMENTS,
+    layout.ROUTES,
+    layout.WORKERS,
+    layout.SCALE,
+    layout.WAKE,
+)
 
 
 def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
@@ -40,6 +56,10 @@ def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView
         ready=worker.backend_live,
         cordoned=spec.cordoned or worker.state == "cordoned",
         draining=spec.draining or worker.state == "draining",
+        capacity_cpu=worker.capacity_cpu,
+        cpu_used=worker.usage.cpu if worker.usage else None,
+        memory_used_mb=worker.usage.memory_mb if worker.usage else None,
+        avoid=frozenset(layout.parse_assignment_key(k) for k in worker.ooms),
     )
 
 
@@ -61,6 +81,10 @@ class ClusterState:
     memory_used: dict[str, int] = field(default_factory=dict)
     #: Index: worker id -> what placement sees of it (registered workers only).
     views: dict[str, WorkerView] = field(default_factory=dict)
+    #: The replica count the leader chose per autoscaled model (``/scale``).
+    scales: dict[str, Scale] = field(default_factory=dict)
+    #: Models a gateway holds calls for, waiting for a first instance (``/wake``).
+    wakes: dict[str, Wake] = field(default_factory=dict)
     #: Models and workers whose placement may have changed since :meth:`take_changed`.
     changed_models: set[str] = field(default_factory=set)
     changed_workers: set[str] = field(default_factory=set)
@@ -85,6 +109,8 @@ class ClusterState:
                 self._apply_route(rest, data)
             elif top == layout.WORKERS and len(rest) == 1:
                 self._set_worker(rest[0], self._parse(path, data, Worker))
+            elif top in (layout.SCALE, layout.WAKE) and len(rest) == 1:
+                self._apply_scaling(top, layout.check_name("model", rest[0]), path, data)
         except InvalidArgumentError as err:
             log.warning("ignoring %s: %s", path, err)
 
@@ -194,6 +220,17 @@ class ClusterState:
             self.routes.setdefault(key, set()).add(rest[2])
         self.changed_models.add(key[0])
 
+    def _apply_scaling(self, top: str, name: str, path: str, data: bytes | None) -> None:
+        into: dict[str, Scale] | dict[str, Wake] = (
+            self.scales if top == layout.SCALE else self.wakes
+        )
+        rec = self._parse(path, data, Scale if top == layout.SCALE else Wake)
+        if rec is None:
+            into.pop(name, None)
+        else:
+            into[name] = rec  # type: ignore[assignment]
+        self.changed_models.add(name)
+
     def _set_worker(self, wid: str, rec: Worker | None) -> None:
         if rec is None:
             self.workers.pop(wid, None)
@@ -239,6 +276,8 @@ class ClusterState:
             holders={m: {v: set(ws) for v, ws in by.items()} for m, by in self.holders.items()},
             memory_used=dict(self.memory_used),
             views=dict(self.views),
+            scales=dict(self.scales),
+            wakes=dict(self.wakes),
             _version_nodes={m: dict(n) for m, n in self._version_nodes.items()},
         )
 
@@ -256,13 +295,24 @@ class ClusterState:
         active |= {v for v, rec in known.items() if rec.labels}
         return sorted(active) if active else [max(known)]
 
+    def replicas_of(self, model: Model) -> int:
+        """Replicas wanted per active version: the leader's choice for an autoscaled model
+        (``replicas`` within the bounds until it chose), else ``replicas``."""
+        auto = model.autoscale
+        if auto is None:
+            return model.replicas
+        scale = self.scales.get(model.name)
+        if scale is not None:
+            return scale.replicas
+        return min(max(model.replicas, auto.min_replicas), auto.max_replicas)
+
     def demands_of(self, model: Model) -> list[Demand]:
         return [
             Demand(
                 model=model.name,
                 version=v,
                 backend=model.backend,
-                replicas=model.replicas,
+                replicas=self.replicas_of(model),
                 constraints=dict(model.constraints),
                 memory_mb=model.memory_mb,
             )

@@ -11,6 +11,8 @@
 | /services/<name>                          | persistent | manager    |
 | /plugins/<name>/<version>                 | persistent | manager    |
 | /groups/<group>                           | persistent | manager    |
+| /scale/<model>                            | persistent | manager    |
+| /wake/<model>                             | persistent | gateway    |
 | /manager/leader                           | election   | manager    |
 """
 
@@ -36,10 +38,12 @@ ROUTES = "/routes"
 SERVICES = "/services"
 PLUGINS = "/plugins"
 GROUPS = "/groups"
+SCALE = "/scale"
+WAKE = "/wake"
 MANAGER_LEADER = "/manager/leader"
 
 #: The top-level folders every role may expect to exist.
-TOP_LEVEL = (WORKERS, GATEWAYS, MODELS, ASSIGNMENTS, ROUTES, SERVICES, PLUGINS, GROUPS)
+TOP_LEVEL = (WORKERS, GATEWAYS, MODELS, ASSIGNMENTS, ROUTES, SERVICES, PLUGINS, GROUPS, SCALE, WAKE)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -136,3 +140,11 @@ def plugin(name: str, plugin_version: str) -> str:
 
 def group(name: str) -> str:
     return f"{GROUPS}/{check_name('group', name)}"
+
+
+def scale(model_name: str) -> str:
+    return f"{SCALE}/{check_name('model', model_name)}"
+
+
+def wake(model_name: str) -> str:
+    return f"{WAKE}/{check_name('model', model_name)}"

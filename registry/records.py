@@ -79,6 +79,24 @@ class ModelHealth(BaseModel):
     since: float = Field(default_factory=now)
 
 
+class Usage(BaseModel):
+    """Resources a process tree uses, measured."""
+
+    #: CPU cores busy over the last measuring interval (1.0 = one core).
+    cpu: float = Field(ge=0)
+    #: Resident memory in MiB.
+    memory_mb: float = Field(ge=0)
+
+
+class OutOfMemory(BaseModel):
+    """The model server died of (or was killed for) lack of memory with this copy loaded."""
+
+    at: float = Field(default_factory=now)
+    #: Memory the server used just before (MiB), and the worker's capacity then.
+    memory_mb: float = Field(ge=0)
+    capacity_mb: float | None = None
+
+
 class Worker(Record):
     """``/workers/<worker_id>`` (ephemeral): a worker agent and the model server beside it."""
 
@@ -99,6 +117,16 @@ class Worker(Record):
     restarts: int = 0
     #: Health per ``model@version`` key.
     models: dict[str, ModelHealth] = Field(default_factory=dict)
+    #: CPU cores the worker offers to models; None means unknown (the host's count).
+    capacity_cpu: float | None = Field(default=None, gt=0)
+    #: What the model server really uses (the server process and its children, measured by
+    #: the agent at each heartbeat); None until measured or when it is not launched here.
+    usage: Usage | None = None
+    #: Measured use per ``model@version`` key, where the backend tells one model's share
+    #: (Triton's Python-backend stub processes are one per model).
+    model_usage: dict[str, Usage] = Field(default_factory=dict)
+    #: Per ``model@version`` key: the server ran out of memory after that copy was loaded.
+    ooms: dict[str, OutOfMemory] = Field(default_factory=dict)
 
 
 class WorkerSpec(Record):
@@ -172,6 +200,42 @@ class Shadow(BaseModel):
     tolerance: Tolerance = Field(default_factory=Tolerance)
 
 
+class Autoscale(BaseModel):
+    """Replicas follow the load between ``min_replicas`` and ``max_replicas``
+    (manager_api/autoscale.py); the chosen count is kept in ``/scale/<model>``."""
+
+    min_replicas: int = Field(default=1, ge=0, le=100)
+    max_replicas: int = Field(default=1, ge=1, le=100)
+    #: Target average calls in flight per replica (one of the two targets, or neither when
+    #: only scale to zero is wanted).
+    target_in_flight: float | None = Field(default=None, gt=0)
+    #: Target calls per second per replica.
+    target_calls_per_s: float | None = Field(default=None, gt=0)
+    #: With ``min_replicas`` 0: seconds without a call before the model goes to zero.
+    idle_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}"
+            )
+        if self.target_in_flight is not None and self.target_calls_per_s is not None:
+            raise ValueError("set target_in_flight or target_calls_per_s, not both")
+        return self
+
+
+class Limits(BaseModel):
+    """Per-model isolation in the gateway: calls over a limit get RESOURCE_EXHAUSTED."""
+
+    #: Calls of this model in flight at once, per gateway.
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: Calls per second admitted per gateway (a token bucket).
+    rate_limit: float | None = Field(default=None, gt=0, le=1_000_000)
+    #: Calls the bucket may admit at once after a quiet spell; None: one second's worth.
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class Model(Record):
     """``/models/<model>``: what the manager wants served, and how calls are routed."""
 
@@ -200,6 +264,12 @@ class Model(Record):
     cache: ResponseCache | None = None
     #: Shadow traffic; None: off.
     shadow: Shadow | None = None
+    #: Replicas by load (then ``replicas`` is only the count to start from); None: fixed.
+    autoscale: Autoscale | None = None
+    #: Concurrency and rate limits per gateway; None: none.
+    limits: Limits | None = None
+    #: Never evicted to make room for another model (memory-aware density).
+    pinned: bool = False
 
     @model_validator(mode="after")
     def _shadow_is_another_model(self) -> Self:
@@ -268,6 +338,29 @@ class Plugin(Record):
     executor: PluginExecutor = "thread"
     timeout_s: float = Field(default=5.0, gt=0)
     created: float = Field(default_factory=now)
+
+
+class Scale(Record):
+    """``/scale/<model>``: the replica count the reconcile leader chose for an autoscaled
+    model, and why (written only by the leader)."""
+
+    model: Name
+    replicas: int = Field(ge=0, le=100)
+    reason: str
+    changed: float = Field(default_factory=now)
+    #: Last time a gateway saw a call for the model (from the load samples), if ever.
+    last_call: float | None = None
+
+
+class Wake(Record):
+    """``/wake/<model>``: a gateway holds calls for a model that has no ready instance
+    (scale to zero); the leader scales it up and deletes the node."""
+
+    model: Name
+    gateway_id: NodeId
+    at: float = Field(default_factory=now)
+    #: Calls waiting in that gateway when written.
+    waiting: int = Field(default=1, ge=0)
 
 
 class Group(Record):
