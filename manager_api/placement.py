@@ -76,6 +76,9 @@ class Shortfall:
     placed: int
     wanted: int
     reason: str
+    #: Only memory stopped it: workers that match and are usable exist, all too full (room
+    #: could be made by evicting idle copies).
+    memory_bound: bool = False
 
     def __str__(self) -> str:
         return f"{self.placed}/{self.wanted} placed: {self.reason}"
