@@ -77,6 +77,14 @@ class WorkerView:
             _share(self.memory_used_mb, self.capacity_memory_mb),
         )
 
+    @property
+    def headroom(self) -> float | None:
+        """1 minus :attr:`measured_load`; None when nothing was measured against a capacity."""
+        measured = (self.cpu_used is not None and self.capacity_cpu) or (
+            self.memory_used_mb is not None and self.capacity_memory_mb
+        )
+        return 1.0 - self.measured_load if measured else None
+
 
 @dataclass(frozen=True)
 class Demand:

@@ -68,7 +68,8 @@ def _coarse(new: float | None, old: float | None, capacity: float | None) -> flo
     return old if abs(new - old) <= USAGE_STEP * capacity else new
 
 
-def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
+def worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
+    """What placement sees of ``worker`` as measured now (the state keeps it coarser)."""
     return WorkerView(
         worker_id=worker_id,
         backend=worker.backend,
@@ -299,7 +300,7 @@ class ClusterState:
         view = (
             None
             if worker is None
-            else _worker_view(wid, worker, self.specs.get(wid) or WorkerSpec())
+            else worker_view(wid, worker, self.specs.get(wid) or WorkerSpec())
         )
         old = self.views.get(wid)
         if view is not None and old is not None:
