@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from manager_api.cli.context import Cli, Commands
+from manager_api.cli.output import cell
 
 WORKER_COLUMNS = [
     ("worker_id", "WORKER"),
@@ -29,11 +30,12 @@ GATEWAY_COLUMNS = [
 ]
 
 
-def _used(used: float | None, capacity: float | None, unit: str) -> str | None:
+def _used(used: float | None, capacity: float | None, unit: str, decimals: int) -> str | None:
     """e.g. ``1.5/4 cores`` or ``700/2048 MiB`` (``-``: not measured)."""
     if used is None:
         return None
-    return f"{used:.3g}/{f'{capacity:g}' if capacity is not None else '?'} {unit}"
+    amount = f"{used:.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{used:.0f}"
+    return f"{amount}/{cell(capacity) if capacity is not None else '?'} {unit}"
 
 
 def workers_list(cli: Cli, args: argparse.Namespace) -> None:
@@ -49,8 +51,8 @@ def workers_list(cli: Cli, args: argparse.Namespace) -> None:
             {
                 **w,
                 "admin": "draining" if w["draining"] else "cordoned" if w["cordoned"] else "-",
-                "cpu": _used(usage.get("cpu"), w["capacity_cpu"], "cores"),
-                "memory": _used(usage.get("memory_mb"), w["capacity_memory_mb"], "MiB"),
+                "cpu": _used(usage.get("cpu"), w["capacity_cpu"], "cores", 2),
+                "memory": _used(usage.get("memory_mb"), w["capacity_memory_mb"], "MiB", 0),
                 "headroom_pct": None if headroom is None else f"{headroom:.0%}",
                 "out_of_memory": sorted(w["ooms"]),
             }
