@@ -68,6 +68,10 @@ def model_status(
         errors = sorted({f"{i.worker_id}: {i.error}" for i in instances if i.error})
         if key in shortfalls:
             message = str(shortfalls[key])
+        elif desired == 0 and v in active:
+            message = "scaled to zero" + (
+                ": replicas are being removed" if assigned or ready else " (loads on a call)"
+            )
         elif desired == 0 and (assigned or ready):
             message = "not active: replicas are being removed"
         elif desired == 0:

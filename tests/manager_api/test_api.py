@@ -410,6 +410,19 @@ def test_status_shows_the_replicas_wanted_and_why(client: TestClient, registry: 
     assert status["scale"]["reason"] == "5.2 in flight > 2 per replica x 2"
     assert status["scale"]["changed"] == 100.0
     assert "0/3 placed" in status["versions"][0]["message"]
+    registry.put(layout.scale("m1"), Scale(model="m1", replicas=0, reason="idle for 300 s"))
+    status = wait_for(
+        lambda: (
+            s
+            if (s := client.get("/v1/models/m1/status", headers=auth("viewer")).json())["desired"]
+            == 0
+            else None
+        ),
+        timeout=20,
+        what="the model scaled to zero in the status",
+    )
+    assert status["versions"][0]["message"] == "scaled to zero (loads on a call)"
+    assert status["scale"]["reason"] == "idle for 300 s"
 
 
 def test_gateways_list(client: TestClient, registry: Registry):
