@@ -295,7 +295,8 @@ class ClusterState:
         self._refresh_view(wid)
 
     def _refresh_view(self, wid: str) -> None:
-        """Recompute what placement sees of ``wid``; mark it changed if that differs."""
+        """Recompute what placement sees of ``wid``; mark it changed if that differs. Measured
+        usage within :data:`USAGE_STEP` of the capacity of what placement saw stays as it was."""
         worker = self.workers.get(wid)
         view = (
             None
