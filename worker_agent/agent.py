@@ -68,6 +68,7 @@ class WorkerAgent:
         self.spec = WorkerSpec()
         self.draining = False
         self.backend_live = False
+        self.capacity_cpu = settings.capacity_cpu or float(len(os.sched_getaffinity(0)))
         self.meter = UsageMeter()
         #: The last measurement of the launched server (None: not measured, or not launched).
         self.measured: Measurement | None = None
@@ -202,7 +203,7 @@ class WorkerAgent:
             status_address=f"{self.settings.advertise_host}:{status_port}",
             labels=self.settings.labels,
             capacity_memory_mb=self.settings.capacity_memory_mb,
-            capacity_cpu=self.settings.capacity_cpu or float(len(os.sched_getaffinity(0))),
+            capacity_cpu=self.capacity_cpu,
             state=self._state(),  # type: ignore[arg-type]
             heartbeat=time.time(),
             backend_live=self.backend_live,

@@ -41,8 +41,6 @@ class Measurement:
     server: Usage
     #: Per ``model@version`` key, the processes that serve only that model.
     models: dict[str, Usage] = field(default_factory=dict)
-    #: Processes measured (the server and its descendants).
-    processes: int = 1
 
 
 def stub_model_key(cmdline: list[str]) -> str | None:
@@ -112,7 +110,6 @@ class UsageMeter:
         return Measurement(
             server=_usage(total_cpu, total_memory),
             models={key: _usage(cpu, memory) for key, (cpu, memory) in sorted(per_model.items())},
-            processes=len(cpu_seen),
         )
 
 
