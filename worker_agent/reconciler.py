@@ -399,8 +399,12 @@ class Reconciler:
         slot.load_order = next(self._load_orders)
         try:
             await self.backend.load(slot.model, slot.version, path, self.load_timeout)
-        except ModelgateError:
+        except ModelgateError as err:
             self.metrics.loads.labels(result="error").inc()
+            # NOTE: a server that died during the load keeps this as the copy it was asked
+            # to load last (it may have died of it); one that refused it holds none of it.
+            if not isinstance(err, UnavailableError):
+                slot.load_order = None
             raise
         slot.loaded = True
         deadline = started + self.load_timeout

@@ -4,10 +4,13 @@ Triton in the worker record and the agent's metrics, per Python-backend model to
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from registry import Registry
@@ -23,7 +26,7 @@ from tests.worker_agent.helpers import (
     unassign,
     worker,
 )
-from worker_agent.usage import stub_model_key
+from worker_agent.usage import UsageMeter, stub_model_key
 
 #: The argv of a Python-backend stub, as Triton 2.51 starts it (seen with ``ps``).
 STUB_ARGV = [
@@ -52,6 +55,36 @@ STUB_ARGV = [
 )
 def test_a_stub_is_mapped_to_the_model_its_argv_names(argv: list[str], key: str | None) -> None:
     assert stub_model_key(argv) == key
+
+
+def test_the_meter_counts_every_process_of_the_tree_and_reports_a_gone_root() -> None:
+    # A parent (sleeping) whose child holds 64 MiB and keeps one core busy.
+    child = "b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096])\nwhile True: pass"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])",
+        ]
+    )
+    try:
+        meter = UsageMeter()
+        measured = wait_for(
+            lambda: (m := meter.measure(parent.pid)) and m.server.memory_mb > 64 and m,
+            what="the child's 64 MiB in the tree's memory",
+        )
+        assert measured.models == {}  # no Python-backend stub in this tree
+        busy = wait_for(
+            lambda: (m := meter.measure(parent.pid)) and m.server.cpu > 0 and m,
+            what="the child's busy core",
+        )
+        assert busy.server.cpu <= os.cpu_count()  # type: ignore[operator]
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait()
+    assert meter.measure(parent.pid) is None
 
 
 def launched_triton(start_agent: AgentFactory, tmp_path: Path, **overrides: object) -> AgentThread:
