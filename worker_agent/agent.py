@@ -333,6 +333,15 @@ class WorkerAgent:
             return
         memory = measured.server.memory_mb
         if self.settings.memory_guard and memory > capacity:
+            record = OutOfMemory(memory_mb=memory, capacity_mb=capacity)
+            if self.reconciler.out_of_memory(record, measured.models) is None:
+                # NOTE: killing a server that holds no copy would only start it over.
+                log.warning(
+                    "the model server alone uses %g MiB, over --capacity-memory-mb %d",
+                    memory,
+                    capacity,
+                )
+                return
             log.error(
                 "the model server uses %g MiB, over --capacity-memory-mb %d: killing it "
                 "(out of memory)",
@@ -340,9 +349,6 @@ class WorkerAgent:
                 capacity,
             )
             self.metrics.out_of_memory.labels(cause="guard").inc()
-            self.reconciler.out_of_memory(
-                OutOfMemory(memory_mb=memory, capacity_mb=capacity), measured.models
-            )
             self._killed_for_memory = True
             self.measured = None
             await asyncio.to_thread(launcher.kill)

@@ -171,3 +171,18 @@ def test_a_sigkill_near_the_capacity_is_out_of_memory_until_the_copy_is_unassign
         lambda: (w := worker(registry, "w1")) and w.ooms == {} and "alone@1" not in w.models,
         what="the record to go with the assignment",
     )
+
+
+def test_a_server_over_its_capacity_with_no_copy_loaded_is_not_killed(
+    registry: Registry, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = launched_triton(start_agent, tmp_path, capacity_memory_mb=1)
+    wait_for(
+        lambda: (w := worker(registry, "w1")) and w.usage is not None and w,
+        what="the empty server measured",
+    )
+    heartbeats_pass(agent, 5)
+    record = worker(registry, "w1")
+    assert record is not None and record.usage is not None and record.usage.memory_mb > 1
+    assert record.restarts == 0 and record.ooms == {}
+    assert metric(agent.agent, "modelgate_worker_out_of_memory_total", {"cause": "guard"}) == 0
