@@ -19,6 +19,7 @@ from gateway.table import ModelEntry
 from registry.records import Limits, Model
 from tests.gateway.conftest import ADD_ONE, put_model, put_route, put_version
 from tests.gateway.test_shutdown import SLOW, slow_triton  # noqa: F401  (a fixture)
+from tests.gateway.test_workers import Gateway2
 from tests.servers.zk import wait_for
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -133,6 +134,28 @@ def test_limits_change_live(registry, gateway, triton_a):
     limit(gateway, ADD_ONE, lambda r: r.limits is not None and r.limits.burst == 2)
     again = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(5)])
     assert len(refused(again)) == 3
+
+
+def test_python_workers_share_a_limit(tmp_path, zookeeper, zk_root, registry, triton_a):
+    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=4))
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    gw = Gateway2(tmp_path, zookeeper, zk_root).serve()  # every process starts with the model
+    try:
+        answers = flood(gw.address, [infer_request(ADD_ONE, 1.0) for _ in range(20)])
+        rejected = refused(answers)
+        # NOTE: 2 tokens in each of the 2 processes, whichever of them HAProxy chose
+        assert 2 <= len(answers) - len(rejected) <= 4
+        for future in rejected:
+            assert future.details() == (
+                f"model {ADD_ONE!r}: over its rate_limit of 0.001 calls/s (0.0005 calls/s in "
+                "each of the gateway's 2 processes)"
+            )
+        assert gw.metric("modelgate_gateway_limited_total", model=ADD_ONE, limit="rate") == len(
+            rejected
+        )
+    finally:
+        gw.process.stop()
 
 
 # -- the limits of one process, on a fake clock ------------------------------------------
