@@ -4,6 +4,8 @@ route of a real Triton instance) and the waiting calls answer. Queue bound and d
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kserve
@@ -60,6 +62,7 @@ def test_the_queue_is_bounded_and_the_deadline_is_kept(gateway_settings, registr
         at_zero(registry, gateway)
         with grpc.insecure_channel(gateway.address) as channel:
             method = channel.unary_unary(INFER)
+            start = time.monotonic()
             waiting = [method.future(infer_request(ADD_ONE, 1.0), timeout=3) for _ in range(2)]
             wait_for(lambda: gateway.app.cold_starts.waiting(ADD_ONE) == 2, what="2 waiting")
             try:
@@ -77,6 +80,11 @@ def test_the_queue_is_bounded_and_the_deadline_is_kept(gateway_settings, registr
                 assert call.details().startswith(
                     f"model {ADD_ONE!r} is scaling from zero and no instance became ready in time"
                 )
+            waited = time.monotonic() - start
+        # NOTE: written when the first call came, then once a second while calls waited
+        wake, version = registry.get(layout.wake(ADD_ONE), Wake)
+        assert wake.waiting == 2
+        assert 2 <= version + 1 <= waited + 1
         assert gateway.app.cold_starts.waiting(ADD_ONE) == 0
         assert gateway.metric("modelgate_gateway_cold_start_seconds_count", {"model": ADD_ONE}) == 0
     finally:
@@ -87,7 +95,13 @@ def test_offline_unknown_and_fixed_models_keep_their_errors(registry, gateway):
     at_zero(registry, gateway, "cold-off", state="offline")
     put_model(registry, "fixed")  # no autoscale: never scaled, so no call waits
     put_version(registry, "fixed", 1)
-    wait_for(lambda: "fixed" in gateway.app.router.table.models, what="the fixed model")
+    wait_for(
+        lambda: (
+            (entry := gateway.app.router.table.models.get("fixed")) is not None
+            and 1 in entry.versions
+        ),
+        what="the fixed model's version",
+    )
     with grpc.insecure_channel(gateway.address) as channel:
         method = channel.unary_unary(INFER)
         answers = {}
