@@ -136,6 +136,25 @@ def test_limits_change_live(registry, gateway, triton_a):
     assert len(refused(again)) == 3
 
 
+def test_each_streamed_call_is_limited_on_its_own(registry, gateway, triton_a):
+    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=2))
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
+    with grpc.insecure_channel(gateway.address) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        requests = iter([infer_request(ADD_ONE, float(n)) for n in range(4)])
+        answers = [kserve.ModelStreamInferResponse.FromString(a) for a in stream(requests)]
+    assert [a.error_message for a in answers] == [
+        "",
+        "",
+        f"model {ADD_ONE!r}: over its rate_limit of 0.001 calls/s",
+        f"model {ADD_ONE!r}: over its rate_limit of 0.001 calls/s",
+    ]
+    labels = {"model": ADD_ONE, "limit": "rate"}
+    assert gateway.metric("modelgate_gateway_limited_total", labels) == 2
+
+
 def test_python_workers_share_a_limit(tmp_path, zookeeper, zk_root, registry, triton_a):
     put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=4))
     put_version(registry, ADD_ONE, 1)
