@@ -50,3 +50,17 @@ def start_agent(
     for thread in agents:
         if not thread.stopped:
             thread.drain()
+
+
+def launched_triton(start_agent: AgentFactory, tmp_path: Path, **overrides: object) -> AgentThread:
+    """An agent that launches (and supervises) a Triton of its own in ``tmp_path``."""
+    return start_agent(
+        model_root=tmp_path / "models",
+        backend_address=None,
+        launch_triton=True,
+        launch_host="127.0.0.1",
+        triton_grpc_port=0,
+        work_dir=tmp_path / "work",
+        restart_backoff_min_s=0.2,
+        **overrides,
+    )

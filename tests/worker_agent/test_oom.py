@@ -15,7 +15,7 @@ import tritonclient.grpc as triton_grpc
 from examples.models import write_add_one
 from registry import Registry
 from tests.servers.zk import wait_for
-from tests.worker_agent.conftest import AgentFactory
+from tests.worker_agent.conftest import AgentFactory, launched_triton
 from tests.worker_agent.helpers import (
     AgentThread,
     add_one_archive,
@@ -27,7 +27,6 @@ from tests.worker_agent.helpers import (
     unassign,
     worker,
 )
-from tests.worker_agent.test_usage import launched_triton
 from worker_agent.tritonserver import TritonServer
 from worker_agent.usage import UsageMeter
 

@@ -11,7 +11,7 @@ from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry, layout
 from registry.processes import SERVER_MARKER, alive, marked_pids
 from tests.servers.zk import expire_session, wait_for
-from tests.worker_agent.conftest import AgentFactory
+from tests.worker_agent.conftest import AgentFactory, launched_triton
 from tests.worker_agent.helpers import (
     add_one_archive,
     assign,
@@ -122,15 +122,7 @@ def test_status_port_serves_healthz_and_metrics(
 def test_a_killed_launched_triton_is_restarted_and_its_models_come_back(
     registry: Registry, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    agent = start_agent(
-        model_root=tmp_path / "models",
-        backend_address=None,
-        launch_triton=True,
-        launch_host="127.0.0.1",
-        triton_grpc_port=0,
-        work_dir=tmp_path / "work",
-        restart_backoff_min_s=0.2,
-    )
+    agent = launched_triton(start_agent, tmp_path)
     archive = add_one_archive(tmp_path, "phoenix", 1.0)
     assign(registry, "w1", "phoenix", 1, archive.as_uri())
     wait_for(lambda: route(registry, "phoenix", 1, "w1"), what="route phoenix@1")

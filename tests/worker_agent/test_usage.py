@@ -15,9 +15,8 @@ import pytest
 
 from registry import Registry
 from tests.servers.zk import wait_for
-from tests.worker_agent.conftest import AgentFactory
+from tests.worker_agent.conftest import AgentFactory, launched_triton
 from tests.worker_agent.helpers import (
-    AgentThread,
     add_one_archive,
     assign,
     infer_add_one,
@@ -85,19 +84,6 @@ def test_the_meter_counts_every_process_of_the_tree_and_reports_a_gone_root() ->
         parent.kill()
         parent.wait()
     assert meter.measure(parent.pid) is None
-
-
-def launched_triton(start_agent: AgentFactory, tmp_path: Path, **overrides: object) -> AgentThread:
-    return start_agent(
-        model_root=tmp_path / "models",
-        backend_address=None,
-        launch_triton=True,
-        launch_host="127.0.0.1",
-        triton_grpc_port=0,
-        work_dir=tmp_path / "work",
-        restart_backoff_min_s=0.2,
-        **overrides,
-    )
 
 
 def test_the_launched_servers_use_is_in_the_worker_record_and_the_metrics(
