@@ -53,6 +53,8 @@ from registry import layout  # noqa: E402
 log = logging.getLogger("deploy.local")
 
 DEFAULT_RUN_DIR = REPO / ".run"
+#: The role each ``python -m`` module is (the keys of ``LocalStack.settings_env``).
+_ROLE_OF_MODULE = {"manager_api": "manager", "gateway": "gateway", "worker_agent": "worker"}
 # Sub-directories and files of the run dir this stack owns (wiped at start); anything else
 # under .run/ (e.g. other tools' files) is left alone.
 _OWNED = ("logs", "zookeeper", "manager", "gateway", "workers", "pids", "stack.json")
@@ -101,6 +103,9 @@ class LocalStack:
     stop_grace: float = 20.0
     drain_seconds: float = 1.0
     log_level: str = "INFO"
+    settings_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra settings per role ("manager", "gateway", "worker") as ``MODELGATE_*`` variables,
+    e.g. short autoscaling periods for a benchmark."""
 
     # Filled in by start().
     zk_hosts: str = ""
@@ -279,6 +284,7 @@ class LocalStack:
         # what the stack runs.
         for key in [k for k in env if k.startswith("MODELGATE_")]:
             del env[key]
+        env.update(self.settings_env.get(_ROLE_OF_MODULE[module], {}))
         env.update(secrets_env or {})  # tokens: in the environment, not in `ps` output
         env[ENV_MARKER] = str(self.run_dir)
         cmd = [self.python, "-X", f"{MARKER}={self.run_dir}", "-m", module, *args]
