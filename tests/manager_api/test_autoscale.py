@@ -1,13 +1,19 @@
 """The autoscaler's decisions (manager_api/autoscale.py ``decide``): pure, from a cluster state
-built node by node as the manager's view builds it, load samples and a clock."""
+built node by node as the manager's view builds it, load samples and a clock; and its driver
+on the reconcile leader of a manager app, against a real ZooKeeper."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from manager_api.app import create_app
 from manager_api.autoscale import Plan, Policy, decide
 from manager_api.load import LoadSample, ModelLoad
 from manager_api.placement import Shortfall
 from manager_api.state import ClusterState
-from registry import layout
+from registry import Registry, layout
 from registry.records import (
     Assignment,
     Autoscale,
@@ -18,6 +24,8 @@ from registry.records import (
     Wake,
     Worker,
 )
+from tests.manager_api.conftest import auth, settings_for, token_store
+from tests.servers.zk import wait_for
 
 NOW = 100_000.0
 POLICY = Policy(up_cooldown_s=10.0, down_window_s=60.0, evict_idle_s=30.0, fresh_s=15.0)
@@ -349,3 +357,45 @@ def test_a_copy_going_idle_in_the_same_tick_makes_the_room_and_nothing_is_evicte
 
     assert replicas(plan) == {"b": 0} and plan.decisions["b"].direction == "idle"
     assert plan.made_room == {"e"}
+
+
+# -- the driver on the reconcile leader (real ZooKeeper, simulated workers) ----------------
+
+
+def test_the_leader_wakes_a_model_places_it_and_records_why(
+    zookeeper, zk_root, registry: Registry, sim_workers, tmp_path: Path
+) -> None:
+    sim_workers("w1")
+    settings = settings_for(
+        zookeeper, zk_root, tmp_path, reconcile_interval_s=0.2, autoscale_interval_s=0.2
+    )
+    app = create_app(settings, registry, tokens=token_store(), start_reconciler=True)
+    with TestClient(app) as client:
+        auto = Autoscale(min_replicas=0, max_replicas=2, idle_seconds=600)
+        registry.put(layout.model("cold"), Model(name="cold", backend="triton", replicas=0,
+                                                 autoscale=auto))  # fmt: skip
+        registry.put(layout.version("cold", 1), ModelVersion(version=1, artifact_uri="file:///c"))
+        start = wait_for(lambda: registry.read(layout.scale("cold"), Scale), what="a choice")
+        assert start.replicas == 0 and registry.children(layout.assignments("w1")) == []
+
+        registry.put(layout.wake("cold"), Wake(model="cold", gateway_id="gw-7", waiting=2))
+
+        wait_for(
+            lambda: registry.children(layout.assignments("w1")) == ["cold@1"],
+            what="the woken model placed",
+        )
+        scale = registry.read(layout.scale("cold"), Scale)
+        assert scale is not None and scale.replicas == 1
+        assert scale.reason == "woken by gateway gw-7: 2 call(s) waiting"
+        wait_for(lambda: not registry.exists(layout.wake("cold")), what="the wake deleted")
+        audit = client.get("/v1/audit", headers=auth("admin")).raise_for_status().json()
+        mine = [(e["who"], e["action"], e["target"]) for e in audit if e["who"] == "autoscaler"]
+        assert mine == [
+            ("autoscaler", "autoscale start 0 -> 0: autoscaling starts from 0 replica(s)",
+             "/v1/models/cold"),
+            ("autoscaler", "autoscale wake 0 -> 1: woken by gateway gw-7: 2 call(s) waiting",
+             "/v1/models/cold"),
+        ]  # fmt: skip
+        metrics = client.get("/metrics").text
+        assert 'modelgate_manager_autoscale_decisions_total{direction="wake"} 1.0' in metrics
+        assert 'modelgate_manager_autoscale_replicas{model="cold"} 1.0' in metrics
