@@ -175,14 +175,9 @@ def _decide_model(
     if not auto.min_replicas <= current <= auto.max_replicas:
         bounded = min(max(current, auto.min_replicas), auto.max_replicas)
         choice = (bounded, "bounds", f"bounds are {auto.min_replicas}..{auto.max_replicas}")
-    elif current == 0 and (wake is not None or fresh_calls):
-        woken = max(1, _start_count(model, auto))
-        why = (
-            f"woken by gateway {wake.gateway_id}: {wake.waiting} call(s) waiting"
-            if wake is not None
-            else "calls arrive at zero replicas"
-        )
-        choice = (woken, "wake", why)
+    elif current == 0 and wake is not None:
+        why = f"woken by gateway {wake.gateway_id}: {wake.waiting} call(s) waiting"
+        choice = (max(1, _start_count(model, auto)), "wake", why)
     elif wake is not None:
         return None  # calls are held for it: neither idle nor over-provisioned
     elif current > 0 and auto.min_replicas == 0 and load_known and not fresh_calls:

@@ -247,16 +247,6 @@ def test_a_wake_of_a_model_with_replicas_or_of_no_autoscaled_model_is_only_delet
     assert plan.decisions == {} and plan.woken == {"warm", "fixed", "gone"}
 
 
-def test_calls_seen_at_zero_wake_the_model_too() -> None:
-    state = ClusterState()
-    autoscaled(state, "m", replicas=0, min_replicas=0)
-
-    plan = run(state, load("m", sample(NOW - 1, in_flight=1.0)))
-
-    assert replicas(plan) == {"m": 1}
-    assert plan.decisions["m"].scale.reason == "calls arrive at zero replicas"
-
-
 def test_the_choice_of_a_model_no_longer_autoscaled_is_deleted() -> None:
     state = ClusterState()
     put(state, layout.model("fixed"), Model(name="fixed", backend="triton"))
