@@ -28,6 +28,7 @@ models whose count changes (one pipelined batch), each with an audit entry and a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -143,7 +144,9 @@ def _by_load(
         return wanted, "up", why
     if wanted >= current or not load_known or since_change < policy.down_window_s:
         return None
-    peak = max([load, *(load_of(auto, s) for s in samples if s.time > now - policy.down_window_s)])
+    cutoff = now - policy.down_window_s
+    window = itertools.takewhile(lambda s: s.time > cutoff, reversed(samples))
+    peak = max([load, *(load_of(auto, s) for s in window)])
     highest = replicas_for(auto, peak / target, current)
     if highest >= current:
         return None
