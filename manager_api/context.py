@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from manager_api.auth import AuditLog, Principal, TokenStore
 from manager_api.blobs import BlobStore
+from manager_api.load import LoadTracker
 from manager_api.metrics import ManagerMetrics
 from manager_api.reconcile import Reconciler
 from manager_api.settings import ManagerSettings
@@ -63,5 +64,12 @@ def get_principal(
     return principal
 
 
+def get_tracker(request: Request) -> LoadTracker:
+    tracker: LoadTracker = request.app.state.load
+    return tracker
+
+
 Ctx = Annotated[Manager, Depends(get_manager)]
 Caller = Annotated[Principal, Depends(get_principal)]
+#: The load tracker of the app's lifespan (per-model load from the gateways).
+Tracker = Annotated[LoadTracker, Depends(get_tracker)]

@@ -13,15 +13,21 @@ from pydantic import (
     model_validator,
 )
 
+from manager_api.load import LoadSample
 from registry.records import (
+    Autoscale,
     BackendKind,
     GatewayPluginStatus,
+    Limits,
     ModelHealth,
     Name,
+    OutOfMemory,
     ResponseCache,
     RoutingPolicy,
+    Scale,
     Shadow,
     Tolerance,
+    Usage,
 )
 
 PluginRef = Annotated[
@@ -61,6 +67,24 @@ class ShadowBody(Shadow):
     tolerance: ToleranceBody = Field(default_factory=ToleranceBody)
 
 
+class AutoscaleBody(Autoscale):
+    """Replicas follow the load between ``min_replicas`` and ``max_replicas`` (0: scale to
+    zero after ``idle_seconds`` without a call, loaded again on the first call), aiming at
+    ``target_in_flight`` calls in flight or ``target_calls_per_s`` calls per second per
+    replica (one of them, or neither for scale to zero only). ``replicas`` is then only the
+    count to start from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsBody(Limits):
+    """Per-model isolation in each gateway: at most ``max_concurrency`` calls in flight and
+    ``rate_limit`` calls per second (a token bucket of ``burst`` calls); a call over a limit
+    is answered RESOURCE_EXHAUSTED naming the limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 def check_shadow_target(name: str, shadow: Shadow | None) -> None:
     """Refuse a model shadowing itself (by name)."""
     if shadow is not None and shadow.target == name:
@@ -90,6 +114,11 @@ class ModelCreate(Body):
     state: Literal["online", "offline"] = Field(default="online", description="Initial state.")
     cache: CacheBody | None = Field(default=None, description="Response cache; none: off.")
     shadow: ShadowBody | None = Field(default=None, description="Shadow traffic; none: off.")
+    autoscale: AutoscaleBody | None = Field(
+        default=None, description="Replicas by load; none: a fixed `replicas`."
+    )
+    limits: LimitsBody | None = Field(default=None, description="Per-gateway limits; none: off.")
+    pinned: bool = Field(default=False, description="Never evicted to make room for others.")
 
     @model_validator(mode="after")
     def _shadow_is_another_model(self) -> Self:
@@ -113,6 +142,13 @@ class ModelUpdate(Body):
     description: Annotated[str, StringConstraints(max_length=1000)] | None = None
     cache: CacheBody | None = Field(default=None, description="Response cache; null: off.")
     shadow: ShadowBody | None = Field(default=None, description="Shadow traffic; null: off.")
+    autoscale: AutoscaleBody | None = Field(
+        default=None, description="Replicas by load (the whole setting); null: fixed replicas."
+    )
+    limits: LimitsBody | None = Field(
+        default=None, description="Per-gateway limits (the whole setting); null: off."
+    )
+    pinned: bool | None = Field(default=None, description="Never evicted to make room.")
 
 
 class VersionOut(BaseModel):
@@ -150,6 +186,9 @@ class ModelOut(BaseModel):
     description: str
     cache: ResponseCache | None = None
     shadow: Shadow | None = None
+    autoscale: Autoscale | None = None
+    limits: Limits | None = None
+    pinned: bool = False
     versions: list[VersionOut] = Field(default_factory=list)
     plugin_serving: dict[str, GatewayPluginStatus] = Field(description=PLUGIN_SERVING)
 
@@ -220,6 +259,19 @@ class ModelStatus(BaseModel):
     versions: list[VersionStatus]
     plugin: str | None = Field(description='UDL plugin wanted, "name@version".')
     plugin_serving: dict[str, GatewayPluginStatus] = Field(description=PLUGIN_SERVING)
+    autoscale: Autoscale | None = Field(
+        default=None, description="The model's autoscaling bounds and target; None: fixed."
+    )
+    scale: Scale | None = Field(
+        default=None,
+        description="The replicas the reconcile leader chose per active version, why and when "
+        "(autoscaled models, once it chose).",
+    )
+    load: LoadSample | None = Field(
+        default=None,
+        description="The model's load over the gateways' last scrape interval (calls/s, "
+        "latency, ...); None without a recent call.",
+    )
 
 
 class WorkerOut(BaseModel):
@@ -238,6 +290,25 @@ class WorkerOut(BaseModel):
     heartbeat: float | None = None
     assignments: list[str] = Field(default_factory=list)
     models: dict[str, ModelHealth] = Field(default_factory=dict)
+    capacity_cpu: float | None = Field(default=None, description="CPU cores offered.")
+    usage: Usage | None = Field(
+        default=None,
+        description="CPU cores and memory (MiB) the model server tree was measured to use.",
+    )
+    headroom: float | None = Field(
+        default=None,
+        description="1 minus the larger of the measured CPU and memory shares of the capacity "
+        "(placement puts new replicas where it is largest); None: nothing measured against a "
+        "capacity.",
+    )
+    model_usage: dict[str, Usage] = Field(
+        default_factory=dict, description="Measured use per model@version, where known."
+    )
+    ooms: dict[str, OutOfMemory] = Field(
+        default_factory=dict,
+        description="Per model@version: the server ran out of memory with that copy loaded "
+        "(placement does not put it there again).",
+    )
 
 
 class GroupCreate(Body):

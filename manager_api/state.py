@@ -9,7 +9,10 @@ date from ZooKeeper tree watches (kazoo TreeCaches) so reads cost no ZooKeeper r
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,7 +50,26 @@ WATCHED = (
 )
 
 
-def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
+#: Measured usage is taken in when it moves by more than this share of the capacity (and a
+#: model's measured size when it grows by more than this share): heartbeats with steady
+#: usage change nothing, so a pass costs what changed.
+USAGE_STEP = 0.1
+
+
+def _measured(used: float | None, capacity: float | None) -> float | None:
+    """A measurement placement can compare (None without a capacity to compare it with)."""
+    return used if capacity else None
+
+
+def _coarse(new: float | None, old: float | None, capacity: float | None) -> float | None:
+    """``old`` while ``new`` stays within one step of it."""
+    if new is None or old is None or capacity is None:
+        return new
+    return old if abs(new - old) <= USAGE_STEP * capacity else new
+
+
+def worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:
+    """What placement sees of ``worker`` as measured now (the state keeps it coarser)."""
     return WorkerView(
         worker_id=worker_id,
         backend=worker.backend,
@@ -57,8 +79,10 @@ def _worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView
         cordoned=spec.cordoned or worker.state == "cordoned",
         draining=spec.draining or worker.state == "draining",
         capacity_cpu=worker.capacity_cpu,
-        cpu_used=worker.usage.cpu if worker.usage else None,
-        memory_used_mb=worker.usage.memory_mb if worker.usage else None,
+        cpu_used=_measured(worker.usage.cpu if worker.usage else None, worker.capacity_cpu),
+        memory_used_mb=_measured(
+            worker.usage.memory_mb if worker.usage else None, worker.capacity_memory_mb
+        ),
         avoid=frozenset(layout.parse_assignment_key(k) for k in worker.ooms),
     )
 
@@ -77,8 +101,13 @@ class ClusterState:
     routes: dict[Key, set[str]] = field(default_factory=dict)
     #: Index: model -> version -> workers holding an assignment of it.
     holders: dict[str, dict[int, set[str]]] = field(default_factory=dict)
-    #: Index: worker id -> declared memory (MiB) of the models assigned to it.
+    #: Index: worker id -> memory (MiB) of the copies assigned to it (:meth:`memory_of`).
     memory_used: dict[str, int] = field(default_factory=dict)
+    #: Per model: the largest memory (MiB) one copy was measured to use on any worker (kept
+    #: while the model exists; taken in when it grows by more than :data:`USAGE_STEP`).
+    model_sizes: dict[str, int] = field(default_factory=dict)
+    #: Per model: the CPU cores one copy used at the last measurement (any worker).
+    model_cpu: dict[str, float] = field(default_factory=dict)
     #: Index: worker id -> what placement sees of it (registered workers only).
     views: dict[str, WorkerView] = field(default_factory=dict)
     #: The replica count the leader chose per autoscaled model (``/scale``).
@@ -147,22 +176,48 @@ class ClusterState:
                 self.versions.pop(name, None)
             self.changed_models.add(name)
 
-    def _memory_of(self, model: str) -> int:
+    def memory_of(self, model: str) -> int:
+        """Memory (MiB) one copy of ``model`` takes: the larger of declared and measured."""
         rec = self.models.get(model)
-        return rec.memory_mb if rec is not None else 0
+        return max(rec.memory_mb if rec is not None else 0, self.model_sizes.get(model, 0))
 
-    def _set_model(self, name: str, rec: Model | None) -> None:
-        old_memory = self._memory_of(name)
-        if rec is None:
-            self.models.pop(name, None)
-        else:
-            self.models[name] = rec
-        delta = self._memory_of(name) - old_memory
+    def _resize(self, model: str, change: Callable[[], None]) -> None:
+        """Run ``change`` (of a model record or size) and keep ``memory_used`` in step."""
+        old_memory = self.memory_of(model)
+        change()
+        delta = self.memory_of(model) - old_memory
         if delta:
-            for workers in self.holders.get(name, {}).values():
+            for workers in self.holders.get(model, {}).values():
                 for wid in workers:
                     self.memory_used[wid] = self.memory_used.get(wid, 0) + delta
+            self.changed_models.add(model)
+
+    def _set_model(self, name: str, rec: Model | None) -> None:
+        def change() -> None:
+            if rec is None:
+                self.models.pop(name, None)
+                self.model_sizes.pop(name, None)
+                self.model_cpu.pop(name, None)
+            else:
+                self.models[name] = rec
+
+        self._resize(name, change)
         self.changed_models.add(name)
+
+    def _measure_models(self, worker: Worker) -> None:
+        """Take in the per-copy usage ``worker`` measured (of models that exist)."""
+        for key, usage in worker.model_usage.items():
+            try:
+                name, _ = layout.parse_assignment_key(key)
+            except InvalidArgumentError:
+                continue
+            if name not in self.models:
+                continue
+            self.model_cpu[name] = usage.cpu
+            size = math.ceil(usage.memory_mb)
+            known = self.model_sizes.get(name)
+            if known is None or size > known * (1 + USAGE_STEP):
+                self._resize(name, functools.partial(self.model_sizes.__setitem__, name, size))
 
     def _apply_assignment(self, rest: list[str], data: bytes | None) -> None:
         if not rest:
@@ -197,12 +252,12 @@ class ClusterState:
                 by_version[key[1]].discard(wid)
                 if not by_version[key[1]]:
                     del by_version[key[1]]
-                self.memory_used[wid] -= self._memory_of(key[0])
+                self.memory_used[wid] -= self.memory_of(key[0])
         else:
             keys[key] = rec
             if not had:
                 by_version.setdefault(key[1], set()).add(wid)
-                self.memory_used[wid] = self.memory_used.get(wid, 0) + self._memory_of(key[0])
+                self.memory_used[wid] = self.memory_used.get(wid, 0) + self.memory_of(key[0])
         if not by_version:
             del self.holders[key[0]]
         self.changed_models.add(key[0])
@@ -236,17 +291,28 @@ class ClusterState:
             self.workers.pop(wid, None)
         else:
             self.workers[wid] = rec
+            self._measure_models(rec)
         self._refresh_view(wid)
 
     def _refresh_view(self, wid: str) -> None:
-        """Recompute what placement sees of ``wid``; mark it changed if that differs."""
+        """Recompute what placement sees of ``wid``; mark it changed if that differs. Measured
+        usage within :data:`USAGE_STEP` of the capacity of what placement saw stays as it was."""
         worker = self.workers.get(wid)
         view = (
             None
             if worker is None
-            else _worker_view(wid, worker, self.specs.get(wid) or WorkerSpec())
+            else worker_view(wid, worker, self.specs.get(wid) or WorkerSpec())
         )
-        if self.views.get(wid) == view:
+        old = self.views.get(wid)
+        if view is not None and old is not None:
+            view = dataclasses.replace(
+                view,
+                cpu_used=_coarse(view.cpu_used, old.cpu_used, view.capacity_cpu),
+                memory_used_mb=_coarse(
+                    view.memory_used_mb, old.memory_used_mb, view.capacity_memory_mb
+                ),
+            )
+        if old == view:
             return
         if view is None:
             del self.views[wid]
@@ -275,6 +341,8 @@ class ClusterState:
             routes={k: set(ws) for k, ws in self.routes.items()},
             holders={m: {v: set(ws) for v, ws in by.items()} for m, by in self.holders.items()},
             memory_used=dict(self.memory_used),
+            model_sizes=dict(self.model_sizes),
+            model_cpu=dict(self.model_cpu),
             views=dict(self.views),
             scales=dict(self.scales),
             wakes=dict(self.wakes),
@@ -314,7 +382,8 @@ class ClusterState:
                 backend=model.backend,
                 replicas=self.replicas_of(model),
                 constraints=dict(model.constraints),
-                memory_mb=model.memory_mb,
+                memory_mb=self.memory_of(model.name),
+                cpu=self.model_cpu.get(model.name, 0.0),
             )
             for v in self.active_versions(model)
         ]
@@ -344,7 +413,7 @@ class ClusterState:
         baseline: dict[str, Load] = {}
         for wid in self.views:
             keys = current.get(wid, set())
-            memory = self.memory_used.get(wid, 0) - sum(self._memory_of(m) for m, _ in keys)
+            memory = self.memory_used.get(wid, 0) - sum(self.memory_of(m) for m, _ in keys)
             baseline[wid] = (memory, len(self.assignments.get(wid, {})) - len(keys))
         return place(demands, self.worker_views(), current, ready=ready, baseline=baseline)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from manager_api.load import LoadSample
 from manager_api.placement import Key, Shortfall
 from manager_api.schemas import InstanceStatus, ModelStatus, VersionStatus
 from manager_api.state import ClusterState
@@ -36,15 +37,17 @@ def model_status(
     model: Model,
     shortfalls: Mapping[Key, Shortfall],
     gateways: Mapping[str, Gateway],
+    load: LoadSample | None = None,
 ) -> ModelStatus:
-    """``shortfalls``: of a placement of ``model`` (or of every model)."""
+    """``shortfalls``: of a placement of ``model`` (or of every model); ``load``: the
+    model's latest load sample."""
     versions = state.versions.get(model.name, {})
     active = set(state.active_versions(model))
     assigned_on = state.holders.get(model.name, {})
     out: list[VersionStatus] = []
     for v in sorted(set(versions) | set(assigned_on)):
         key = (model.name, v)
-        desired = model.replicas if v in active else 0
+        desired = state.replicas_of(model) if v in active else 0
         routes = state.routes.get(key, set())
         instances = []
         for worker_id in sorted(assigned_on.get(v, set()) | routes):
@@ -65,6 +68,10 @@ def model_status(
         errors = sorted({f"{i.worker_id}: {i.error}" for i in instances if i.error})
         if key in shortfalls:
             message = str(shortfalls[key])
+        elif desired == 0 and v in active:
+            message = "scaled to zero" + (
+                ": replicas are being removed" if assigned or ready else " (loads on a call)"
+            )
         elif desired == 0 and (assigned or ready):
             message = "not active: replicas are being removed"
         elif desired == 0:
@@ -114,4 +121,7 @@ def model_status(
         versions=out,
         plugin=model.plugin,
         plugin_serving=plugin_serving(model, gateways),
+        autoscale=model.autoscale,
+        scale=state.scales.get(model.name),
+        load=load,
     )

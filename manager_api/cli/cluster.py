@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from manager_api.cli.context import Cli, Commands
+from manager_api.cli.output import cell
 
 WORKER_COLUMNS = [
     ("worker_id", "WORKER"),
@@ -13,6 +15,10 @@ WORKER_COLUMNS = [
     ("address", "ADDRESS"),
     ("admin", "ADMIN"),
     ("labels", "LABELS"),
+    ("cpu", "CPU"),
+    ("memory", "MEMORY"),
+    ("headroom_pct", "HEADROOM"),
+    ("out_of_memory", "OUT OF MEMORY WITH"),
     ("assignments", "ASSIGNMENTS"),
 ]
 GATEWAY_COLUMNS = [
@@ -24,11 +30,34 @@ GATEWAY_COLUMNS = [
 ]
 
 
+def _used(used: float | None, capacity: float | None, unit: str, decimals: int) -> str | None:
+    """e.g. ``1.5/4 cores`` or ``700/2048 MiB`` (``-``: not measured)."""
+    if used is None:
+        return None
+    amount = f"{used:.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{used:.0f}"
+    return f"{amount}/{cell(capacity) if capacity is not None else '?'} {unit}"
+
+
 def workers_list(cli: Cli, args: argparse.Namespace) -> None:
     workers = cli.api.call("GET", "/v1/workers")
+    if cli.out.as_json:
+        cli.out.json(workers)
+        return
+    rows: list[dict[str, Any]] = []
     for w in workers:
-        w["admin"] = "draining" if w["draining"] else "cordoned" if w["cordoned"] else "-"
-    cli.out.show(workers, WORKER_COLUMNS)
+        usage = w["usage"] or {}
+        headroom = w["headroom"]
+        rows.append(
+            {
+                **w,
+                "admin": "draining" if w["draining"] else "cordoned" if w["cordoned"] else "-",
+                "cpu": _used(usage.get("cpu"), w["capacity_cpu"], "cores", 2),
+                "memory": _used(usage.get("memory_mb"), w["capacity_memory_mb"], "MiB", 0),
+                "headroom_pct": None if headroom is None else f"{headroom:.0%}",
+                "out_of_memory": sorted(w["ooms"]),
+            }
+        )
+    cli.out.table(rows, WORKER_COLUMNS)
 
 
 def workers_admin(cli: Cli, args: argparse.Namespace) -> None:

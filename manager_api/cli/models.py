@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ STATUS_COLUMNS = [
     ("state", "STATE"),
     ("ready", "READY"),
     ("desired", "DESIRED"),
+    ("load", "LOAD"),
     ("plugin", "PLUGIN"),
     ("message", "MESSAGE"),
 ]
@@ -87,11 +90,25 @@ def _model_body(args: argparse.Namespace, creating: bool) -> dict[str, Any]:
     return body
 
 
-def _cache_and_shadow(
-    cli: Cli, args: argparse.Namespace, body: dict[str, Any], name: str | None
-) -> None:
-    """Add ``--cache-*`` / ``--shadow*`` to ``body``, merged into the model ``name``'s current
-    settings (None: creating, there are none): ``--cache-max-entries`` alone keeps the TTL."""
+#: ``--option`` -> field of the model's ``autoscale`` and ``limits`` settings.
+AUTOSCALE_OPTIONS = (
+    "min_replicas",
+    "max_replicas",
+    "target_in_flight",
+    "target_calls_per_s",
+    "idle_seconds",
+)
+LIMIT_OPTIONS = ("max_concurrency", "rate_limit", "burst")
+#: Autoscaling targets: setting one drops the other.
+TARGETS = ("target_in_flight", "target_calls_per_s")
+
+
+Stored = Callable[[str], dict[str, Any] | None]
+
+
+def _stored(cli: Cli, name: str | None) -> Stored:
+    """``stored(key)``: the model ``name``'s current setting ``key``, read once when first
+    asked (None when creating: there is none)."""
     current: dict[str, Any] | None = None
 
     def stored(key: str) -> dict[str, Any] | None:
@@ -101,6 +118,46 @@ def _cache_and_shadow(
         if current is None:
             current = cli.api.call("GET", f"/v1/models/{name}")
         return current.get(key)
+
+    return stored
+
+
+def _setting(
+    args: argparse.Namespace,
+    body: dict[str, Any],
+    field: str,
+    options: tuple[str, ...],
+    stored: Stored,
+) -> None:
+    """Add ``field`` (``autoscale`` or ``limits``) from ``options`` to ``body``, merged into
+    the stored setting (``--max-replicas`` alone keeps the target), or null for ``--no-...``."""
+    given = {o: getattr(args, o) for o in options if getattr(args, o) is not None}
+    off = f"--no-{field}"
+    if getattr(args, f"no_{field}") and given:
+        flags = "/".join("--" + o.replace("_", "-") for o in given)
+        raise CliError(f"{off} turns {field} off: drop {flags}", 2)
+    if getattr(args, f"no_{field}"):
+        body[field] = None
+    elif given:
+        setting = dict(stored(field) or {})
+        if any(t in given for t in TARGETS):
+            for target in TARGETS:
+                setting.pop(target, None)
+        body[field] = setting | given
+
+
+def _scaling_and_limits(args: argparse.Namespace, body: dict[str, Any], stored: Stored) -> None:
+    """Add ``--min-replicas`` ... / ``--max-concurrency`` ... / ``--pinned`` to ``body``,
+    merged into the model's current settings."""
+    _setting(args, body, "autoscale", AUTOSCALE_OPTIONS, stored)
+    _setting(args, body, "limits", LIMIT_OPTIONS, stored)
+    if args.pinned is not None:
+        body["pinned"] = args.pinned
+
+
+def _cache_and_shadow(args: argparse.Namespace, body: dict[str, Any], stored: Stored) -> None:
+    """Add ``--cache-*`` / ``--shadow*`` to ``body``, merged into the model's current
+    settings: ``--cache-max-entries`` alone keeps the TTL."""
 
     cache_options = args.cache_ttl is not None or args.cache_max_entries is not None
     if args.no_cache and cache_options:
@@ -211,7 +268,67 @@ def _summarised(record: dict[str, Any]) -> dict[str, Any]:
     if "cache" in record:  # models (a status has no cache or shadow)
         shown["cache"] = cache_summary(record["cache"])
         shown["shadow"] = shadow_summary(record["shadow"])
+        shown["limits"] = limits_summary(record["limits"])
+    if "scale" in record:  # statuses
+        shown["scale"] = scale_summary(record["scale"])
+        shown["load"] = load_summary(record["load"])
+    shown["autoscale"] = autoscale_summary(record["autoscale"])
     return shown
+
+
+def autoscale_summary(autoscale: dict[str, Any] | None) -> str | None:
+    """e.g. ``1-3 replicas, 4 in flight per replica, to zero after 300s idle``."""
+    if autoscale is None:
+        return None
+    parts = [f"{autoscale['min_replicas']}-{autoscale['max_replicas']} replicas"]
+    if autoscale["target_in_flight"] is not None:
+        parts.append(f"{cell(autoscale['target_in_flight'])} in flight per replica")
+    if autoscale["target_calls_per_s"] is not None:
+        parts.append(f"{cell(autoscale['target_calls_per_s'])} calls/s per replica")
+    if autoscale["min_replicas"] == 0:
+        parts.append(f"to zero after {cell(autoscale['idle_seconds'])}s idle")
+    return ", ".join(parts)
+
+
+def limits_summary(limits: dict[str, Any] | None) -> str | None:
+    """e.g. ``8 in flight, 100 calls/s (burst 20)``."""
+    if limits is None:
+        return None
+    parts = []
+    if limits["max_concurrency"] is not None:
+        parts.append(f"{limits['max_concurrency']} in flight")
+    if limits["rate_limit"] is not None:
+        burst = f" (burst {limits['burst']})" if limits["burst"] is not None else ""
+        parts.append(f"{cell(limits['rate_limit'])} calls/s{burst}")
+    return ", ".join(parts) or "-"
+
+
+def scale_summary(scale: dict[str, Any] | None) -> str | None:
+    """The leader's choice, e.g. ``3 replicas since 12:00:05 UTC: 9.5 in flight > 4 x 2``."""
+    if scale is None:
+        return None
+    since = time.strftime("%H:%M:%S UTC", time.gmtime(scale["changed"]))
+    return f"{scale['replicas']} replicas since {since}: {scale['reason']}"
+
+
+#: Load sample fields shown by name after calls/s and p99 (any other the gateways report
+#: is shown too, under its own name).
+LOAD_HIDDEN = ("time", "calls_per_s", "p50_s", "p99_s")
+
+
+def load_summary(load: dict[str, Any] | None) -> str | None:
+    """The latest load sample, e.g. ``12.5 calls/s, p99 35 ms, error_rate 0``."""
+    if load is None:
+        return None
+    parts = [f"{load['calls_per_s']:.3g} calls/s"]
+    if load["p99_s"] is not None:
+        parts.append(f"p99 {load['p99_s'] * 1000:.3g} ms")
+    parts += [
+        f"{key} {cell(value)}"
+        for key, value in load.items()
+        if key not in LOAD_HIDDEN and value is not None
+    ]
+    return ", ".join(parts)
 
 
 def _plugin_per_gateway(cli: Cli, record: dict[str, Any]) -> None:
@@ -253,7 +370,9 @@ def models_get(cli: Cli, args: argparse.Namespace) -> None:
 
 def models_create(cli: Cli, args: argparse.Namespace) -> None:
     body = _model_body(args, creating=True)
-    _cache_and_shadow(cli, args, body, None)
+    stored = _stored(cli, None)
+    _cache_and_shadow(args, body, stored)
+    _scaling_and_limits(args, body, stored)
     _show_model(cli, cli.api.call("POST", "/v1/models", json=body))
 
 
@@ -263,7 +382,9 @@ def models_update(cli: Cli, args: argparse.Namespace) -> None:
         body["clear_plugin"] = True
     if args.clear_constraints:
         body["constraints"] = {}
-    _cache_and_shadow(cli, args, body, args.name)
+    stored = _stored(cli, args.name)
+    _cache_and_shadow(args, body, stored)
+    _scaling_and_limits(args, body, stored)
     if not body:
         raise CliError("nothing to update: pass at least one option", 2)
     _show_model(cli, cli.api.call("PATCH", f"/v1/models/{args.name}", json=body))
@@ -396,6 +517,32 @@ def _cache_and_shadow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-shadow", action="store_true", help="turn shadow traffic off")
 
 
+def _scaling_and_limits_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-replicas", type=int, metavar="N", help="autoscale: at least N (0 ok)")
+    p.add_argument("--max-replicas", type=int, metavar="N", help="autoscale: at most N")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
+        "--target-in-flight", type=float, metavar="X", help="autoscale: calls in flight per replica"
+    )
+    target.add_argument(
+        "--target-calls-per-s", type=float, metavar="X", help="autoscale: calls/s per replica"
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, metavar="S", help="with --min-replicas 0: idle time to zero"
+    )
+    p.add_argument("--no-autoscale", action="store_true", help="fixed --replicas again")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="calls in flight per gateway")
+    p.add_argument("--rate-limit", type=float, metavar="R", help="calls/s per gateway")
+    p.add_argument("--burst", type=int, metavar="N", help="calls admitted at once (rate limit)")
+    p.add_argument("--no-limits", action="store_true", help="turn the limits off")
+    p.add_argument(
+        "--pinned",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never evicted to make room for other models",
+    )
+
+
 def _version_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--uri", help="artifact URI (file://, s3://, http(s)://, ...)")
@@ -413,10 +560,12 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("name")
     _model_options(p, creating=True)
     _cache_and_shadow_options(p)
+    _scaling_and_limits_options(p)
     p = mc.add("update", "change a model", models_update)
     p.add_argument("name")
     _model_options(p, creating=False)
     _cache_and_shadow_options(p)
+    _scaling_and_limits_options(p)
     p.add_argument("--clear-plugin", action="store_true")
     p.add_argument("--clear-constraints", action="store_true", help="place on any worker")
     p = mc.add(
@@ -429,7 +578,9 @@ def add_commands(commands: Commands) -> None:
         p = mc.add(state, help_, models_set_state)
         p.add_argument("name")
         p.set_defaults(state=state)
-    mc.add("status", "desired vs ready replicas", models_status).add_argument("name", nargs="?")
+    mc.add(
+        "status", "desired vs ready replicas, replicas wanted and why, load", models_status
+    ).add_argument("name", nargs="?")
     mc.add("delete", "delete a model and its versions", models_delete).add_argument("name")
     p = mc.add("traffic", "show or set traffic weights: traffic NAME 1=90 2=10", models_traffic)
     p.add_argument("name")

@@ -10,7 +10,7 @@ from manager_api.auth import require_role
 from manager_api.context import Caller, Ctx, Manager
 from manager_api.errors import PROBLEM_RESPONSES
 from manager_api.schemas import WorkerOut
-from manager_api.state import ClusterState
+from manager_api.state import ClusterState, worker_view
 from registry import layout
 from registry.errors import ConflictError, FailedPreconditionError, NotFoundError
 from registry.records import Gateway, WorkerSpec
@@ -32,6 +32,7 @@ def _workers_of(state: ClusterState) -> dict[str, WorkerOut]:
     for wid in sorted(set(state.workers) | set(state.assignments)):
         w = state.workers.get(wid)
         spec = state.specs.get(wid, WorkerSpec())
+        measured = worker_view(wid, w, spec) if w else None
         keys = sorted(f"{name}@{v}" for name, v in state.assignments.get(wid, {}))
         out[wid] = WorkerOut(
             worker_id=wid,
@@ -47,6 +48,11 @@ def _workers_of(state: ClusterState) -> dict[str, WorkerOut]:
             heartbeat=w.heartbeat if w else None,
             assignments=keys,
             models=dict(w.models) if w else {},
+            capacity_cpu=w.capacity_cpu if w else None,
+            usage=w.usage if w else None,
+            headroom=measured.headroom if measured else None,
+            model_usage=dict(w.model_usage) if w else {},
+            ooms=dict(w.ooms) if w else {},
         )
     return out
 

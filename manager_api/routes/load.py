@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
 from manager_api.auth import require_role
-from manager_api.context import Caller, Ctx
+from manager_api.context import Caller, Ctx, Tracker
 from manager_api.errors import PROBLEM_RESPONSES
-from manager_api.load import LoadTracker, ModelLoad
+from manager_api.load import ModelLoad
 from manager_api.routes.models import ModelName
 from registry import layout
 from registry.errors import NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["load"], responses=PROBLEM_RESPONSES)
-
-
-def get_tracker(request: Request) -> LoadTracker:
-    tracker: LoadTracker = request.app.state.load
-    return tracker
-
-
-Tracker = Annotated[LoadTracker, Depends(get_tracker)]
 
 
 @router.get(

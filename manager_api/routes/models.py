@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, File, Form, Header, Path, Request, Response, UploadFile, status
 
 from manager_api.auth import Principal, require_group, require_role
-from manager_api.context import Caller, Ctx, Manager
+from manager_api.context import Caller, Ctx, Manager, Tracker
 from manager_api.errors import PROBLEM_RESPONSES, BadUploadError
+from manager_api.load import LoadSample, ModelLoad
 from manager_api.schemas import (
     LabelsUpdate,
     ModelCreate,
@@ -106,6 +107,10 @@ def _parse_etag(if_match: str | None) -> int | None:
     return int(raw)
 
 
+#: Fields of a model update where null turns the setting off (others: null keeps it).
+NULLABLE = ("plugin", "sticky_header", "cache", "shadow", "autoscale", "limits")
+
+
 def modify_model(
     m: Manager,
     caller: Principal,
@@ -187,7 +192,7 @@ def update_model(
 
     def change(model: Model) -> Model:
         for key, value in fields.items():
-            if value is None and key not in ("plugin", "sticky_header", "cache", "shadow"):
+            if value is None and key not in NULLABLE:
                 continue
             setattr(model, key, value)
         if clear:
@@ -408,23 +413,35 @@ def set_labels(
 # -- status --------------------------------------------------------------------------------
 
 
-@router.get("/models/{name}/status", response_model=ModelStatus, summary="Replica status")
-def read_status(m: Ctx, caller: Caller, name: ModelName) -> ModelStatus:
+def _latest(loads: dict[str, ModelLoad], name: str) -> LoadSample | None:
+    load = loads.get(name)
+    return load.samples[-1] if load is not None and load.samples else None
+
+
+@router.get(
+    "/models/{name}/status",
+    response_model=ModelStatus,
+    summary="Replica status, the replicas wanted and why, and the current load",
+)
+def read_status(m: Ctx, caller: Caller, tracker: Tracker, name: ModelName) -> ModelStatus:
     require_role(caller, "viewer", "reading status")
     gateways = _gateways(m.registry)
+    load = _latest(tracker.models(), name)
     with m.view.read() as state:
         if name not in state.models:
             raise NotFoundError(f"model '{name}' does not exist")
         shortfalls = state.placement({name}).shortfalls
-        return model_status(state, state.models[name], shortfalls, gateways)
+        return model_status(state, state.models[name], shortfalls, gateways, load)
 
 
 @router.get("/status", response_model=list[ModelStatus], summary="Status of every model")
-def read_all_status(m: Ctx, caller: Caller) -> list[ModelStatus]:
+def read_all_status(m: Ctx, caller: Caller, tracker: Tracker) -> list[ModelStatus]:
     require_role(caller, "viewer", "reading status")
     gateways = _gateways(m.registry)
+    loads = tracker.models()
     state = m.view.copy()
     shortfalls = state.placement().shortfalls
     return [
-        model_status(state, mod, shortfalls, gateways) for _, mod in sorted(state.models.items())
+        model_status(state, mod, shortfalls, gateways, _latest(loads, name))
+        for name, mod in sorted(state.models.items())
     ]

@@ -17,11 +17,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from manager_api.context import Caller, Ctx
+from manager_api.context import Caller, Ctx, Tracker
 from manager_api.errors import ForbiddenError
 from manager_api.load import LoadSample
 from manager_api.routes import cluster, models, system
-from manager_api.routes.load import Tracker
 from registry.version import version
 
 HERE = Path(__file__).parent
@@ -115,7 +114,7 @@ def model_list(request: Request, m: Ctx, caller: Caller, tracker: Tracker) -> HT
     load = tracker.models()
     context = {
         "caller": caller,
-        "statuses": models.read_all_status(m, caller),
+        "statuses": models.read_all_status(m, caller, tracker),
         "charts": {name: charts(entry.samples, tracker.keep) for name, entry in load.items()},
         "no_load": charts([], tracker.keep),
         "window_s": round(tracker.keep * tracker.interval_s),

@@ -13,8 +13,17 @@ from fastapi.testclient import TestClient
 
 from manager_api.app import create_app
 from registry import Registry, layout
-from registry.records import Assignment, Model, Service, WorkerSpec
+from registry.records import (
+    Assignment,
+    Model,
+    OutOfMemory,
+    Scale,
+    Service,
+    Usage,
+    WorkerSpec,
+)
 from tests.manager_api.conftest import auth, settings_for, token_store
+from tests.servers.zk import wait_for
 
 PROBLEM = "application/problem+json"
 
@@ -271,7 +280,15 @@ def test_groups_and_services(client: TestClient, registry: Registry):
 
 
 def test_workers_admin(client: TestClient, registry: Registry, sim_workers):
-    sim_workers("w1:9200", labels={"gpu": "true"}, capacity_memory_mb=1000)
+    sim_workers(
+        "w1:9200",
+        labels={"gpu": "true"},
+        capacity_memory_mb=1000,
+        capacity_cpu=4.0,
+        usage=Usage(cpu=1.0, memory_mb=600.0),
+        model_usage={"m@1": Usage(cpu=0.5, memory_mb=200.0)},
+        ooms={"big@2": OutOfMemory(at=5.0, memory_mb=990.0, capacity_mb=1000)},
+    )
     registry.put(
         layout.assignment("gone", "m", 1),
         Assignment(model="m", version=1, backend="triton", artifact_uri="file:///m"),
@@ -279,6 +296,12 @@ def test_workers_admin(client: TestClient, registry: Registry, sim_workers):
     workers = {w["worker_id"]: w for w in client.get("/v1/workers", headers=auth("viewer")).json()}
     assert workers["w1:9200"]["registered"] and workers["w1:9200"]["labels"] == {"gpu": "true"}
     assert not workers["gone"]["registered"] and workers["gone"]["assignments"] == ["m@1"]
+    w1 = workers["w1:9200"]
+    assert w1["usage"] == {"cpu": 1.0, "memory_mb": 600.0} and w1["capacity_cpu"] == 4.0
+    assert w1["headroom"] == pytest.approx(0.4)  # memory: 60 % used, CPU: 25 %
+    assert w1["model_usage"] == {"m@1": {"cpu": 0.5, "memory_mb": 200.0}}
+    assert w1["ooms"] == {"big@2": {"at": 5.0, "memory_mb": 990.0, "capacity_mb": 1000.0}}
+    assert workers["gone"]["headroom"] is None and workers["gone"]["usage"] is None
 
     r = client.post("/v1/workers/w1:9200:cordon", headers=auth("admin"))
     assert r.status_code == 200, r.text
@@ -309,6 +332,97 @@ def test_status_explains_shortfall(client: TestClient, sim_workers):
     )
     all_status = client.get("/v1/status", headers=auth("viewer")).json()
     assert [s["name"] for s in all_status] == ["m1"]
+
+
+def test_autoscale_limits_and_pinned_are_set_shown_and_turned_off(
+    client: TestClient, registry: Registry
+):
+    autoscale = {"min_replicas": 0, "max_replicas": 3, "target_in_flight": 4, "idle_seconds": 60}
+    limits = {"max_concurrency": 8, "rate_limit": 100, "burst": 20}
+    r = create_model(client, autoscale=autoscale, limits=limits, pinned=True)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["autoscale"] == {**autoscale, "target_calls_per_s": None}
+    assert out["limits"] == limits and out["pinned"] is True
+    stored = registry.get(layout.model("m1"), Model)[0]
+    assert stored.autoscale is not None and stored.autoscale.max_replicas == 3
+    assert stored.limits is not None and stored.limits.burst == 20 and stored.pinned
+
+    # PATCH replaces a setting as a whole; null turns it off; omitted fields stay
+    patch = {"autoscale": {"max_replicas": 2, "target_calls_per_s": 50}, "pinned": False}
+    out = client.patch("/v1/models/m1", json=patch, headers=auth("admin")).json()
+    assert out["autoscale"]["max_replicas"] == 2 and out["autoscale"]["min_replicas"] == 1
+    assert out["autoscale"]["target_in_flight"] is None
+    assert out["limits"] == limits and out["pinned"] is False
+    out = client.patch("/v1/models/m1", json={"limits": None}, headers=auth("admin")).json()
+    assert out["limits"] is None and out["autoscale"] is not None
+    assert registry.get(layout.model("m1"), Model)[0].limits is None
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"autoscale": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas 3 is above"),
+        (
+            {"autoscale": {"target_in_flight": 1, "target_calls_per_s": 1}},
+            "set target_in_flight or target_calls_per_s, not both",
+        ),
+        ({"autoscale": {"max_replicas": 3, "replicas": 2}}, "autoscale.replicas"),
+        ({"autoscale": {"idle_seconds": 0}}, "autoscale.idle_seconds"),
+        ({"limits": {"rate_limit": -1}}, "limits.rate_limit"),
+        ({"limits": {"max_concurrency": 0}}, "limits.max_concurrency"),
+        ({"pinned": "often"}, "pinned"),
+    ],
+)
+def test_autoscale_and_limits_validation(client: TestClient, body: dict, needle: str):
+    detail = problem(create_model(client, **body), 422)["detail"]
+    assert needle in detail
+    assert client.get("/v1/models/m1", headers=auth("viewer")).status_code == 404
+    assert create_model(client).status_code == 201
+    detail = problem(client.patch("/v1/models/m1", json=body, headers=auth("admin")), 422)
+    assert needle in detail["detail"]
+    assert client.get("/v1/models/m1", headers=auth("viewer")).json()["autoscale"] is None
+
+
+def test_status_shows_the_replicas_wanted_and_why(client: TestClient, registry: Registry):
+    autoscale = {"min_replicas": 2, "max_replicas": 4, "target_in_flight": 2}
+    create_model(client, replicas=1, autoscale=autoscale)
+    client.post("/v1/models/m1/versions", json={"artifact_uri": "file:///m"}, headers=auth("admin"))
+    status = client.get("/v1/models/m1/status", headers=auth("viewer")).json()
+    # before the leader chose: replicas within the bounds
+    assert status["desired"] == 2 and status["versions"][0]["desired"] == 2
+    assert status["scale"] is None and status["load"] is None
+    assert status["autoscale"]["max_replicas"] == 4
+    registry.put(
+        layout.scale("m1"),
+        Scale(model="m1", replicas=3, reason="5.2 in flight > 2 per replica x 2", changed=100.0),
+    )
+    status = wait_for(
+        lambda: (
+            s
+            if (s := client.get("/v1/models/m1/status", headers=auth("viewer")).json())["scale"]
+            else None
+        ),
+        timeout=20,
+        what="the leader's choice in the status",
+    )
+    assert status["desired"] == 3 and status["replicas"] == 1
+    assert status["scale"]["reason"] == "5.2 in flight > 2 per replica x 2"
+    assert status["scale"]["changed"] == 100.0
+    assert "0/3 placed" in status["versions"][0]["message"]
+    registry.put(layout.scale("m1"), Scale(model="m1", replicas=0, reason="idle for 300 s"))
+    status = wait_for(
+        lambda: (
+            s
+            if (s := client.get("/v1/models/m1/status", headers=auth("viewer")).json())["desired"]
+            == 0
+            else None
+        ),
+        timeout=20,
+        what="the model scaled to zero in the status",
+    )
+    assert status["versions"][0]["message"] == "scaled to zero (loads on a call)"
+    assert status["scale"]["reason"] == "idle for 300 s"
 
 
 def test_gateways_list(client: TestClient, registry: Registry):

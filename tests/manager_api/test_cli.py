@@ -20,9 +20,12 @@ from registry.records import (
     Gateway,
     GatewayPluginStatus,
     Model,
+    OutOfMemory,
     ResponseCache,
+    Scale,
     Shadow,
     Tolerance,
+    Usage,
 )
 from tests.gateway.conftest import (
     ADD_ONE,
@@ -127,6 +130,98 @@ def test_models_flow_with_tables_and_json(mg, registry: Registry, sim_workers, t
     mg("versions", "label", "digits", "2", "canary")
     versions = json.loads(mg("versions", "list", "digits", "--json").stdout)
     assert [v["labels"] for v in versions] == [["stable"], ["canary"]]
+
+
+def test_autoscale_limits_and_pinned_options(mg, registry: Registry, sim_workers):
+    created = mg(
+        "models",
+        "create",
+        "hot",
+        "--backend",
+        "triton",
+        "--min-replicas",
+        "0",
+        "--max-replicas",
+        "3",
+        "--target-in-flight",
+        "4",
+        "--idle-seconds",
+        "60",
+        "--max-concurrency",
+        "8",
+        "--rate-limit",
+        "100",
+        "--burst",
+        "20",
+        "--pinned",
+    ).stdout
+    assert "0-3 replicas, 4 in flight per replica, to zero after 60s idle" in created
+    assert "8 in flight, 100 calls/s (burst 20)" in created
+    model = registry.get(layout.model("hot"), Model)[0]
+    assert model.autoscale is not None and model.autoscale.idle_seconds == 60
+    assert model.limits is not None and model.limits.rate_limit == 100 and model.pinned
+
+    # one option merges into the stored setting; a new target replaces the old one
+    mg(
+        "models",
+        "update",
+        "hot",
+        "--max-replicas",
+        "5",
+        "--target-calls-per-s",
+        "50",
+        "--no-pinned",
+    )
+    model = registry.get(layout.model("hot"), Model)[0]
+    assert model.autoscale is not None
+    assert (model.autoscale.min_replicas, model.autoscale.max_replicas) == (0, 5)
+    assert (model.autoscale.target_in_flight, model.autoscale.target_calls_per_s) == (None, 50)
+    assert model.limits is not None and model.limits.burst == 20 and not model.pinned
+
+    proc = mg("models", "update", "hot", "--no-limits", "--burst", "3", check=False)
+    assert proc.returncode == 2 and "--no-limits turns limits off: drop --burst" in proc.stderr
+    proc = mg("models", "update", "hot", "--min-replicas", "9", check=False)
+    assert proc.returncode == 1 and "min_replicas 9 is above max_replicas 5" in proc.stderr
+    proc = mg(
+        "models", "create", "x", "--backend", "triton", "--target-in-flight", "1",
+        "--target-calls-per-s", "1", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    mg("models", "update", "hot", "--no-limits", "--no-autoscale")
+    model = registry.get(layout.model("hot"), Model)[0]
+    assert model.autoscale is None and model.limits is None
+
+    mg("models", "update", "hot", "--min-replicas", "1", "--max-replicas", "2")
+    mg("versions", "create", "hot", "--uri", "file:///models/hot/1")
+    registry.put(layout.scale("hot"), Scale(model="hot", replicas=2, reason="busy", changed=0.0))
+    wait_for(
+        lambda: json.loads(mg("models", "status", "hot", "--json").stdout)["scale"],
+        timeout=20,
+        what="the leader's choice in the status",
+    )
+    text = mg("models", "status", "hot").stdout
+    assert "2 replicas since 00:00:00 UTC: busy" in text
+    assert "1-2 replicas" in text
+    table = mg("models", "status").stdout.splitlines()
+    assert table[0].split()[:5] == ["MODEL", "STATE", "READY", "DESIRED", "LOAD"]
+
+    sim_workers(
+        "w1",
+        capacity_cpu=4.0,
+        capacity_memory_mb=2048,
+        usage=Usage(cpu=1.5, memory_mb=1536.0),
+        ooms={"hot@1": OutOfMemory(memory_mb=2040.0, capacity_mb=2048)},
+    )
+    sim_workers("w2")
+    wait_for(
+        lambda: len(json.loads(mg("workers", "list", "--json").stdout)) == 2,
+        timeout=20,
+        what="both workers listed",
+    )
+    rows = {line.split()[0]: line for line in mg("workers", "list").stdout.splitlines()}
+    assert "CPU" in rows["WORKER"] and "HEADROOM" in rows["WORKER"]
+    assert "1.5/4 cores" in rows["w1"] and "1.54e+03/2048 MiB" not in rows["w1"]
+    assert "1536/2048 MiB" in rows["w1"] and "25%" in rows["w1"] and "hot@1" in rows["w1"]
 
 
 def test_errors_exit_non_zero_with_the_servers_message(mg):

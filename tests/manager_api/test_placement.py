@@ -104,17 +104,24 @@ def test_spreads_models_over_workers_by_assignment_count():
 
 def reference_place(demands, workers, current, ready=None):
     """The straightforward placement (a scan of every worker per replica): the oracle that the
-    heap-based ``place`` must agree with."""
+    heap-based ``place`` must agree with (without rebalance)."""
     live = {w.worker_id: w for w in workers}
     ready_on = {k: set(v) for k, v in (ready or {}).items()}
     demand_list = sorted(demands, key=lambda d: d.key)
-    memory = {d.key: d.memory_mb for d in demand_list}
+    by_key = {d.key: d for d in demand_list}
     desired = {w: set() for w in live}
     used = dict.fromkeys(live, 0)
+    cpu = {wid: w.cpu_used or 0.0 for wid, w in live.items()}
     holders_now = {}
     for worker_id, keys in current.items():
         for key in keys:
             holders_now.setdefault(key, []).append(worker_id)
+    extra = dict.fromkeys(live, 0.0)
+    for wid, wk in live.items():
+        now = [by_key[k] for k in current.get(wid, ()) if k in by_key]
+        if wk.memory_used_mb is not None:
+            extra[wid] = max(wk.memory_used_mb - sum(dm.memory_mb for dm in now), 0.0)
+        cpu[wid] = max(cpu[wid] - sum(dm.cpu for dm in now), 0.0)
 
     def matches(w, d):
         return w.backend == d.backend and all(
@@ -123,19 +130,40 @@ def reference_place(demands, workers, current, ready=None):
 
     def assign(worker_id, key):
         desired[worker_id].add(key)
-        used[worker_id] += memory.get(key, 0)
+        used[worker_id] += by_key[key].memory_mb if key in by_key else 0
+        cpu[worker_id] += by_key[key].cpu if key in by_key else 0.0
 
+    def load(w):
+        mem_cap, cpu_cap = w.capacity_memory_mb, w.capacity_cpu
+        memory = (used[w.worker_id] + extra[w.worker_id]) / mem_cap if mem_cap else 0.0
+        return max(memory, cpu[w.worker_id] / cpu_cap if cpu_cap else 0.0)
+
+    surplus = []
     for d in demand_list:
-        keep = [live[w] for w in holders_now.get(d.key, []) if w in live and not live[w].draining]
-        keep = sorted((w for w in keep if matches(w, d)), key=lambda w: (w.cordoned, w.worker_id))
-        for w in keep[: d.replicas]:
+        keep = [
+            live[w]
+            for w in holders_now.get(d.key, [])
+            if w in live and not live[w].draining and d.key not in live[w].avoid
+        ]
+        keep = [w for w in keep if matches(w, d)]
+        if len(keep) > d.replicas:
+            surplus.append((d, keep))
+            continue
+        for w in keep:
+            assign(w.worker_id, d.key)
+    for d, keep in surplus:
+        order = sorted(keep, key=lambda w: (w.cordoned, load(w), w.worker_id))
+        ready_here = ready_on.get(d.key, set())
+        kept = order[: d.replicas]
+        ready_all = sum(w.worker_id in ready_here for w in keep)
+        while sum(w.worker_id in ready_here for w in kept) < min(d.replicas, ready_all):
+            kept.append(next(w for w in order if w not in kept and w.worker_id in ready_here))
+        for w in kept:
             assign(w.worker_id, d.key)
 
     def load_key(w, model):
-        cap = w.capacity_memory_mb
         same = sum(1 for m, _ in desired[w.worker_id] if m == model)
-        share = used[w.worker_id] / cap if cap else 0.0
-        return (share, len(desired[w.worker_id]), same, w.worker_id)
+        return (load(w), len(desired[w.worker_id]), same, w.worker_id)
 
     placed_short = set()
     for d in demand_list:
@@ -147,9 +175,10 @@ def reference_place(demands, workers, current, ready=None):
                 if w.usable
                 and matches(w, d)
                 and w.worker_id not in holders
+                and d.key not in w.avoid
                 and (
                     w.capacity_memory_mb is None
-                    or used[w.worker_id] + d.memory_mb <= w.capacity_memory_mb
+                    or used[w.worker_id] + extra[w.worker_id] + d.memory_mb <= w.capacity_memory_mb
                 )
             ]
             if not candidates:
@@ -171,18 +200,25 @@ def reference_place(demands, workers, current, ready=None):
 @pytest.mark.parametrize("seed", range(30))
 def test_agrees_with_a_scan_of_every_worker_per_replica(seed: int):
     rnd = random.Random(seed)
-    workers = [
-        w(
-            f"w{i}",
-            rnd.choice(["triton", "triton", "tfserving"]),
-            labels=rnd.choice([{}, {"zone": "a"}, {"zone": "b", "gpu": "true"}]),
-            capacity_memory_mb=rnd.choice([None, 300, 1000]),
-            ready=rnd.random() > 0.1,
-            cordoned=rnd.random() < 0.15,
-            draining=rnd.random() < 0.1,
+    keys = [(f"m{i % 7}", 1 + i // 7) for i in range(25)]
+    workers = []
+    for i in range(rnd.randint(1, 12)):
+        capacity = rnd.choice([None, 300, 1000])
+        workers.append(
+            w(
+                f"w{i}",
+                rnd.choice(["triton", "triton", "tfserving"]),
+                labels=rnd.choice([{}, {"zone": "a"}, {"zone": "b", "gpu": "true"}]),
+                capacity_memory_mb=capacity,
+                ready=rnd.random() > 0.1,
+                cordoned=rnd.random() < 0.15,
+                draining=rnd.random() < 0.1,
+                capacity_cpu=rnd.choice([None, 2.0, 8.0]),
+                cpu_used=rnd.choice([None, 0.5, 1.5]),
+                memory_used_mb=rnd.choice([None, 100.0, 600.0]) if capacity else None,
+                avoid=frozenset(rnd.sample(keys, rnd.choice([0, 0, 1, 2]))),
+            )
         )
-        for i in range(rnd.randint(1, 12))
-    ]
     demands = [
         d(
             f"m{i % 7}",
@@ -191,6 +227,7 @@ def test_agrees_with_a_scan_of_every_worker_per_replica(seed: int):
             backend=rnd.choice(["triton", "triton", "tfserving"]),
             constraints=rnd.choice([{}, {}, {"zone": "a"}, {"gpu": "true"}]),
             memory_mb=rnd.choice([0, 0, 50, 200]),
+            cpu=rnd.choice([0.0, 0.25]),
         )
         for i in range(rnd.randint(1, 25))
     ]
@@ -200,7 +237,114 @@ def test_agrees_with_a_scan_of_every_worker_per_replica(seed: int):
         for wk in [*workers, w("dead")]
     }
     ready = {k: {wk.worker_id for wk in workers if rnd.random() < 0.3} for k in keys}
-    plan = place(demands, workers, current, ready=ready)
+    plan = place(demands, workers, current, ready=ready, rebalance_drift=None)
     desired, short = reference_place(demands, workers, current, ready=ready)
     assert plan.desired == desired
     assert set(plan.shortfalls) == short
+
+
+def test_most_headroom_first_by_measured_cpu_and_memory():
+    workers = [
+        w("busy-cpu", capacity_cpu=4.0, cpu_used=3.0, capacity_memory_mb=1000),
+        w("busy-memory", capacity_memory_mb=1000, memory_used_mb=700.0),
+        w("calm", capacity_cpu=4.0, cpu_used=1.0, capacity_memory_mb=1000, memory_used_mb=200.0),
+    ]
+    assert place([d()], workers, {}).holders(("m", 1)) == {"calm"}
+    # the second replica goes where the larger share is smaller: 70 % memory < 75 % CPU
+    assert place([d(replicas=2)], workers, {}).holders(("m", 1)) == {"calm", "busy-memory"}
+
+
+def test_measured_memory_beats_declared_when_it_is_more():
+    # 100 MiB declared on a, but its server was measured at 900 of 1000 MiB
+    workers = [
+        w("a", capacity_memory_mb=1000, memory_used_mb=900.0),
+        w("b", capacity_memory_mb=1000),
+    ]
+    current = {"a": {("x", 1)}, "b": {("y", 1)}, "c": set()}
+    demands = [d("x", memory_mb=100), d("y", memory_mb=300), d("m", memory_mb=150)]
+    plan = place(demands, workers, current)
+    assert plan.holders(("m", 1)) == {"b"}  # a has 100 MiB free, not 900
+    short = place([*demands[:2], d("m", replicas=2, memory_mb=150)], workers, current)
+    assert short.holders(("m", 1)) == {"b"}
+    assert short.shortfalls[("m", 1)].memory_bound
+    # measured less than declared: the declared sizes count
+    low = [w("a", capacity_memory_mb=1000, memory_used_mb=10.0), w("b", capacity_memory_mb=1000)]
+    plan = place([d("x", memory_mb=950), d("m", memory_mb=100)], low, {"a": {("x", 1)}})
+    assert plan.holders(("m", 1)) == {"b"}
+
+
+def test_a_copy_that_ran_a_worker_out_of_memory_goes_elsewhere():
+    workers = [w("a", avoid=frozenset({("m", 1)})), w("b", cpu_used=1.0, capacity_cpu=2.0)]
+    # never placed there, even though a has more headroom; an existing assignment moves
+    assert place([d()], workers, {}).holders(("m", 1)) == {"b"}
+    assert place([d()], workers, {"a": {("m", 1)}}).desired == {"b": {("m", 1)}}
+    # another version of the model is fine there
+    assert place([d(version=2)], workers, {}).holders(("m", 2)) == {"a"}
+    short = place([d(replicas=2)], workers, {}).shortfalls[("m", 1)]
+    assert str(short) == (
+        "1/2 placed: the model server on a ran out of memory with m@1 loaded "
+        "(not placed there again)"
+    )
+    assert not short.memory_bound
+
+
+def test_memory_bound_only_when_memory_alone_stopped_it():
+    full = [w("a", capacity_memory_mb=100), w("b", capacity_memory_mb=100)]
+    short = place([d(memory_mb=200)], full, {}).shortfalls[("m", 1)]
+    assert short.memory_bound
+    assert (
+        short.reason
+        == "not enough free memory for 200 MiB per replica on the 2 remaining triton worker(s)"
+    )
+    # one worker full, the other avoided: evicting on the full one would make room
+    mixed = [w("a", capacity_memory_mb=100), w("b", avoid=frozenset({("m", 1)}))]
+    short = place([d(memory_mb=200)], mixed, {}).shortfalls[("m", 1)]
+    assert short.memory_bound
+    assert short.reason.endswith(
+        "; the model server on b ran out of memory with m@1 loaded (not placed there again)"
+    )
+    for reason_not_memory in (
+        place([d(replicas=3)], [w("a"), w("b")], {}),
+        place([d(constraints={"zone": "x"})], full, {}),
+        place([d()], [w("a", cordoned=True)], {}),
+    ):
+        assert not reason_not_memory.shortfalls[("m", 1)].memory_bound
+
+
+def drifted(a_cpu: float) -> list[WorkerView]:
+    return [
+        w("a", capacity_cpu=4.0, cpu_used=a_cpu, capacity_memory_mb=1000, memory_used_mb=100.0),
+        w("b", capacity_cpu=4.0, cpu_used=0.4, capacity_memory_mb=1000, memory_used_mb=100.0),
+    ]
+
+
+def test_rebalance_adds_on_the_least_loaded_then_removes_once_ready():
+    demands = [d("x", cpu=0.8), d("y", cpu=0.4), d("z")]
+    current = {"a": {("x", 1), ("y", 1)}, "b": {("z", 1)}}
+    ready = {("x", 1): {"a"}, ("y", 1): {"a"}, ("z", 1): {"b"}}
+    # a is at 90 % CPU, b at 10 %: x (the move that lowers a most without making b the
+    # busier one) is added on b first, nothing is removed
+    plan = place(demands, drifted(3.6), current, ready=ready)
+    assert plan.desired == {"a": {("x", 1), ("y", 1)}, "b": {("x", 1), ("z", 1)}}
+    # while x loads on b, a keeps it and no other move starts
+    moving = place(demands, drifted(3.6), plan.desired, ready=ready)
+    assert moving.desired == plan.desired
+    # once x is READY on b, a's copy goes
+    ready[("x", 1)] = {"a", "b"}
+    done = place(demands, drifted(3.6), plan.desired, ready=ready)
+    assert done.desired == {"a": {("y", 1)}, "b": {("x", 1), ("z", 1)}}
+
+
+def test_no_rebalance_below_the_drift_or_when_a_move_would_invert_it():
+    demands = [d("x", cpu=0.8), d("z")]
+    current = {"a": {("x", 1)}, "b": {("z", 1)}}
+    ready = {("x", 1): {"a"}, ("z", 1): {"b"}}
+    assert place(demands, drifted(1.2), current, ready=ready).desired == current  # 30 % vs 10 %
+    # a at 90 %, but its only copy uses 3 cores: moving it would leave b the busier one
+    hot = [d("x", cpu=3.0), d("z")]
+    assert place(hot, drifted(3.6), current, ready=ready).desired == current
+    # not while the copy is still loading (not READY) on the busy worker
+    assert place(demands, drifted(3.6), current, ready={("z", 1): {"b"}}).desired == current
+    assert (
+        place(demands, drifted(3.6), current, ready=ready, rebalance_drift=None).desired == current
+    )

@@ -4,6 +4,7 @@ changed models must plan what a full pass plans."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 
@@ -17,8 +18,10 @@ from registry.records import (
     Model,
     ModelHealth,
     ModelVersion,
+    OutOfMemory,
     Record,
     Route,
+    Usage,
     Worker,
     WorkerSpec,
 )
@@ -204,6 +207,77 @@ def test_heartbeats_and_health_do_not_mark_a_worker_changed_but_labels_do():
     assert state.views["a"].draining
 
 
+def test_measured_usage_marks_a_worker_changed_only_past_a_step_of_its_capacity():
+    state = ClusterState()
+    measured = {"capacity_cpu": 4.0, "capacity_memory_mb": 1000}
+    node(state, layout.worker("a"), worker("a", **measured, usage=Usage(cpu=1.0, memory_mb=500)))
+    assert state.take_changed() == (set(), {"a"})
+    # within 10 % of the capacity (0.4 cores, 100 MiB) of what placement last took in
+    for cpu, memory in ((1.3, 550.0), (0.7, 420.0), (1.35, 590.0)):
+        usage = Usage(cpu=cpu, memory_mb=memory)
+        node(state, layout.worker("a"), worker("a", **measured, usage=usage, heartbeat=cpu))
+        assert state.take_changed() == (set(), set())
+    assert (state.views["a"].cpu_used, state.views["a"].memory_used_mb) == (1.0, 500.0)
+    node(state, layout.worker("a"), worker("a", **measured, usage=Usage(cpu=1.5, memory_mb=500)))
+    assert state.take_changed() == (set(), {"a"})
+    assert state.views["a"].cpu_used == 1.5
+    node(state, layout.worker("a"), worker("a", **measured, usage=Usage(cpu=1.5, memory_mb=620)))
+    assert state.take_changed() == (set(), {"a"})
+    assert state.views["a"].memory_used_mb == 620
+    # without a capacity a measurement compares with nothing: placement does not see it
+    node(state, layout.worker("b"), worker("b", usage=Usage(cpu=3.0, memory_mb=5000)))
+    assert (state.views["b"].cpu_used, state.views["b"].memory_used_mb) == (None, None)
+    state.take_changed()
+    # an out-of-memory record: placement avoids that copy there
+    oom = {"m@2": OutOfMemory(memory_mb=990, capacity_mb=1000)}
+    node(
+        state,
+        layout.worker("a"),
+        worker("a", **measured, usage=Usage(cpu=1.5, memory_mb=620), ooms=oom),
+    )
+    assert state.take_changed() == (set(), {"a"})
+    assert state.views["a"].avoid == {("m", 2)}
+
+
+def test_a_copys_measured_size_counts_where_it_is_more_than_declared():
+    state = ClusterState()
+    node(state, layout.model("m"), Model(name="m", backend="triton", memory_mb=100))
+    node(state, layout.version("m", 1), ModelVersion(version=1, artifact_uri="file:///m"))
+    node(state, layout.worker("a"), worker("a", capacity_memory_mb=1000))
+    node(state, layout.worker("b"), worker("b", capacity_memory_mb=1000))
+    node(
+        state,
+        layout.assignment("a", "m", 1),
+        Assignment(model="m", version=1, backend="triton", artifact_uri="file:///m"),
+    )
+    state.take_changed()
+    assert state.memory_used["a"] == 100 and state.demands_of(state.models["m"])[0].memory_mb == 100
+
+    def measure(wid: str, memory_mb: float, cpu: float = 0.25) -> tuple[set[str], set[str]]:
+        usage = {"m@1": Usage(cpu=cpu, memory_mb=memory_mb)}
+        node(state, layout.worker(wid), worker(wid, capacity_memory_mb=1000, model_usage=usage))
+        return state.take_changed()
+
+    assert measure("a", 249.2) == ({"m"}, set())
+    demand = state.demands_of(state.models["m"])[0]
+    assert (demand.memory_mb, demand.cpu) == (250, 0.25)
+    assert state.memory_used["a"] == 250
+    # the largest seen anywhere counts; growth within 10 % changes nothing
+    assert measure("b", 200.0) == (set(), set())
+    assert measure("a", 270.0, cpu=0.5) == (set(), set())
+    assert state.demands_of(state.models["m"])[0] == dataclasses.replace(demand, cpu=0.5)
+    assert measure("b", 300.0) == ({"m"}, set())
+    assert state.memory_used["a"] == 300 and "b" not in state.memory_used
+    # a declared size above the measured one counts instead
+    node(state, layout.model("m"), Model(name="m", backend="triton", memory_mb=400))
+    assert state.memory_used["a"] == 400
+    # the measurements go with the model
+    node(state, layout.model("m"), None)
+    assert state.model_sizes == {} and state.model_cpu == {} and state.memory_used["a"] == 0
+    placement = state.copy()
+    assert placement.model_sizes == state.model_sizes
+
+
 def apply_pass(state: ClusterState, names: set[str]) -> None:
     """Plan the models ``names`` and write the result into ``state`` (as the view would)."""
     for path, rec in plan_pass(state, names).writes.items():
@@ -234,7 +308,16 @@ def fleet(models: int, workers: int) -> ClusterState:
 
 @pytest.mark.parametrize(
     "change",
-    ["kill_worker", "add_worker", "scale_up", "drain", "new_model", "delete_model", "offline"],
+    [
+        "kill_worker",
+        "add_worker",
+        "scale_up",
+        "drain",
+        "new_model",
+        "delete_model",
+        "offline",
+        "busy_worker",
+    ],
 )
 def test_a_pass_over_what_changed_plans_what_a_full_pass_plans(change: str):
     state = fleet(models=40, workers=8)
@@ -260,6 +343,20 @@ def test_a_pass_over_what_changed_plans_what_a_full_pass_plans(change: str):
         node(state, layout.model("m7"), None)
     elif change == "offline":
         node(state, layout.model("m9"), Model(name="m9", backend="triton", state="offline"))
+    elif change == "busy_worker":  # measured far busier than the others: one copy moves
+        for wid, keys in state.assignments.items():
+            for model, v in keys:
+                route = Route(
+                    model=model, version=v, worker_id=wid, address="x:1", protocol="kserve"
+                )
+                node(state, layout.route(model, v, wid), route)
+        state.take_changed()
+        usage = Usage(cpu=3.8, memory_mb=900)
+        node(
+            state,
+            layout.worker("w2"),
+            worker("w2", capacity_memory_mb=10_000, capacity_cpu=4.0, usage=usage),
+        )
     models, workers = state.take_changed()
     names = affected(state, Changes(models, workers, resynced=False), short)
     incremental = plan_pass(state, names)

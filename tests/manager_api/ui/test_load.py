@@ -110,6 +110,12 @@ def test_load_of_real_calls_through_a_gateway(console: Console) -> None:
         lambda: any(s["error_rate"] > 0 for s in newest()["samples"]), what="a sample with errors"
     )
 
+    # the model's status carries its latest sample; a model without calls has none
+    status = console.admin.get(f"/v1/models/{ADD_ONE}/status").raise_for_status().json()
+    assert status["load"] == newest()["samples"][-1] or status["load"]["time"] > busy[0]["time"]
+    idle_status = console.admin.get(f"/v1/models/{IDLE}/status").raise_for_status().json()
+    assert idle_status["load"] is None
+
     every = httpx.get(f"{console.url}/v1/load", headers=auth("viewer")).raise_for_status().json()
     assert ADD_ONE in {entry["model"] for entry in every}
     idle = httpx.get(f"{console.url}/v1/models/{IDLE}/load", headers=auth("viewer"))
