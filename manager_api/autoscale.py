@@ -17,8 +17,9 @@ for each model with ``autoscale``, kept in ``/scale/<model>`` with a reason.
   pinned, no call for ``evict_idle_s``), the fewest that make it fit; if no such set makes it
   fit, nothing is evicted.
 
-Free memory here is what placement counts: a worker's declared capacity minus the declared
-memory of the models assigned to it.
+Free memory here is what placement counts: a worker's capacity minus the larger of the
+sizes of the copies assigned to it (a copy's size: the larger of declared and measured,
+``ClusterState.memory_of``) and the memory its model server was measured to use.
 
 :class:`Autoscaler` drives it from the reconcile leader's thread (never the API's): a tick
 every ``interval_s``, and at the next pass when a gateway asks for a wake or a model became
@@ -223,17 +224,17 @@ class _Room:
     some models' copies are gone (``free``: MiB free per worker now)."""
 
     state: ClusterState
-    free: Mapping[str, int]
+    free: Mapping[str, float]
     workers: list[str]
     memory_mb: int
     replicas: int
 
-    def after(self, victims: Iterable[str]) -> dict[str, int]:
+    def after(self, victims: Iterable[str]) -> dict[str, float]:
         room = dict(self.free)
         for name in victims:
             for wid, keys in self.state.assigned([name]).items():
                 if wid in room:
-                    room[wid] += len(keys) * self.state.models[name].memory_mb
+                    room[wid] += len(keys) * self.state.memory_of(name)
         return room
 
     def fits(self, victims: Iterable[str]) -> bool:
@@ -278,7 +279,8 @@ def _evict(
         and _last_used(state, name, plan, loads, now) <= now - policy.evict_idle_s
     )
     now_free = {
-        wid: view.capacity_memory_mb - state.memory_used.get(wid, 0)
+        wid: view.capacity_memory_mb
+        - max(state.memory_used.get(wid, 0), view.memory_used_mb or 0.0)
         for wid, view in state.views.items()
         if view.usable and view.capacity_memory_mb is not None
     }
@@ -298,7 +300,7 @@ def _evict(
         ]
         missing = shortfall.wanted - shortfall.placed
 
-        room = _Room(state, free, eligible, model.memory_mb, missing)
+        room = _Room(state, free, eligible, state.memory_of(model.name), missing)
         # least recently used first until it fits, then keep the most recently used of those
         # that turn out not to be needed
         chosen: list[str] = []

@@ -21,6 +21,7 @@ from registry.records import (
     ModelVersion,
     Record,
     Scale,
+    Usage,
     Wake,
     Worker,
 )
@@ -259,14 +260,22 @@ def test_the_choice_of_a_model_no_longer_autoscaled_is_deleted() -> None:
 # -- eviction ------------------------------------------------------------------------------
 
 
-def fleet(state: ClusterState, holds: dict[str, list[str]], capacity_mb: int = 100) -> None:
-    """Workers of ``capacity_mb`` holding version 1 of the given models."""
+def fleet(
+    state: ClusterState,
+    holds: dict[str, list[str]],
+    capacity_mb: int = 100,
+    measured_mb: dict[str, float] | None = None,
+) -> None:
+    """Workers of ``capacity_mb`` holding version 1 of the given models; ``measured_mb``: the
+    memory some workers' model servers were measured to use."""
     for wid, names in holds.items():
+        used = (measured_mb or {}).get(wid)
         put(
             state,
             layout.worker(wid),
             Worker(worker_id=wid, host="h", backend="triton", address="h:1",
-                   capacity_memory_mb=capacity_mb),
+                   capacity_memory_mb=capacity_mb,
+                   usage=Usage(cpu=0.1, memory_mb=used) if used is not None else None),
         )  # fmt: skip
         for name in names:
             put(
@@ -276,7 +285,9 @@ def fleet(state: ClusterState, holds: dict[str, list[str]], capacity_mb: int = 1
             )
 
 
-def density(state: ClusterState, new_memory_mb: int = 40) -> dict:
+def density(
+    state: ClusterState, new_memory_mb: int = 40, measured_mb: dict[str, float] | None = None
+) -> dict:
     """a, b on w1 and c, d on w2 (40 MiB each, min_replicas 0, idle); ``e`` woken and short
     of memory. Least recently used: b, then c, then a, then d."""
     for name, last in (("a", NOW - 100), ("b", NOW - 500), ("c", NOW - 300), ("d", NOW - 50)):
@@ -284,7 +295,7 @@ def density(state: ClusterState, new_memory_mb: int = 40) -> dict:
             state, name, replicas=1, min_replicas=0, memory_mb=40, last_call=last, idle_seconds=3600
         )
     autoscaled(state, "e", replicas=1, changed=NOW - 1, min_replicas=0, memory_mb=new_memory_mb)
-    fleet(state, {"w1": ["a", "b"], "w2": ["c", "d"]})
+    fleet(state, {"w1": ["a", "b"], "w2": ["c", "d"]}, measured_mb=measured_mb)
     return {("e", 1): Shortfall(0, 1, "not enough free memory", memory_bound=True)}
 
 
@@ -308,6 +319,18 @@ def test_only_the_least_recently_used_copies_needed_are_evicted() -> None:
     short = density(state, new_memory_mb=70)  # needs a whole worker: a and b (w1), not c
 
     assert replicas(run(state, shortfalls=short)) == {"b": 0, "a": 0}
+
+
+def test_memory_measured_beyond_the_copies_sizes_counts_as_placement_counts_it() -> None:
+    declared = ClusterState()
+    measured = ClusterState()
+    short = density(declared, new_memory_mb=50)
+    density(measured, new_memory_mb=50, measured_mb={"w1": 100.0})
+
+    # w1's server uses all of its 100 MiB: b (the least recently used) alone frees 40 there,
+    # too little for 50; c on w2 frees enough alone
+    assert replicas(run(declared, shortfalls=short)) == {"b": 0}
+    assert replicas(run(measured, shortfalls=short)) == {"c": 0}
 
 
 def test_never_evicted_pinned_with_traffic_with_min_replicas_or_when_it_would_not_fit() -> None:
