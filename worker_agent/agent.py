@@ -3,13 +3,18 @@
 Wires :class:`~worker_agent.reconciler.Reconciler` (what to load and route),
 :class:`~worker_agent.supervisor.Supervisor` (the launched model server),
 :class:`~registry.status_server.StatusServer` and the ZooKeeper side: the ephemeral worker
-node, updated at every heartbeat and whenever a model's health changes.
+node, updated at every heartbeat and whenever a model's health changes. At each heartbeat
+it measures the launched server's process tree (:mod:`worker_agent.usage`) and, with a
+memory capacity, guards it: a server over its capacity is killed and restarted, and the
+copy loaded last is recorded out of memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from registry import EphemeralNode, Registry, TreeEvent, layout
 from registry.errors import InvalidArgumentError, ZooKeeperUnavailableError
-from registry.records import Assignment, Worker, WorkerSpec
+from registry.records import Assignment, OutOfMemory, Worker, WorkerSpec
 from registry.status_server import StatusServer
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
@@ -28,6 +33,7 @@ from worker_agent.metrics import WorkerMetrics
 from worker_agent.reconciler import Reconciler
 from worker_agent.settings import WorkerSettings
 from worker_agent.supervisor import CommandLauncher, Launcher, Supervisor, TritonLauncher
+from worker_agent.usage import Measurement, UsageMeter
 
 log = logging.getLogger("worker_agent.agent")
 zlog = logging.getLogger("worker_agent.zk")
@@ -62,6 +68,12 @@ class WorkerAgent:
         self.spec = WorkerSpec()
         self.draining = False
         self.backend_live = False
+        self.capacity_cpu = settings.capacity_cpu or float(len(os.sched_getaffinity(0)))
+        self.meter = UsageMeter()
+        #: The last measurement of the launched server (None: not measured, or not launched).
+        self.measured: Measurement | None = None
+        #: The memory guard killed the server (its out-of-memory record is written already).
+        self._killed_for_memory = False
         self._node: EphemeralNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish = asyncio.Event()
@@ -89,6 +101,7 @@ class WorkerAgent:
                 backoff_min=s.restart_backoff_min_s,
                 backoff_max=s.restart_backoff_max_s,
                 on_restart=self._backend_restarted,
+                on_exit=self._server_exited,
             )
             await self.supervisor.start()
         address = self._backend_address()
@@ -190,11 +203,15 @@ class WorkerAgent:
             status_address=f"{self.settings.advertise_host}:{status_port}",
             labels=self.settings.labels,
             capacity_memory_mb=self.settings.capacity_memory_mb,
+            capacity_cpu=self.capacity_cpu,
             state=self._state(),  # type: ignore[arg-type]
             heartbeat=time.time(),
             backend_live=self.backend_live,
             restarts=self.supervisor.restarts if self.supervisor else 0,
             models=self.reconciler.health(),
+            usage=self.measured.server if self.measured else None,
+            model_usage=self.measured.models if self.measured else {},
+            ooms=self.reconciler.ooms(),
         )
 
     def _on_zk_state(self, state: str) -> None:
@@ -288,7 +305,83 @@ class WorkerAgent:
                 await self.reconciler.probe(live)
             except Exception:
                 log.exception("health probe failed")
+            try:
+                await self._measure()
+            except Exception:
+                log.exception("measuring the model server failed")
             self._publish.set()
+
+    async def _measure(self) -> None:
+        """Measure the launched server's process tree; guard its memory; let out-of-memory
+        copies back in once memory allows."""
+        assert self.reconciler is not None
+        launcher, supervisor = self.launcher, self.supervisor
+        if launcher is None or supervisor is None or supervisor.state != "serving":
+            return
+        pid = launcher.pid
+        if pid is None:
+            return
+        started = time.perf_counter()
+        measured = await asyncio.to_thread(self.meter.measure, pid)
+        self.metrics.measure_seconds.observe(time.perf_counter() - started)
+        if measured is None:  # it ended meanwhile: the supervisor takes over
+            return
+        self.measured = measured
+        self.metrics.set_usage(measured)
+        capacity = self.settings.capacity_memory_mb
+        if capacity is None:
+            return
+        memory = measured.server.memory_mb
+        if self.settings.memory_guard and memory > capacity:
+            record = OutOfMemory(memory_mb=memory, capacity_mb=capacity)
+            if self.reconciler.out_of_memory(record, measured.models) is None:
+                # NOTE: killing a server that holds no copy would only start it over.
+                log.warning(
+                    "the model server alone uses %g MiB, over --capacity-memory-mb %d",
+                    memory,
+                    capacity,
+                )
+                return
+            log.error(
+                "the model server uses %g MiB, over --capacity-memory-mb %d: killing it "
+                "(out of memory)",
+                memory,
+                capacity,
+            )
+            self.metrics.out_of_memory.labels(cause="guard").inc()
+            self._killed_for_memory = True
+            self.measured = None
+            await asyncio.to_thread(launcher.kill)
+            return
+        self.reconciler.release_out_of_memory(capacity - memory, self.settings.oom_retry_margin_mb)
+
+    def _server_exited(self, returncode: int | None) -> None:
+        """The launched server ended. Killed by SIGKILL from outside while its last measured
+        memory was near the capacity (the kernel's OOM killer, a cgroup limit): out of memory."""
+        assert self.reconciler is not None
+        measured, self.measured = self.measured, None
+        if self._killed_for_memory:  # recorded when the guard killed it
+            self._killed_for_memory = False
+            return
+        capacity = self.settings.capacity_memory_mb
+        if (
+            returncode != -signal.SIGKILL
+            or capacity is None
+            or measured is None
+            or measured.server.memory_mb < capacity * self.settings.oom_sigkill_ratio
+        ):
+            return
+        log.error(
+            "the model server was killed by SIGKILL at %g MiB of --capacity-memory-mb %d "
+            "(out of memory)",
+            measured.server.memory_mb,
+            capacity,
+        )
+        self.metrics.out_of_memory.labels(cause="sigkill").inc()
+        self.reconciler.out_of_memory(
+            OutOfMemory(memory_mb=measured.server.memory_mb, capacity_mb=capacity),
+            measured.models,
+        )
 
     async def _backend_restarted(self) -> None:
         assert self.backend is not None and self.reconciler is not None

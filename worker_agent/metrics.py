@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from registry import layout
+from worker_agent.usage import Measurement
+
 MODEL_STATES = ("LOADING", "READY", "FAILED", "UNLOADING")
+OOM_CAUSES = ("guard", "sigkill")
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -78,9 +82,62 @@ class WorkerMetrics:
             "1 while the ZooKeeper session is connected",
             registry=registry,
         )
+        self.server_cpu = Gauge(
+            "modelgate_worker_server_cpu_cores",
+            "CPU cores the model server's process tree used over the last heartbeat",
+            registry=registry,
+        )
+        self.server_memory = Gauge(
+            "modelgate_worker_server_memory_mb",
+            "Resident memory (RSS, MiB) of the model server's process tree at the last heartbeat",
+            registry=registry,
+        )
+        self.model_cpu = Gauge(
+            "modelgate_worker_model_cpu_cores",
+            "CPU cores one model's own processes used over the last heartbeat",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.model_memory = Gauge(
+            "modelgate_worker_model_memory_mb",
+            "Resident memory (RSS, MiB) of one model's own processes at the last heartbeat",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.measure_seconds = Histogram(
+            "modelgate_worker_usage_measure_seconds",
+            "Seconds one measurement of the model server's process tree took",
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.out_of_memory = Counter(
+            "modelgate_worker_out_of_memory",
+            "Times the model server ran out of memory, by cause (guard: the agent killed it "
+            "over --capacity-memory-mb; sigkill: killed from outside near the capacity)",
+            ["cause"],
+            registry=registry,
+        )
+        self._model_labels: set[tuple[str, str]] = set()
+        for cause in OOM_CAUSES:
+            self.out_of_memory.labels(cause=cause)
         for state in MODEL_STATES:
             self.models.labels(state=state).set(0)
         for result in ("ok", "rejected", "unavailable"):
             self.pulls.labels(result=result)
         for result in ("ok", "error"):
             self.loads.labels(result=result)
+
+    def set_usage(self, measured: Measurement) -> None:
+        """Export one measurement; models no longer measured lose their series."""
+        self.server_cpu.set(measured.server.cpu)
+        self.server_memory.set(measured.server.memory_mb)
+        labels = set()
+        for key, usage in measured.models.items():
+            model, version = layout.parse_assignment_key(key)
+            labels.add((model, str(version)))
+            self.model_cpu.labels(model=model, version=str(version)).set(usage.cpu)
+            self.model_memory.labels(model=model, version=str(version)).set(usage.memory_mb)
+        for gone in self._model_labels - labels:
+            self.model_cpu.remove(*gone)
+            self.model_memory.remove(*gone)
+        self._model_labels = labels

@@ -7,7 +7,9 @@ there and only does the difference.
 
 - wanted: pull (unless the same artifact is on disk), load (unless the backend already
   serves it), wait until ready (``load_timeout``), then publish the ephemeral route;
-- unwanted: delete the route first, wait ``drain_seconds``, unload, remove local files.
+- unwanted: delete the route first, wait ``drain_seconds``, unload, remove local files;
+- out of memory (:meth:`Reconciler.out_of_memory`): the copy loaded last before the model
+  server went over its memory is FAILED and not loaded again while its record stands.
 
 Restart-safe: :meth:`Reconciler.start` adopts what is on disk and what the backend already
 serves, so a restarted agent neither downloads nor reloads models needlessly.
@@ -16,15 +18,16 @@ serves, so a restarted agent neither downloads nor reloads models needlessly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from registry import EphemeralNode, Registry, layout
 from registry.errors import ModelgateError, UnavailableError, ZooKeeperUnavailableError
 from registry.logs import set_call
-from registry.records import Assignment, ModelHealth, ModelState, Route
+from registry.records import Assignment, ModelHealth, ModelState, OutOfMemory, Route, Usage
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
 from worker_agent.errors import ArtifactError, ArtifactUnavailableError, BackendError
@@ -58,6 +61,12 @@ class Slot:
     retries: int = 0
     #: The backend was asked to load it (and not to unload it since).
     loaded: bool = False
+    #: Position in the order the backend was asked to load copies (None: not loaded).
+    load_order: int | None = None
+    #: The model server ran out of memory after this copy was loaded: not loaded again here
+    #: while set, and its measured size then (None: the backend does not tell one model's).
+    oom: OutOfMemory | None = None
+    oom_size_mb: float | None = None
     needs_reload: bool = False
     route: EphemeralNode | None = None
     task: asyncio.Task[None] | None = None
@@ -70,6 +79,14 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
+
+
+def _oom_error(key: str, oom: OutOfMemory) -> str:
+    capacity = f" of {oom.capacity_mb:g} MiB" if oom.capacity_mb is not None else ""
+    return (
+        f"out of memory: the model server used {oom.memory_mb:g} MiB{capacity} after {key} "
+        "was loaded; not loaded again on this worker until memory allows or it is unassigned"
+    )
 
 
 def _same_artifact(a: Assignment | None, b: Assignment | None) -> bool:
@@ -113,6 +130,7 @@ class Reconciler:
         self.routes_enabled = True
         #: Bumped whenever the model server restarts.
         self.generation = 0
+        self._load_orders = itertools.count(1)
         self._stopping = False
 
     # -- inputs ----------------------------------------------------------------------------
@@ -128,6 +146,8 @@ class Reconciler:
         for model, version in sorted(set(loaded) | set(on_disk)):
             slot = self._slot(model, version)
             slot.loaded = (model, version) in loaded
+            if slot.loaded:
+                slot.load_order = next(self._load_orders)
         if loaded:
             log.info("adopted %d loaded model versions: %s", len(loaded), sorted(loaded))
         try:
@@ -143,6 +163,9 @@ class Reconciler:
             want = desired.get(key)
             if slot is None and want is None:
                 continue
+            if slot is not None and want is None and slot.oom is not None:
+                log.info("%s unassigned: its out-of-memory record is dropped", key)
+                slot.oom = slot.oom_size_mb = None
             if slot is None:
                 assert want is not None
                 slot = self._slot(want.model, want.version)
@@ -162,8 +185,49 @@ class Reconciler:
         self.generation += 1
         for slot in list(self.slots.values()):
             slot.loaded = False
+            slot.load_order = None
             slot.needs_reload = True
             self._kick(slot)
+
+    def out_of_memory(self, record: OutOfMemory, measured: Mapping[str, Usage]) -> str | None:
+        """The model server went over its memory: the copy it was last asked to load is
+        recorded (with its ``measured`` size, if there) and not loaded again while the record
+        stands. Call before :meth:`backend_restarted`. Returns its key (None: nothing loaded)."""
+        candidates = [s for s in self.slots.values() if s.load_order is not None]
+        if not candidates:
+            return None
+        slot = max(candidates, key=lambda s: s.load_order or 0)
+        usage = measured.get(slot.key)
+        slot.oom, slot.oom_size_mb = record, usage.memory_mb if usage else None
+        log.error("%s", _oom_error(slot.key, record))
+        self.on_change()
+        return slot.key
+
+    def release_out_of_memory(self, free_mb: float, margin_mb: float) -> str | None:
+        """Memory allows again: drop the record of one out-of-memory copy whose measured
+        size plus ``margin_mb`` fits in ``free_mb`` and load it. Only once every other copy
+        here is READY (the memory measured is that of everything else served) and none is
+        being loaded or unloaded. Returns its key, if any."""
+        if any(
+            s.busy or (s.oom is None and (s.state != "READY" or not s.loaded or s.needs_reload))
+            for s in self.slots.values()
+        ):
+            return None
+        for slot in sorted(self.slots.values(), key=lambda s: s.key):
+            if slot.oom is not None and slot.oom_size_mb is not None:
+                if free_mb >= slot.oom_size_mb + margin_mb:
+                    log.info(
+                        "%s: %g MiB free fits its %g MiB (+%g): loading it again",
+                        slot.key,
+                        free_mb,
+                        slot.oom_size_mb,
+                        margin_mb,
+                    )
+                    slot.oom = slot.oom_size_mb = None
+                    slot.failed_for = None
+                    self._kick(slot)
+                    return slot.key
+        return None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -173,6 +237,10 @@ class Reconciler:
             for key, slot in sorted(self.slots.items())
             if slot.state is not None
         }
+
+    def ooms(self) -> dict[str, OutOfMemory]:
+        """Out-of-memory records per ``model@version`` that stand."""
+        return {key: s.oom for key, s in sorted(self.slots.items()) if s.oom is not None}
 
     def routes(self) -> list[str]:
         return sorted(slot.key for slot in self.slots.values() if slot.route is not None)
@@ -239,6 +307,13 @@ class Reconciler:
                 "FAILED",
                 f"assigned for backend {want.backend!r} but this worker runs {self.backend.kind!r}",
             )
+            return
+        if slot.oom is not None:
+            await self._withdraw_route(slot)
+            if slot.loaded:
+                await self._unload(slot)
+            slot.failed_for, slot.failed_generation, slot.retry_at = want, self.generation, None
+            self._set(slot, "FAILED", _oom_error(slot.key, slot.oom))
             return
         if (
             slot.failed_for is not None
@@ -321,10 +396,15 @@ class Reconciler:
     async def _load(self, slot: Slot) -> None:
         started = time.monotonic()
         path = self.store.version_dir(slot.model, slot.version)
+        slot.load_order = next(self._load_orders)
         try:
             await self.backend.load(slot.model, slot.version, path, self.load_timeout)
-        except ModelgateError:
+        except ModelgateError as err:
             self.metrics.loads.labels(result="error").inc()
+            # NOTE: a server that died during the load keeps this as the copy it was asked
+            # to load last (it may have died of it); one that refused it holds none of it.
+            if not isinstance(err, UnavailableError):
+                slot.load_order = None
             raise
         slot.loaded = True
         deadline = started + self.load_timeout
@@ -366,6 +446,7 @@ class Reconciler:
         except ModelgateError as err:  # the server may be gone; nothing is served anyway
             log.warning("unloading %s: %s", slot.key, err)
         slot.loaded = False
+        slot.load_order = None
 
     # -- routes ----------------------------------------------------------------------------
 

@@ -71,7 +71,20 @@ class WorkerSettings(BaseSettings):
     labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     """Worker labels for placement, "k=v,k2=v2"."""
     capacity_memory_mb: int | None = Field(default=None, ge=0)
-    """Memory offered to models, in MiB (placement); unset means unknown."""
+    """Memory offered to models, in MiB (placement, and the memory guard's limit); unset
+    means unknown."""
+    capacity_cpu: float | None = Field(default=None, gt=0)
+    """CPU cores offered to models (placement); default: the CPUs this agent may run on."""
+    memory_guard: bool = True
+    """With --capacity-memory-mb and a launched server: kill the server when its process
+    tree's measured memory goes over the capacity (as a cgroup memory limit would); it is
+    restarted, and the copy loaded last is recorded out of memory and not reloaded here."""
+    oom_sigkill_ratio: float = Field(default=0.9, gt=0, le=1)
+    """A launched server killed by SIGKILL from outside counts as out of memory when its
+    last measured memory was at least this share of --capacity-memory-mb."""
+    oom_retry_margin_mb: float = Field(default=128.0, ge=0)
+    """An out-of-memory copy is loaded here again once the free measured memory (capacity
+    minus the server's, with no copy loading) is its measured size plus this many MiB."""
     status_host: str = "0.0.0.0"
     """Address of the status HTTP server (/healthz, /metrics)."""
     status_port: int = Field(default=9200, ge=0, le=65535)

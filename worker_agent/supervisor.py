@@ -8,7 +8,7 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from registry.processes import ServerProcess
 from worker_agent.metrics import WorkerMetrics
@@ -29,11 +29,23 @@ class Launcher(Protocol):
     @property
     def running(self) -> bool: ...
 
+    @property
+    def pid(self) -> int | None:
+        """The server process (the root of its process tree), once started."""
+
+    @property
+    def returncode(self) -> int | None:
+        """How the server ended (negative: the signal that killed it); None while it runs."""
+
     def start(self) -> None:
         """Start the process and return once it serves (blocking)."""
 
     def stop(self) -> None:
         """Stop the process (blocking)."""
+
+    def kill(self) -> None:
+        """SIGKILL the server, as the kernel's OOM killer does (blocking); the supervisor
+        restarts it."""
 
 
 class TritonLauncher:
@@ -61,6 +73,10 @@ class TritonLauncher:
     @property
     def pid(self) -> int | None:
         return self.server.pid if self.server else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.server.returncode if self.server else None
 
     def start(self) -> None:
         self.server = TritonServer(
@@ -97,11 +113,22 @@ class CommandLauncher:
     def running(self) -> bool:
         return self.process.running
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.proc.poll() if self.process.proc else None
+
     def start(self) -> None:
         self.process.start()
 
     def stop(self) -> None:
         self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
 
 
 class Supervisor:
@@ -115,6 +142,7 @@ class Supervisor:
         backoff_min: float,
         backoff_max: float,
         on_restart: Callable[[], Awaitable[None]],
+        on_exit: Callable[[int | None], None] = lambda returncode: None,
         poll_interval: float = 0.2,
     ) -> None:
         self.launcher = launcher
@@ -122,13 +150,18 @@ class Supervisor:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.on_restart = on_restart
+        self.on_exit = on_exit
         self.poll_interval = poll_interval
         self.restarts = 0
+        #: ``serving`` while the server runs and the agent knows it (``on_restart`` done);
+        #: ``restarting`` from its exit until then (a measurement of it means nothing yet).
+        self.state: Literal["starting", "serving", "restarting", "stopped"] = "starting"
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.launcher.start)
+        self.state = "serving"
         log.info("model server started at %s", self.launcher.address)
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="supervisor")
 
@@ -141,7 +174,10 @@ class Supervisor:
                 if time.monotonic() - up_since > _STABLE_SECONDS:
                     delay = self.backoff_min
                 continue
-            log.warning("model server exited; restarting in %.1fs", delay)
+            self.state = "restarting"
+            returncode = self.launcher.returncode
+            log.warning("model server exited (%s); restarting in %.1fs", returncode, delay)
+            self.on_exit(returncode)
             await asyncio.sleep(delay)
             delay = min(self.backoff_max, delay * 2)
             if self._stopping:
@@ -158,9 +194,11 @@ class Supervisor:
                 "model server restarted at %s (restart %d)", self.launcher.address, self.restarts
             )
             await self.on_restart()
+            self.state = "serving"
 
     async def stop(self) -> None:
         self._stopping = True
+        self.state = "stopped"
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

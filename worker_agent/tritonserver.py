@@ -103,6 +103,12 @@ class TritonServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """How the server ended (negative: the signal that killed it); None while it runs."""
+        proc = self.process.proc if self.process else None
+        return proc.poll() if proc else None
+
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until its gRPC port answers ServerReady."""
         install = find_triton()
