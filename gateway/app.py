@@ -18,8 +18,10 @@ from gateway.backends import tfserving, triton
 from gateway.backends.kinds import Backends
 from gateway.backends.rest import ServiceProber
 from gateway.cache import ResponseCache
+from gateway.coldstart import ColdStarts
 from gateway.dataplane.config import Layout
 from gateway.dataplane.controller import DataPlane
+from gateway.limits import ModelLimits
 from gateway.looplag import LoopLagProbe
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
@@ -85,6 +87,11 @@ class GatewayApp:
             self.router, self.backends, self.metrics, settings.shadow_max_in_flight
         )
         self.prober = ServiceProber(self.backends.rest.client, self._on_probe)
+        # NOTE: HAProxy spreads calls over the Python processes: each enforces its share
+        self.limits = ModelLimits(
+            self.metrics, settings.python_workers if settings.dataplane == "haproxy" else 1
+        )
+        self.cold_starts: ColdStarts | None = None
         #: The routing table as ZooKeeper has it (the router's adds what the probes say).
         self.configured = RoutingTable()
         self.health = health.aio.HealthServicer()
@@ -164,6 +171,7 @@ class GatewayApp:
             processes=s.plugin_processes,
             on_change=self._on_plugins,
         )
+        self.cold_starts = ColdStarts(self.registry, self._gateway_id, s.cold_start_queue)
         core = Core(
             self.router,
             self.backends,
@@ -171,6 +179,8 @@ class GatewayApp:
             self.plugins,
             self.cache,
             self.shadow,
+            self.limits,
+            self.cold_starts,
             default_timeout=s.default_timeout_s,
             version=version(),
         )
@@ -276,6 +286,8 @@ class GatewayApp:
                 log.warning("could not deregister %s", self.node.path, exc_info=True)
         if self.watcher is not None:
             self.watcher.close()
+        if self.cold_starts is not None:
+            await self.cold_starts.close()
         await self.http.stop()
         if self.plugins is not None:
             await self.plugins.close()
@@ -317,7 +329,10 @@ class GatewayApp:
 
     def _publish_table(self, change: TableChange) -> None:
         table = with_service_health(self.configured, self.prober.down)
+        self.limits.sync(table.models, change.models)  # NOTE: before calls see the table
         self.router.set_table(table, change)
+        if self.cold_starts is not None:
+            self.cold_starts.on_table(change.models)
         for name in change.models:
             entry = table.models.get(name)
             self.metrics.routes.labels(name).set(entry.ready_instances if entry else 0)
@@ -394,6 +409,11 @@ class GatewayApp:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _gateway_id(self) -> str:
+        """This gateway's id (a Python worker's: the one in its settings)."""
+        s = self.settings
+        return s.node_id(s.port if self.worker is not None else self.port)
 
     def _healthz(self) -> tuple[bool, dict[str, Any]]:
         zk = "connected" if self.registry is not None and self.registry.connected else "unreachable"

@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
+#: Cold starts take seconds: a worker loads the model after the leader placed it.
+_COLD_START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
 
 
 class GatewayMetrics:
@@ -40,6 +42,21 @@ class GatewayMetrics:
             ["surface"],
             registry=registry,
             multiprocess_mode="livesum",  # NOTE: summed over live workers (gateway/workers.py)
+        )
+        self.limited = Counter(
+            "modelgate_gateway_limited",
+            "Calls refused with RESOURCE_EXHAUSTED for being over a model's limits, by model "
+            "and limit (concurrency: its max_concurrency; rate: its rate_limit).",
+            ["model", "limit"],
+            registry=registry,
+        )
+        self.cold_start = Histogram(
+            "modelgate_gateway_cold_start_seconds",
+            "Call arrival to answer of the calls that waited for a model's first instance "
+            "(scale to zero), answered OK.",
+            ["model"],
+            buckets=_COLD_START_BUCKETS,
+            registry=registry,
         )
         self.retries = Counter(
             "modelgate_gateway_retries",

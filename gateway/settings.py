@@ -94,6 +94,9 @@ class GatewaySettings(BaseSettings):
     """Password of ``cache_redis_url``'s Redis. A secret: environment only, no flag."""
     cache_redis_timeout_s: float = Field(default=0.5, gt=0)
     """Seconds a Redis command of the response cache may take before the call skips it."""
+    cold_start_queue: int = Field(default=64, ge=1, le=100_000)
+    """Calls that may wait per model for its first instance (a model scaled to zero), per
+    gateway process; one more gets RESOURCE_EXHAUSTED."""
     shadow_max_in_flight: int = Field(default=64, ge=1)
     """Shadow copies running at once; a sampled copy over this is dropped (and counted)."""
     ready_file: Path | None = None

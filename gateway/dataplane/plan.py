@@ -2,11 +2,12 @@
 table to the next. Nothing here talks to HAProxy or ZooKeeper.
 
 A model version is served by HAProxy alone when the gateway would add nothing to the call:
-no plugin, online, a policy HAProxy balances the same way (round_robin, least_request), and
-every ready instance speaking one protocol (the caller's: the map key carries the protocol, so
-a KServe call never reaches a TF-Serving instance on the fast path). The fast path serves
-calls naming a version; everything else, and anything HAProxy cannot read exactly (see
-route.lua), goes to the Python gateway.
+no plugin, online, no response cache, shadow or limits (``Model.limits``: the Python gateway
+enforces them; HAProxy's own limits are a later step), a policy HAProxy balances the same way
+(round_robin, least_request), and every ready instance speaking one protocol (the caller's:
+the map key carries the protocol, so a KServe call never reaches a TF-Serving instance on the
+fast path). The fast path serves calls naming a version; everything else, and anything HAProxy
+cannot read exactly (see route.lua), goes to the Python gateway.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
         or record.state != "online"
         or record.cache
         or record.shadow
+        or record.limits
     ):
         return []
     pool = POOLS.get(record.policy)

@@ -36,15 +36,18 @@ from gateway.cache import (
     encode_response,
     flow_cache_key,
 )
+from gateway.coldstart import ColdStarts, scales_from_zero
 from gateway.errors import (
     BackendStatusError,
     InvalidArgumentError,
     ModelNotFoundError,
+    ModelUnavailableError,
     NotFoundWords,
     capped,
     source_of,
     status_of,
 )
+from gateway.limits import LimitedError, ModelLimit, ModelLimits
 from gateway.metrics import GatewayMetrics
 from gateway.plugins import PluginHost
 from gateway.router import Router, Target
@@ -52,6 +55,7 @@ from gateway.shadow import SHADOWED_METHODS, DetachedContext, ShadowTraffic, req
 from gateway.table import Instance
 from protos.tfs.tensorflow_serving.apis import prediction_service_pb2
 from registry.logs import set_call
+from registry.records import Model
 
 log = logging.getLogger("gateway.surfaces")
 
@@ -101,6 +105,10 @@ class CallInfo:
     backend_s: float = 0.0
     preprocess_s: float = 0.0
     postprocess_s: float = 0.0
+    #: The model's limit whose concurrency slot the call holds (released when it ends).
+    slot: ModelLimit | None = None
+    #: The call waited for the model's first instance (scale to zero).
+    cold_start: bool = False
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext, CallInfo], Awaitable[Any]]
@@ -206,6 +214,8 @@ class Core:
         plugins: PluginHost,
         cache: ResponseCache,
         shadow: ShadowTraffic,
+        limits: ModelLimits,
+        cold_starts: ColdStarts,
         *,
         default_timeout: float,
         version: str,
@@ -216,6 +226,8 @@ class Core:
         self.plugins = plugins
         self.cache = cache
         self.shadow = shadow
+        self.limits = limits
+        self.cold_starts = cold_starts
         self.default_timeout = default_timeout
         self.version = version
         self.clock = router.clock
@@ -255,10 +267,11 @@ class Core:
             except Exception as err:
                 code, message = status_of(err, where=f"{surface} {info.model}")
                 info.source = source_of(err)
-                await context.abort(code, message)
+                trailers = err.trailers if isinstance(err, LimitedError) else ()
+                await context.abort(code, message, trailing_metadata=trailers)
             finally:
                 in_flight.dec()
-                self.observe(surface, info, code, time.perf_counter() - start)
+                self.finish(surface, info, code, time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=deserializer, response_serializer=serializer
@@ -281,7 +294,10 @@ class Core:
 
         return grpc.stream_stream_rpc_method_handler(call)
 
-    def observe(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
+    def finish(self, surface: str, info: CallInfo, code: grpc.StatusCode, total: float) -> None:
+        """A call ended: its concurrency slot given back, its metrics counted."""
+        if info.slot is not None:
+            info.slot.release()
         if info.model and info.model not in self.router.table.models:
             # NOTE: names come from callers; unknown ones share a label (bounded cardinality)
             info.model, info.version = UNKNOWN_MODEL, ""
@@ -315,6 +331,8 @@ class Core:
             pre_h.observe(info.preprocess_s)
         if info.postprocess_s:
             post_h.observe(info.postprocess_s)
+        if info.cold_start and code == grpc.StatusCode.OK:
+            self.metrics.cold_start.labels(info.model).observe(total)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -372,6 +390,44 @@ class Core:
         set_call(name, info.version)
         info.route_s = time.perf_counter() - start
         return target
+
+    async def admit(
+        self,
+        info: CallInfo,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        version: int | None,
+        label: str | None,
+        words: NotFoundWords = MODELGATE_WORDS,
+    ) -> Target:
+        """:meth:`resolve` for a call to a backend: within the model's limits (or
+        :class:`~gateway.limits.LimitedError`), and for a model scaled to zero, once its
+        first instance is ready (:class:`~gateway.coldstart.ColdStarts`).
+
+        A model without limits pays one attribute check.
+        """
+        try:
+            target = self.resolve(info, name, version, label, words)
+        except ModelUnavailableError:
+            entry = self.router.table.models.get(name)
+            if entry is None or not scales_from_zero(entry.record):
+                raise
+            if entry.record.limits is not None:
+                info.slot = self.limits.admit(entry)
+            info.cold_start = True
+            return await self.cold_starts.wait(
+                name,
+                lambda: self.resolve(info, name, version, label, words),
+                lambda: self._record(name),
+                self.deadline(context),
+            )
+        if target.model.record.limits is not None:
+            info.slot = self.limits.admit(target.model)
+        return target
+
+    def _record(self, name: str) -> Model | None:
+        entry = self.router.table.models.get(name)
+        return None if entry is None else entry.record
 
     def _not_found(
         self, name: str, version: int | None, label: str | None, words: NotFoundWords

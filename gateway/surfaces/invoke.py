@@ -68,7 +68,9 @@ class GatewaySurface:
             raise InvalidArgumentError(
                 f"InvokeRequest.version {capped(req.version)!r} is not a number"
             )
-        target = self.core.resolve(info, req.model, version, label or req.version_label or None)
+        target = await self.core.admit(
+            info, context, req.model, version, label or req.version_label or None
+        )
         name, v = target.model.name, target.version.version
         request_id = req.request_id or self.core.request_id()
         set_call(name, str(v), request_id)

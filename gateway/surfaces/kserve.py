@@ -120,17 +120,27 @@ class KServeSurface:
 
     # -- model-level --------------------------------------------------------------------
 
-    def _target(self, request: bytes, info: CallInfo, what: str) -> tuple[Target, str]:
+    @staticmethod
+    def _head(request: bytes, what: str) -> KServeRequest:
         head = parse(KServeRequest, request, what)
         if not head.model_name:
             raise InvalidArgumentError(f"{what}: model name is empty")
+        return head
+
+    async def _target(
+        self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo, what: str
+    ) -> tuple[Target, str]:
+        """The version a call goes to, once admitted (:meth:`Core.admit`)."""
+        head = self._head(request, what)
         version, label = split_version(head.model_version)
-        target = self.core.resolve(info, head.model_name, version, label, WORDS)
+        target = await self.core.admit(info, context, head.model_name, version, label, WORDS)
         return target, head.model_version
 
     async def model_ready(self, request: bytes, context: object, info: CallInfo) -> bytes:
         try:
-            target, _ = self._target(request, info, "ModelReadyRequest")
+            head = self._head(request, "ModelReadyRequest")
+            version, label = split_version(head.model_version)
+            target = self.core.resolve(info, head.model_name, version, label, WORDS)
             ready = bool(target.version.instances)
         except InvalidArgumentError:
             raise
@@ -149,7 +159,7 @@ class KServeSurface:
         async def handler(
             request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
         ) -> bytes:
-            target, asked = self._target(request, info, f"{method}Request")
+            target, asked = await self._target(request, context, info, f"{method}Request")
             pinned = self._pinned(request, asked, target)
             return await self.core.forward(target, method, request, pinned, api, context, info)
 
@@ -158,7 +168,7 @@ class KServeSurface:
     async def model_infer(
         self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
     ) -> bytes:
-        target, asked = self._target(request, info, "ModelInferRequest")
+        target, asked = await self._target(request, context, info, "ModelInferRequest")
         return await self._infer(request, target, asked, context, info)
 
     async def _infer(
@@ -209,7 +219,7 @@ class KServeSurface:
             code = grpc.StatusCode.UNKNOWN
             start = time.perf_counter()
             try:
-                target, asked = self._target(request, info, "ModelInferRequest")
+                target, asked = await self._target(request, context, info, "ModelInferRequest")
                 response = await self._infer(request, target, asked, context, info)
                 code = grpc.StatusCode.OK
                 yield length_delimited(2, response)  # ModelStreamInferResponse.infer_response
@@ -218,7 +228,7 @@ class KServeSurface:
                 info.source = source_of(err)
                 yield length_delimited(1, message.encode())  # .error_message
             finally:
-                self.core.observe(SURFACE + "_stream", info, code, time.perf_counter() - start)
+                self.core.finish(SURFACE + "_stream", info, code, time.perf_counter() - start)
 
 
 def _param_text(param: kserve.InferParameter) -> str:

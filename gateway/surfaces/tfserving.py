@@ -82,13 +82,16 @@ class TFServingSurface:
             },
         )
 
-    def _target(self, spec: object, info: CallInfo, what: str) -> tuple[Target, int | None]:
+    async def _target(
+        self, spec: object, context: grpc.aio.ServicerContext, info: CallInfo, what: str
+    ) -> tuple[Target, int | None]:
+        """The version a call goes to, once admitted (:meth:`Core.admit`)."""
         name = spec.name  # type: ignore[attr-defined]
         if not name:
             raise InvalidArgumentError(f"{what}: model_spec.name is empty")
         asked = spec.version.value if spec.HasField("version") else None  # type: ignore[attr-defined]
         label = spec.version_label or None  # type: ignore[attr-defined]
-        return self.core.resolve(info, name, asked, label, WORDS), asked
+        return await self.core.admit(info, context, name, asked, label, WORDS), asked
 
     async def _check_signature(
         self, target: Target, signature: str, context: grpc.aio.ServicerContext, info: CallInfo
@@ -117,7 +120,7 @@ class TFServingSurface:
         self, request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
     ) -> bytes:
         head = parse(TfsRequest, request, "PredictRequest")
-        target, asked = self._target(head.model_spec, info, "PredictRequest")
+        target, asked = await self._target(head.model_spec, context, info, "PredictRequest")
         if head.model_spec.signature_name:
             await self._check_signature(target, head.model_spec.signature_name, context, info)
         if target.model.record.plugin:
@@ -162,7 +165,7 @@ class TFServingSurface:
             request: bytes, context: grpc.aio.ServicerContext, info: CallInfo
         ) -> bytes:
             head = parse(TfsRequest, request, f"{method}Request")
-            target, asked = self._target(head.model_spec, info, f"{method}Request")
+            target, asked = await self._target(head.model_spec, context, info, f"{method}Request")
             pinned = self._pinned(request, asked, target)
             return await self.core.forward(target, method, request, pinned, api, context, info)
 
@@ -180,7 +183,9 @@ class TFServingSurface:
                 f"MultiInferenceRequest tasks name several models {capped(str(sorted(names)))}; "
                 "use one model"
             )
-        target, asked = self._target(head.tasks[0].model_spec, info, "MultiInferenceRequest")
+        target, asked = await self._target(
+            head.tasks[0].model_spec, context, info, "MultiInferenceRequest"
+        )
         v = target.version.version
         pinned = request
         if asked != v:  # NOTE: a repeated field cannot be pinned by appending; re-encode
