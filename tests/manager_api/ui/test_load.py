@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.metrics import GatewayMetrics
 from manager_api.load import parse_counters, quantile, samples_of
@@ -44,10 +44,7 @@ def test_samples_from_two_scrapes_of_gateway_metrics() -> None:
 
 def test_calls_in_flight_by_littles_law_and_the_cold_start_mean() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
-    # NOTE: the gateway's cold-start histogram (gateway/coldstart.py), as the contract names it
-    cold_start = Histogram(
-        "modelgate_gateway_cold_start_seconds", "t", ["model"], registry=metrics.registry
-    )
+    cold_start = metrics.cold_start
     metrics.latency.labels("total", "m", "kserve").observe(5.0)  # before: not in the interval
     cold_start.labels("m").observe(9.0)
     before = scrape(metrics, at=10.0)
