@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 
 from manager_api.auth import AuditLog, Principal, TokenStore
+from manager_api.autoscale import Autoscaler, Policy
 from manager_api.blobs import BlobStore
 from manager_api.context import Manager
 from manager_api.errors import install_error_handlers, problem
@@ -67,13 +68,13 @@ def create_app(
     tokens: TokenStore | None = None,
     metrics_registry: CollectorRegistry | None = None,
     start_reconciler: bool | None = None,
-    load_interval_s: float = 5.0,
 ) -> FastAPI:
     """Build the manager's app around a started ``registry``.
 
     ``tokens`` defaults to ``settings.tokens_file``. The reconcile loop (leader election)
-    starts and stops with the app's lifespan when ``settings.reconcile`` is set; the load
-    tracker (gateway scrapes every ``load_interval_s``) always does.
+    starts and stops with the app's lifespan when ``settings.reconcile`` is set, with the
+    autoscaler on the leader; the load tracker (gateway scrapes every
+    ``settings.load_interval_s``) always does.
     """
     if tokens is None:
         if settings.tokens_file is None:
@@ -94,8 +95,21 @@ def create_app(
     )
     run_loop = settings.reconcile if start_reconciler is None else start_reconciler
     if run_loop:
+        autoscaler = Autoscaler(
+            registry,
+            metrics,
+            manager.audit,
+            tracker=lambda: app.state.load,  # the lifespan's started tracker
+            policy=Policy.of(settings),
+            interval_s=settings.autoscale_interval_s,
+        )
         manager.reconciler = Reconciler(
-            registry, metrics, manager_id, interval=settings.reconcile_interval_s, view=view
+            registry,
+            metrics,
+            manager_id,
+            interval=settings.reconcile_interval_s,
+            view=view,
+            autoscaler=autoscaler,
         )
 
     #: NOTE: an app's lifespan may run more than once at a time (a test client and a
@@ -118,7 +132,7 @@ def create_app(
         if manager.reconciler is not None:
             manager.reconciler.start()
         # NOTE: one tracker per lifespan run (a test harness may run the lifespan twice)
-        tracker = _app.state.load = LoadTracker(registry, interval_s=load_interval_s)
+        tracker = _app.state.load = LoadTracker(registry, interval_s=settings.load_interval_s)
         tracker.start()
         try:
             yield
@@ -137,7 +151,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
-    app.state.load = LoadTracker(registry)  # replaced by a started one in the lifespan
+    # replaced by a started one in the lifespan
+    app.state.load = LoadTracker(registry, interval_s=settings.load_interval_s)
     install_error_handlers(app)
     for module in (models, cluster, plugins, catalog, system, load):
         app.include_router(module.router)

@@ -1,13 +1,18 @@
-"""Per-model load as the gateways see it: calls/s, error rate and p50/p99 latency over the
-last minutes, and for models with a response cache or shadow traffic their hit rate and
-shadow agreement.
+"""Per-model load as the gateways see it: calls/s, average calls in flight, error rate and
+p50/p99 latency over the last minutes, the cold-start time of calls that waited for a first
+instance, and for models with a response cache or shadow traffic their hit rate and shadow
+agreement.
 
 :class:`LoadTracker` scrapes every registered gateway's Prometheus ``/metrics`` (the
 ``metrics_address`` of its ``/gateways`` record) every ``interval_s`` seconds, turns the
 counter and histogram-bucket deltas between two scrapes of one gateway into one sample per
 model, sums the gateways, and keeps a ring of the last ``keep`` samples per model.
-``LoadTracker.models()`` is the one way to read it (the console, ``GET /v1/load`` and, later,
-autoscaling).
+``LoadTracker.models()`` is the one way to read it (the console, ``GET /v1/load`` and the
+autoscaler).
+
+Calls in flight come from Little's law: the increase of the end-to-end latency histogram's
+``_sum`` over an interval, divided by the interval, is the time-average number of calls in
+flight (exact for the calls that finished in it).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ LATENCY_STAGE = "total"
 #: primary's by outcome (agree, disagree).
 CACHE = "modelgate_gateway_cache_lookups"
 SHADOW = "modelgate_gateway_shadow_agreement"
+#: Call arrival to answer, for calls that waited for a first instance (scale to zero).
+COLD_START = "modelgate_gateway_cold_start_seconds"
 
 
 class LoadSample(BaseModel):
@@ -45,6 +52,10 @@ class LoadSample(BaseModel):
 
     time: float = Field(description="End of the interval (Unix seconds).")
     calls_per_s: float = Field(description="Calls answered per second.")
+    in_flight: float = Field(
+        default=0.0,
+        description="Average calls in flight over the interval (total latency per second).",
+    )
     error_rate: float = Field(description="Share of those calls answered with a code not OK.")
     p50_s: float | None = Field(description="Median end-to-end latency; None without calls.")
     p99_s: float | None = Field(description="99th percentile latency; None without calls.")
@@ -58,6 +69,11 @@ class LoadSample(BaseModel):
         description="Share of compared shadow answers that agreed with the primary's; None "
         "without comparisons.",
     )
+    cold_start_s: float | None = Field(
+        default=None,
+        description="Mean time from arrival to answer of the calls that waited for a first "
+        "instance; None without such calls.",
+    )
 
 
 class ModelLoad(BaseModel):
@@ -65,6 +81,10 @@ class ModelLoad(BaseModel):
 
     model: str
     samples: list[LoadSample]
+    last_call: float | None = Field(
+        default=None,
+        description="End of the newest interval with calls (Unix seconds); None: none seen.",
+    )
 
 
 @dataclass
@@ -76,6 +96,11 @@ class Counters:
     errors: dict[str, float] = field(default_factory=dict)
     #: Per model: upper bound (``le``) -> cumulative count, summed over surfaces.
     buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+    #: Per model: seconds spent in calls (the latency histogram's ``_sum``), over surfaces.
+    busy_s: dict[str, float] = field(default_factory=dict)
+    #: Per model: the cold-start histogram's ``_sum`` and ``_count``.
+    cold_start_s: dict[str, float] = field(default_factory=dict)
+    cold_starts: dict[str, float] = field(default_factory=dict)
     cache_hits: dict[str, float] = field(default_factory=dict)
     #: Hits and misses (a bypass is not a lookup the cache could answer).
     cache_lookups: dict[str, float] = field(default_factory=dict)
@@ -88,8 +113,8 @@ def _add(into: dict[str, float], key: str, value: float) -> None:
 
 
 def parse_counters(text: str, at: float) -> Counters:
-    """The per-model calls, errors, latency buckets, cache lookups and shadow comparisons of
-    a gateway's ``/metrics`` text."""
+    """The per-model calls, errors, latency buckets and sum, cold starts, cache lookups and
+    shadow comparisons of a gateway's ``/metrics`` text."""
     out = Counters(time=at)
     for family in text_string_to_metric_families(text):
         if family.name == CALLS:
@@ -102,11 +127,20 @@ def parse_counters(text: str, at: float) -> Counters:
                     out.errors[model] = out.errors.get(model, 0.0) + s.value
         elif family.name == LATENCY:
             for s in family.samples:
-                if not s.name.endswith("_bucket") or s.labels["stage"] != LATENCY_STAGE:
+                if s.labels["stage"] != LATENCY_STAGE:
                     continue
-                per_model = out.buckets.setdefault(s.labels["model"], {})
-                le = float(s.labels["le"])
-                per_model[le] = per_model.get(le, 0.0) + s.value
+                if s.name.endswith("_sum"):
+                    _add(out.busy_s, s.labels["model"], s.value)
+                elif s.name.endswith("_bucket"):
+                    per_model = out.buckets.setdefault(s.labels["model"], {})
+                    le = float(s.labels["le"])
+                    per_model[le] = per_model.get(le, 0.0) + s.value
+        elif family.name == COLD_START:
+            for s in family.samples:
+                if s.name.endswith("_sum"):
+                    _add(out.cold_start_s, s.labels["model"], s.value)
+                elif s.name.endswith("_count"):
+                    _add(out.cold_starts, s.labels["model"], s.value)
         elif family.name == CACHE:
             for s in family.samples:
                 outcome = s.labels["outcome"]
@@ -153,6 +187,7 @@ class _Interval:
     """Deltas of one model over one interval, accumulated over the gateways."""
 
     calls_per_s: float = 0.0
+    in_flight: float = 0.0
     calls: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
@@ -160,17 +195,29 @@ class _Interval:
     cache_lookups: float = 0.0
     shadow_agreed: float = 0.0
     shadow_compared: float = 0.0
+    cold_start_s: float = 0.0
+    cold_starts: float = 0.0
 
     def add(self, model: str, new: Counters, old: Counters) -> None:
         seconds = new.time - old.time
         calls = _delta(new.calls.get(model, 0.0), old.calls.get(model, 0.0))
         self.calls += calls
-        self.calls_per_s += calls / seconds if seconds > 0 else 0.0
+        busy = _delta(new.busy_s.get(model, 0.0), old.busy_s.get(model, 0.0))
+        if seconds > 0:
+            self.calls_per_s += calls / seconds
+            self.in_flight += busy / seconds
         self.errors += _delta(new.errors.get(model, 0.0), old.errors.get(model, 0.0))
         old_buckets = old.buckets.get(model, {})
         for le, count in new.buckets.get(model, {}).items():
             self.buckets[le] = self.buckets.get(le, 0.0) + _delta(count, old_buckets.get(le, 0.0))
-        for name in ("cache_hits", "cache_lookups", "shadow_agreed", "shadow_compared"):
+        for name in (
+            "cache_hits",
+            "cache_lookups",
+            "shadow_agreed",
+            "shadow_compared",
+            "cold_start_s",
+            "cold_starts",
+        ):
             new_counts, old_counts = getattr(new, name), getattr(old, name)
             increase = _delta(new_counts.get(model, 0.0), old_counts.get(model, 0.0))
             setattr(self, name, getattr(self, name) + increase)
@@ -179,6 +226,7 @@ class _Interval:
         return LoadSample(
             time=at,
             calls_per_s=self.calls_per_s,
+            in_flight=self.in_flight,
             error_rate=self.errors / self.calls if self.calls else 0.0,
             p50_s=quantile(0.5, self.buckets),
             p99_s=quantile(0.99, self.buckets),
@@ -186,6 +234,7 @@ class _Interval:
             shadow_agreement=(
                 self.shadow_agreed / self.shadow_compared if self.shadow_compared else None
             ),
+            cold_start_s=self.cold_start_s / self.cold_starts if self.cold_starts else None,
         )
 
 
@@ -193,7 +242,13 @@ def samples_of(pairs: Iterable[tuple[Counters, Counters]], at: float) -> dict[st
     """One sample per model from (new, old) scrapes of each gateway."""
     intervals: dict[str, _Interval] = {}
     for new, old in pairs:
-        for model in {*new.calls, *new.buckets, *new.cache_lookups, *new.shadow_compared}:
+        for model in {
+            *new.calls,
+            *new.buckets,
+            *new.cache_lookups,
+            *new.shadow_compared,
+            *new.cold_starts,
+        }:
             intervals.setdefault(model, _Interval()).add(model, new, old)
     return {model: interval.sample(at) for model, interval in intervals.items()}
 
@@ -227,6 +282,8 @@ class LoadTracker:
         self.timeout_s = timeout_s
         self._last: dict[str, Counters] = {}
         self._rings: dict[str, deque[LoadSample]] = {}
+        #: Per model: the end of the newest interval with calls.
+        self._last_call: dict[str, float] = {}
         #: What ``models()`` returns: rebuilt after each pass, never mutated (read from threads).
         self._snapshot: dict[str, ModelLoad] = {}
         #: Per gateway id: why its last scrape failed (replaced after each pass, never mutated).
@@ -287,11 +344,14 @@ class LoadTracker:
         self.scrape_errors = errors
         for model, sample in samples_of(pairs, now).items():
             self._rings.setdefault(model, deque(maxlen=self.keep)).append(sample)
+            if sample.calls_per_s > 0:
+                self._last_call[model] = now
         horizon = now - self.keep * self.interval_s
         for model in [m for m, ring in self._rings.items() if ring[-1].time < horizon]:
             del self._rings[model]
+            self._last_call.pop(model, None)
         self._snapshot = {
-            model: ModelLoad(model=model, samples=list(ring))
+            model: ModelLoad(model=model, samples=list(ring), last_call=self._last_call.get(model))
             for model, ring in sorted(self._rings.items())
         }
 

@@ -49,6 +49,25 @@ class ManagerMetrics:
             "Replicas wanted but not placed at the last reconcile pass.",
             registry=registry,
         )
+        self.autoscale_decisions = Counter(
+            "modelgate_manager_autoscale_decisions_total",
+            "Replica counts the autoscaler changed, by direction (start, up, down, wake, idle, "
+            "evict, bounds).",
+            ["direction"],
+            registry=registry,
+        )
+        self.autoscale_replicas = Gauge(
+            "modelgate_manager_autoscale_replicas",
+            "Replicas the autoscaler wants per autoscaled model (a series per autoscaled model; "
+            "removed when the model stops being autoscaled).",
+            ["model"],
+            registry=registry,
+        )
+        self.autoscale_seconds = Histogram(
+            "modelgate_manager_autoscale_seconds",
+            "Duration of one autoscaling tick (decisions and their writes).",
+            registry=registry,
+        )
         self.blob_bytes = Counter(
             "modelgate_manager_blob_upload_bytes_total",
             "Bytes stored in the blob store.",

@@ -12,6 +12,10 @@ cordoned, drained, relabelled), and, when a worker changed, the models short of 
 A full pass over every model runs when the manager becomes leader, after a failed pass or
 a ZooKeeper reconnect, and every :data:`FULL_PASS_EVERY_S` as a safety net. Passes run on
 every change of the view, when the API asks for one, and at least every ``interval``.
+
+With an :class:`~manager_api.autoscale.Autoscaler`, the leader first lets it choose the
+replica counts of autoscaled models (``/scale``) when a tick is due, then places; models it
+evicted copies for are placed again in the same pass.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from manager_api.autoscale import Autoscaler
 from manager_api.metrics import ManagerMetrics
 from manager_api.placement import Key, Shortfall
 from manager_api.state import Changes, ClusterState, ClusterView, read_state
@@ -146,7 +151,7 @@ class Reconciler:
     """Contends for leadership; while leader, reconciles what changed in ``view``.
 
     ``view`` is the manager's :class:`ClusterView`; without one the reconciler starts (and
-    closes) a view of its own.
+    closes) a view of its own. ``autoscaler`` (optional) runs on the leader before each pass.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class Reconciler:
         identifier: str,
         interval: float = 5.0,
         view: ClusterView | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -163,6 +169,9 @@ class Reconciler:
         self.interval = interval
         self.passes = 0
         self.last_error: str | None = None
+        self.autoscaler = autoscaler
+        #: Models to place in the next pass whatever changed (room was made for them).
+        self._replan: set[str] = set()
         self._own_view = view is None
         self.view = ClusterView(registry) if view is None else view
         #: Every model's shortfalls as of the last pass that placed it.
@@ -231,11 +240,15 @@ class Reconciler:
         self._leader.set()
         self.metrics.is_leader.set(1)
         self._full_due = 0.0
+        wait = self.interval
+        if self.autoscaler is not None:
+            self.autoscaler.begin(self.view)
+            wait = min(wait, self.autoscaler.interval_s)
         try:
             while not self._stop.is_set() and not self._lost.is_set():
                 self._kick.clear()
                 self._pass()
-                self._kick.wait(self.interval)
+                self._kick.wait(wait)
         finally:
             self._leader.clear()
             self.metrics.is_leader.set(0)
@@ -256,15 +269,22 @@ class Reconciler:
             self._full_due = time.monotonic() + FULL_PASS_EVERY_S
             state = self.view.copy()
             names = state.model_names()
+            if self.autoscaler is not None:
+                self.autoscaler.track(state, names, every=True)
             return names, plan_pass(state, names)
         with self.view.read() as state:
-            names = affected(state, changes, {m for m, _ in self._shortfalls})
+            if self.autoscaler is not None:
+                self.autoscaler.track(state, changes.models)
+            names = affected(state, changes, {m for m, _ in self._shortfalls}) | self._replan
             return names, plan_pass(state, names)
 
     def _pass(self) -> None:
         started = time.monotonic()
         try:
+            if self.autoscaler is not None:
+                self._replan |= self.autoscaler.tick_if_due(self.view, self._shortfalls)
             names, result = self._plan()
+            self._replan -= names
             write_pass(self.registry, result, self.metrics)
             timeout = WRITES_VISIBLE_S + WRITES_VISIBLE_PER_NODE_S * len(result.writes)
             if not self.view.wait_written(result.writes, timeout):

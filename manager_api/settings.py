@@ -51,6 +51,25 @@ class ManagerSettings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Longest time between two reconcile passes; watches and API writes trigger one sooner."""
 
+    load_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between two scrapes of the gateways' metrics (per-model load samples)."""
+
+    autoscale_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between two autoscaling decisions of the reconcile leader (a wake from a
+    gateway and a model short of memory are handled at the next reconcile pass)."""
+
+    autoscale_up_cooldown_s: float = Field(default=15.0, ge=0)
+    """Seconds after a model's last scaling before it is scaled up again by load (the new
+    replicas' effect shows in the load first)."""
+
+    autoscale_down_window_s: float = Field(default=120.0, ge=0)
+    """Stabilisation window: a model is scaled down only to the most replicas its load
+    needed over this many seconds, and not sooner than this after its last scaling."""
+
+    evict_idle_s: float = Field(default=60.0, ge=0)
+    """Seconds without a call after which a copy of a model with ``min_replicas`` 0 may be
+    evicted (scaled to zero) to make room for a model short of memory."""
+
     uri_schemes: list[str] = ["file", "http", "https", "s3", "gs"]
     """Artifact URI schemes accepted for model versions."""
 

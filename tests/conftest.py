@@ -8,6 +8,9 @@
   control, gRPC on a free port, with an empty model repository at ``triton.model_repository``.
 - ``tfs_double`` (session): the TF-Serving double (named ``double-a``) serving version 1 of
   ``DOUBLE_MODEL``: ``y = 2 * x``.
+- ``tritons`` (module): Triton servers of their own for full-stack tests' workers (two, or
+  as many as an indirect parametrization asks); ``procs`` (per test): the role processes a
+  test started, stopped after it with their logs printed if it failed.
 
 When a test that used ZooKeeper fails, the tail of the ZooKeeper log is printed. The run
 fails if it leaves a process behind (every process the tests start carries
@@ -24,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from deploy.local.runner import Process, stop_all
 from deploy.local.zookeeper import LocalZooKeeper
 from registry import Registry
 from registry.processes import marked_pids, wait_while
@@ -125,3 +129,33 @@ def tfs_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TFServingDo
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def tritons(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[TritonServer]]:
+    """Two Triton servers, or ``request.param`` of them (``indirect`` parametrization)."""
+    servers = []
+    try:
+        for i in range(getattr(request, "param", 2)):
+            workdir = tmp_path_factory.mktemp(f"e2e-triton-{i}")
+            server = TritonServer(workdir / "models", workdir)
+            server.start()
+            servers.append(server)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest) -> Iterator[list[Process]]:
+    """Processes started by the test: stopped after it (their logs printed if it failed)."""
+    started: list[Process] = []
+    yield started
+    stop_all(started[::-1], grace=20)
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for proc in started:
+            print(f"\n----- {proc.name} ({proc.log}) -----\n{proc.log_tail()}")

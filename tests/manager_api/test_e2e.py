@@ -14,49 +14,21 @@ import signal
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from deploy.local.runner import Process, stop_all
 from examples.models import write_add_one
 from registry import Registry, layout
-from tests.manager_api.conftest import TOKENS, TOKENS_TOML
+from tests.manager_api.conftest import TOKENS
 from tests.servers.gateway import GatewayProcess
+from tests.servers.stack import agent_process, manager_process
 from tests.servers.zk import wait_for
 from worker_agent.tritonserver import TritonServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TritonServer]]:
-    servers = []
-    try:
-        for i in range(2):
-            workdir = tmp_path_factory.mktemp(f"e2e-triton-{i}")
-            server = TritonServer(workdir / "models", workdir)
-            server.start()
-            servers.append(server)
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
-@pytest.fixture
-def procs(request: pytest.FixtureRequest) -> Iterator[list[Process]]:
-    """Processes started by the test: stopped after it (their logs printed if it failed)."""
-    started: list[Process] = []
-    yield started
-    stop_all(started[::-1], grace=20)
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for proc in started:
-            print(f"\n----- {proc.name} ({proc.log}) -----\n{proc.log_tail()}")
 
 
 def add_one_archive(tmp: Path) -> Path:
@@ -120,31 +92,8 @@ def test_deploy_offline_online_and_failover(
     zookeeper, zk_root, registry: Registry, tritons, procs, tmp_path: Path
 ):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(TOKENS_TOML)
-    manager = Process(
-        "manager",
-        [
-            sys.executable,
-            "-m",
-            "manager_api",
-            "--zk",
-            zookeeper.hosts,
-            "--root",
-            zk_root,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--blob-dir",
-            str(tmp_path / "blobs"),
-            "--tokens-file",
-            str(tokens),
-            "--audit-log",
-            str(tmp_path / "audit.jsonl"),
-        ],
-        log=tmp_path / "manager.log",
-        env={**env, "MODELGATE_MANAGER_RECONCILE_INTERVAL_S": "1"},
+    manager = manager_process(
+        tmp_path, zookeeper.hosts, zk_root, {"MODELGATE_MANAGER_RECONCILE_INTERVAL_S": "1"}
     )
     procs.append(manager.start())
     manager.wait_ready(timeout=60)
@@ -152,42 +101,7 @@ def test_deploy_offline_online_and_failover(
 
     agents = {}
     for worker_id, triton in zip(("wa", "wb"), tritons, strict=True):
-        agent = Process(
-            worker_id,
-            [
-                sys.executable,
-                "-m",
-                "worker_agent",
-                "--zk",
-                zookeeper.hosts,
-                "--root",
-                zk_root,
-                "--worker-id",
-                worker_id,
-                "--backend",
-                "triton",
-                "--backend-address",
-                triton.address,
-                "--model-root",
-                str(triton.model_repository),
-                "--advertise-host",
-                "127.0.0.1",
-                "--status-host",
-                "127.0.0.1",
-                "--status-port",
-                "0",
-                "--heartbeat-interval-s",
-                "0.5",
-                "--drain-s",
-                "0.2",
-                "--zk-session-timeout-s",
-                "4",
-                "--manager-url",
-                url,
-            ],
-            log=tmp_path / f"{worker_id}.log",
-            env={**env, "MODELGATE_WORKER_BLOB_TOKEN": TOKENS["internal"]},
-        )
+        agent = agent_process(tmp_path, zookeeper.hosts, zk_root, worker_id, triton, url)
         procs.append(agent.start())
         agents[worker_id] = agent
     wait_for(

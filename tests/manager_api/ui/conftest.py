@@ -62,10 +62,8 @@ def console(
         registry.put(layout.group(group), Group(name=group))
     sim_workers("worker-a", labels={"zone": "a"}, capacity_memory_mb=4096)
     sim_workers("worker-b", labels={"zone": "b"})
-    settings = settings_for(zookeeper, zk_root, tmp_path)
-    app = create_app(
-        settings, registry, tokens=token_store(), start_reconciler=True, load_interval_s=0.2
-    )
+    settings = settings_for(zookeeper, zk_root, tmp_path, load_interval_s=0.2)
+    app = create_app(settings, registry, tokens=token_store(), start_reconciler=True)
     gateway = GatewayProcess(
         tmp_path, "--zk", zookeeper.hosts, "--root", zk_root, "--dataplane", "python"
     ).serve()

@@ -42,6 +42,28 @@ def test_samples_from_two_scrapes_of_gateway_metrics() -> None:
     assert sample.p99_s == 0.2 + 0.3 * (9.9 - 8) / 2
 
 
+def test_calls_in_flight_by_littles_law_and_the_cold_start_mean() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    cold_start = metrics.cold_start
+    metrics.latency.labels("total", "m", "kserve").observe(5.0)  # before: not in the interval
+    cold_start.labels("m").observe(9.0)
+    before = scrape(metrics, at=10.0)
+    for surface, seconds in (("kserve", 1.5), ("kserve", 2.5), ("tfserving", 4.0)):
+        metrics.requests.labels("m", "1", surface, "OK").inc()
+        metrics.latency.labels("total", "m", surface).observe(seconds)
+    metrics.latency.labels("backend", "m", "kserve").observe(100.0)  # another stage
+    for seconds in (2.0, 3.0):
+        cold_start.labels("m").observe(seconds)
+    metrics.requests.labels("warm", "1", "kserve", "OK").inc()
+    after = scrape(metrics, at=14.0)
+
+    samples = samples_of([(after, before)], at=1.0)
+
+    assert samples["m"].in_flight == 2.0  # 8 s of calls in 4 s: two in flight on average
+    assert samples["m"].cold_start_s == 2.5
+    assert samples["warm"].in_flight == 0.0 and samples["warm"].cold_start_s is None
+
+
 def test_a_counter_that_went_down_is_a_restarted_gateway() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     for _ in range(50):
@@ -77,6 +99,8 @@ def test_load_of_real_calls_through_a_gateway(console: Console) -> None:
     )
     assert all(s["error_rate"] == 0 for s in busy)
     assert all(0 < s["p50_s"] <= s["p99_s"] for s in busy)
+    assert all(s["in_flight"] > 0 for s in busy)
+    assert newest()["last_call"] >= busy[-1]["time"]
 
     assert not console.call(version="7")  # no such version: an error the gateway answers
     wait_for(
@@ -92,7 +116,11 @@ def test_load_of_real_calls_through_a_gateway(console: Console) -> None:
     every = httpx.get(f"{console.url}/v1/load", headers=auth("viewer")).raise_for_status().json()
     assert ADD_ONE in {entry["model"] for entry in every}
     idle = httpx.get(f"{console.url}/v1/models/{IDLE}/load", headers=auth("viewer"))
-    assert idle.status_code == 200 and idle.json() == {"model": IDLE, "samples": []}
+    assert idle.status_code == 200 and idle.json() == {
+        "model": IDLE,
+        "samples": [],
+        "last_call": None,
+    }
     missing = httpx.get(f"{console.url}/v1/models/nope/load", headers=auth("viewer"))
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
     refused = httpx.get(f"{console.url}/v1/load")
