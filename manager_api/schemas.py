@@ -272,6 +272,17 @@ class ModelStatus(BaseModel):
         description="The model's load over the gateways' last scrape interval (calls/s, "
         "latency, ...); None without a recent call.",
     )
+    last_call: float | None = Field(
+        default=None,
+        description="When a gateway last saw a call for the model (Unix seconds, to a scrape "
+        "interval); None: none in the last minutes.",
+    )
+    cold_start_s: float | None = Field(
+        default=None,
+        description="The latest cold start: seconds from a call that found no ready instance "
+        "to its answer (a model scaled to zero), averaged over its scrape interval; None: "
+        "none in the last minutes.",
+    )
 
 
 class WorkerOut(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from manager_api.load import LoadSample
+from manager_api.load import ModelLoad
 from manager_api.placement import Key, Shortfall
 from manager_api.schemas import InstanceStatus, ModelStatus, VersionStatus
 from manager_api.state import ClusterState
@@ -37,10 +37,10 @@ def model_status(
     model: Model,
     shortfalls: Mapping[Key, Shortfall],
     gateways: Mapping[str, Gateway],
-    load: LoadSample | None = None,
+    load: ModelLoad | None = None,
 ) -> ModelStatus:
     """``shortfalls``: of a placement of ``model`` (or of every model); ``load``: the
-    model's latest load sample."""
+    model's recent load samples."""
     versions = state.versions.get(model.name, {})
     active = set(state.active_versions(model))
     assigned_on = state.holders.get(model.name, {})
@@ -123,5 +123,11 @@ def model_status(
         plugin_serving=plugin_serving(model, gateways),
         autoscale=model.autoscale,
         scale=state.scales.get(model.name),
-        load=load,
+        load=load.samples[-1] if load is not None and load.samples else None,
+        last_call=load.last_call if load is not None else None,
+        cold_start_s=next(
+            (x.cold_start_s for x in reversed(load.samples) if x.cold_start_s is not None), None
+        )
+        if load is not None
+        else None,
     )

@@ -272,6 +272,10 @@ def _summarised(record: dict[str, Any]) -> dict[str, Any]:
     if "scale" in record:  # statuses
         shown["scale"] = scale_summary(record["scale"])
         shown["load"] = load_summary(record["load"])
+        if record.get("last_call") is not None:
+            shown["last_call"] = time.strftime("%H:%M:%S UTC", time.gmtime(record["last_call"]))
+        if record.get("cold_start_s") is not None:
+            shown["cold_start_s"] = f"{record['cold_start_s']:.2f}s"
     shown["autoscale"] = autoscale_summary(record["autoscale"])
     return shown
 

@@ -11,7 +11,6 @@ from fastapi import APIRouter, File, Form, Header, Path, Request, Response, Uplo
 from manager_api.auth import Principal, require_group, require_role
 from manager_api.context import Caller, Ctx, Manager, Tracker
 from manager_api.errors import PROBLEM_RESPONSES, BadUploadError
-from manager_api.load import LoadSample, ModelLoad
 from manager_api.schemas import (
     LabelsUpdate,
     ModelCreate,
@@ -413,11 +412,6 @@ def set_labels(
 # -- status --------------------------------------------------------------------------------
 
 
-def _latest(loads: dict[str, ModelLoad], name: str) -> LoadSample | None:
-    load = loads.get(name)
-    return load.samples[-1] if load is not None and load.samples else None
-
-
 @router.get(
     "/models/{name}/status",
     response_model=ModelStatus,
@@ -426,7 +420,7 @@ def _latest(loads: dict[str, ModelLoad], name: str) -> LoadSample | None:
 def read_status(m: Ctx, caller: Caller, tracker: Tracker, name: ModelName) -> ModelStatus:
     require_role(caller, "viewer", "reading status")
     gateways = _gateways(m.registry)
-    load = _latest(tracker.models(), name)
+    load = tracker.models().get(name)
     with m.view.read() as state:
         if name not in state.models:
             raise NotFoundError(f"model '{name}' does not exist")
@@ -442,6 +436,6 @@ def read_all_status(m: Ctx, caller: Caller, tracker: Tracker) -> list[ModelStatu
     state = m.view.copy()
     shortfalls = state.placement().shortfalls
     return [
-        model_status(state, mod, shortfalls, gateways, _latest(loads, name))
+        model_status(state, mod, shortfalls, gateways, loads.get(name))
         for name, mod in sorted(state.models.items())
     ]

@@ -238,6 +238,12 @@ def test_a_model_at_zero_answers_its_first_call_and_goes_back_to_zero_when_idle(
         return [s["cold_start_s"] for s in load.json()["samples"] if s["cold_start_s"]]
 
     assert all(s > 0 for s in wait_for(cold_starts, what="the cold-start time in the load"))
+    status = (
+        httpx.get(f"{stack.manager_url}/v1/models/cold/status", headers=auth("viewer"), timeout=10)
+        .raise_for_status()
+        .json()
+    )
+    assert status["cold_start_s"] > 0 and status["last_call"] is not None
 
 
 @pytest.mark.parametrize("tritons", [3], indirect=True)
