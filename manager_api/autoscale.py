@@ -4,7 +4,8 @@ for each model with ``autoscale``, kept in ``/scale/<model>`` with a reason.
 :func:`decide` is pure (cluster state + load samples + now -> new ``Scale`` records):
 
 - **by load**: a sample needs ``load / target`` replicas (average calls in flight or calls per
-  second, per replica), rounded up and held within ``[max(min_replicas, 1), max_replicas]``;
+  second, per replica), rounded up (a replica may carry :data:`TOLERANCE` over its target) and
+  held within ``[max(min_replicas, 1), max_replicas]``;
   a need within :data:`TOLERANCE` of the current count keeps it. Up as soon as the newest
   sample needs more (not within ``up_cooldown_s`` of the model's last scaling); down only to
   the most that any sample of the last ``down_window_s`` needed, and not within that window
@@ -103,12 +104,15 @@ def load_of(auto: Autoscale, sample: LoadSample) -> float:
 
 
 def replicas_for(auto: Autoscale, needed: float, current: int) -> int:
-    """``needed`` rounded up within the bounds (at least one), or ``current`` when ``needed``
-    is within :data:`TOLERANCE` of it."""
+    """``needed`` rounded up within the bounds (at least one), each replica allowed
+    :data:`TOLERANCE` over its target, or ``current`` when ``needed`` is within
+    :data:`TOLERANCE` of it."""
     if current > 0 and abs(needed / current - 1) <= TOLERANCE:
         wanted = current
     else:
-        wanted = math.ceil(needed)
+        # NOTE: a replica may carry up to TOLERANCE over its target: a steady load of 2 calls
+        # in flight measures 2.1 one interval and 1.9 the next, and needs 2 replicas, not 3
+        wanted = math.ceil(needed / (1 + TOLERANCE))
     return min(max(wanted, auto.min_replicas, 1), auto.max_replicas)
 
 

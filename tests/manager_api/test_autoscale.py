@@ -150,6 +150,14 @@ def test_a_need_within_the_tolerance_keeps_the_count() -> None:
     assert replicas(run(state, load("m", sample(NOW - 1, in_flight=2.3)))) == {"m": 3}
 
 
+def test_a_steady_load_a_little_over_a_whole_number_needs_that_number() -> None:
+    state = ClusterState()
+    autoscaled(state, "m", replicas=1)  # 2 callers back to back measure 2.1 in flight, not 3
+
+    assert replicas(run(state, load("m", sample(NOW - 1, in_flight=2.1)))) == {"m": 2}
+    assert replicas(run(state, load("m", sample(NOW - 1, in_flight=2.3)))) == {"m": 3}
+
+
 def test_down_only_to_the_highest_need_of_the_stabilisation_window() -> None:
     state = ClusterState()
     autoscaled(state, "m", replicas=3)
