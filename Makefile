@@ -25,7 +25,7 @@ define debian_package
 	fi
 endef
 
-.PHONY: help setup generate lint test demo up bench bench-scale clean
+.PHONY: help setup generate lint test demo up bench bench-scale bench-autoscale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ up: setup ## start ZooKeeper, Triton x2 + worker agents, gateway and manager loc
 bench: setup ## gateway vs direct-to-Triton benchmark; writes bench/results/latest.json
 	$(PY) -m bench
 	$(PY) -m bench.workers
+
+bench-autoscale: setup ## autoscaling (load ramp -> replicas, plot), cold start from zero, per-model isolation; writes bench/results/autoscale.{json,png} and isolation.json
+	$(PY) -m bench.autoscale
+	$(PY) -m bench.isolation
 
 bench-scale: setup ## fleet-scale control-plane benchmark (1k/3k/10k models); writes bench/results/scale.json
 	$(PY) -m bench.scale $(SCALE_ARGS)
