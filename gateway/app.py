@@ -171,7 +171,9 @@ class GatewayApp:
             processes=s.plugin_processes,
             on_change=self._on_plugins,
         )
-        self.cold_starts = ColdStarts(self.registry, self._gateway_id, s.cold_start_queue)
+        self.cold_starts = ColdStarts(
+            self.registry, self._gateway_id, s.cold_start_queue, s.instance_grace_s
+        )
         core = Core(
             self.router,
             self.backends,

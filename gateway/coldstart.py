@@ -6,6 +6,13 @@ rewritten at most once a second while calls wait, with how many do) and the reco
 leader scales the model up, which deletes the node. The waiting calls wake on every table
 swap that changed the model and go on as soon as it has a ready instance, each within its
 own deadline. At most ``max_waiting`` calls wait per model in one gateway process.
+
+The same wait, short, serves every other online model: a call that finds no ready instance in
+this process's table waits up to ``grace_s`` (within its deadline) for a table swap that gives
+it one, then answers as it would have (UNAVAILABLE). The table of one process can be a few ms
+behind another's or the manager's (each Python worker has its own ZooKeeper watch), and a
+route is withdrawn and published again when its model server restarts: a caller told a model
+is ready, or calling through a short gap, gets an answer, not a spurious error.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.errors import DeadlineExceededError, ModelUnavailableError, ResourceExhaustedError
 from gateway.router import Target
@@ -46,8 +53,6 @@ class _Waiting:
     """The calls waiting for one model's first instance."""
 
     count: int = 0
-    #: Set (and replaced) when a table swap changed the model.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ColdStarts:
@@ -58,14 +63,20 @@ class ColdStarts:
         registry: Registry,
         gateway_id: Callable[[], str],
         max_waiting: int,
+        grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.gateway_id = gateway_id
         self.max_waiting = max_waiting
+        self.grace_s = grace_s
         self.clock = clock
         #: Models with calls waiting, each while its wake announcer runs.
         self._waiting: dict[str, _Waiting] = {}
+        #: Per model with a call waiting for the table: set when a table swap changes it.
+        self._changed: dict[str, asyncio.Event] = {}
+        #: Calls of online models waiting out the grace, per model.
+        self._settling: dict[str, int] = {}
         self._announcers: set[asyncio.Task[None]] = set()
 
     def waiting(self, name: str) -> int:
@@ -73,13 +84,23 @@ class ColdStarts:
         state = self._waiting.get(name)
         return 0 if state is None else state.count
 
+    def settling(self, name: str) -> int:
+        """Calls of online model ``name`` waiting out the grace in this process."""
+        return self._settling.get(name, 0)
+
     def on_table(self, changed: Iterable[str]) -> None:
         """Wake the calls waiting for the ``changed`` models (the table is swapped in)."""
         for name in changed:
-            state = self._waiting.get(name)
-            if state is not None:
-                state.changed.set()
-                state.changed = asyncio.Event()
+            event = self._changed.pop(name, None)
+            if event is not None:
+                event.set()
+
+    def _next_change(self, name: str) -> asyncio.Event:
+        """Set at the next table swap that changes ``name``."""
+        event = self._changed.get(name)
+        if event is None:
+            event = self._changed[name] = asyncio.Event()
+        return event
 
     async def wait(
         self,
@@ -108,7 +129,7 @@ class ColdStarts:
         try:
             while True:
                 remaining = deadline - margin - self.clock()
-                changed = state.changed
+                changed = self._next_change(name)
                 if remaining > 0:
                     try:
                         await asyncio.wait_for(changed.wait(), remaining)
@@ -127,6 +148,35 @@ class ColdStarts:
                         raise
         finally:
             state.count -= 1
+
+    async def settle(self, name: str, resolve: Callable[[], Target], deadline: float) -> Target:
+        """For an online model with no ready instance: ``resolve()`` once a table swap gives
+        it one, within ``grace_s`` and ``deadline``; then ``resolve()`` as it is (it raises
+        UNAVAILABLE). Beyond ``max_waiting`` calls waiting per model, at once."""
+        settling = self._settling.get(name, 0)
+        if self.grace_s <= 0 or settling >= self.max_waiting:
+            return resolve()
+        now = self.clock()
+        margin = min(_ANSWER_MARGIN * (deadline - now), _ANSWER_MARGIN_MAX_S)
+        until = min(now + self.grace_s, deadline - margin)
+        self._settling[name] = settling + 1
+        try:
+            while (remaining := until - self.clock()) > 0:
+                try:
+                    await asyncio.wait_for(self._next_change(name).wait(), remaining)
+                except TimeoutError:
+                    break
+                try:
+                    return resolve()
+                except ModelUnavailableError:
+                    continue
+            return resolve()
+        finally:
+            left = self._settling[name] - 1
+            if left:
+                self._settling[name] = left
+            else:
+                del self._settling[name]
 
     async def _announce(self, name: str, state: _Waiting) -> None:
         """Write ``/wake/<name>`` now and once a second while calls wait."""

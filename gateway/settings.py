@@ -97,6 +97,11 @@ class GatewaySettings(BaseSettings):
     cold_start_queue: int = Field(default=64, ge=1, le=100_000)
     """Calls that may wait per model for its first instance (a model scaled to zero), per
     gateway process; one more gets RESOURCE_EXHAUSTED."""
+    instance_grace_s: float = Field(default=1.0, ge=0, le=60)
+    """Seconds a call for an online model with no ready instance waits for one to appear
+    (within its deadline) before UNAVAILABLE: a route republished after a server restart, or
+    this process's table a few ms behind another's. 0: UNAVAILABLE at once. As many calls
+    per model as ``cold_start_queue`` wait; more get UNAVAILABLE at once."""
     shadow_max_in_flight: int = Field(default=64, ge=1)
     """Shadow copies running at once; a sampled copy over this is dropped (and counted)."""
     ready_file: Path | None = None

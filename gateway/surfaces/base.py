@@ -401,8 +401,9 @@ class Core:
         words: NotFoundWords = MODELGATE_WORDS,
     ) -> Target:
         """:meth:`resolve` for a call to a backend: within the model's limits (or
-        :class:`~gateway.limits.LimitedError`), and for a model scaled to zero, once its
-        first instance is ready (:class:`~gateway.coldstart.ColdStarts`).
+        :class:`~gateway.limits.LimitedError`), for a model scaled to zero once its first
+        instance is ready, and for another online model without a ready instance after a
+        short grace for one to appear (:class:`~gateway.coldstart.ColdStarts`).
 
         A model without limits pays one attribute check.
         """
@@ -410,17 +411,18 @@ class Core:
             target = self.resolve(info, name, version, label, words)
         except ModelUnavailableError:
             entry = self.router.table.models.get(name)
-            if entry is None or not scales_from_zero(entry.record):
+            if entry is None or entry.record.state != "online":
                 raise
-            if entry.record.limits is not None:
-                info.slot = self.limits.admit(entry)
-            info.cold_start = True
-            return await self.cold_starts.wait(
-                name,
-                lambda: self.resolve(info, name, version, label, words),
-                lambda: self._record(name),
-                self.deadline(context),
-            )
+            again = functools.partial(self.resolve, info, name, version, label, words)
+            if not scales_from_zero(entry.record):
+                target = await self.cold_starts.settle(name, again, self.deadline(context))
+            else:
+                if entry.record.limits is not None:
+                    info.slot = self.limits.admit(entry)
+                info.cold_start = True
+                return await self.cold_starts.wait(
+                    name, again, lambda: self._record(name), self.deadline(context)
+                )
         if target.model.record.limits is not None:
             info.slot = self.limits.admit(target.model)
         return target

@@ -121,3 +121,52 @@ def test_offline_unknown_and_fixed_models_keep_their_errors(registry, gateway):
     assert answers["nobody"][0] == grpc.StatusCode.NOT_FOUND
     assert not registry.exists(layout.wake("cold-off"))
     assert not registry.exists(layout.wake("fixed"))
+
+
+def test_a_call_finding_no_instance_waits_the_grace_for_one(registry, gateway, triton_a):
+    """A model that is not autoscaled, with its route missing from this table for a moment (a
+    server restarting, or another process's table ahead): the call waits, then answers."""
+    put_model(registry, ADD_ONE)
+    put_version(registry, ADD_ONE, 1)
+    wait_for(
+        lambda: (
+            (entry := gateway.app.router.table.models.get(ADD_ONE)) is not None
+            and 1 in entry.versions
+        ),
+        what="the model's version",
+    )
+    assert gateway.app.settings.instance_grace_s == 1.0
+    with grpc.insecure_channel(gateway.address) as channel:
+        call = channel.unary_unary(INFER).future(infer_request(ADD_ONE, 4.0), timeout=30)
+        wait_for(lambda: gateway.app.cold_starts.settling(ADD_ONE) == 1, what="a call waiting")
+        put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+        out = kserve.ModelInferResponse.FromString(call.result())
+    assert np.frombuffer(out.raw_output_contents[0], np.float32)[0] == 5.0
+    assert gateway.app.cold_starts.settling(ADD_ONE) == 0
+    assert not registry.exists(layout.wake(ADD_ONE))  # a grace is not a wake
+
+
+def test_without_the_grace_a_call_finding_no_instance_fails_at_once(gateway_settings, registry):
+    gateway = RunningGateway(gateway_settings.model_copy(update={"instance_grace_s": 0.0}))
+    try:
+        put_model(registry, "gone")
+        put_version(registry, "gone", 1)
+        wait_for(
+            lambda: (
+                (entry := gateway.app.router.table.models.get("gone")) is not None
+                and 1 in entry.versions
+            ),
+            what="the model's version",
+        )
+        with grpc.insecure_channel(gateway.address) as channel:
+            call = channel.unary_unary(INFER).future(infer_request("gone", 1.0), timeout=30)
+            try:
+                call.result()
+                raise AssertionError("no instance: the call must fail")
+            except grpc.RpcError:
+                pass
+        assert call.code() == grpc.StatusCode.UNAVAILABLE
+        assert call.details() == "model 'gone' version 1 has no ready instance"
+        assert gateway.app.cold_starts.settling("gone") == 0
+    finally:
+        gateway.stop()
