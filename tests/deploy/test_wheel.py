@@ -145,11 +145,10 @@ def gateway_process(
         proc = subprocess.Popen(
             [python, "-m", "gateway", "--zk", zookeeper.hosts, "--root", zk_root,
              "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-             "--gateway-id", "gw-wheel",
-             # NOTE: one Python process: each worker watches ZooKeeper on its own, so a call
-             # right after the health check may reach one a few ms behind (tests/gateway
-             # test_workers covers several)
-             "--python-workers", "1"],
+             # NOTE: the default Python workers, each with its own ZooKeeper watch: a call
+             # right after the health check may reach one a few ms behind, which waits out
+             # the instance grace (--instance-grace-s) rather than failing
+             "--gateway-id", "gw-wheel"],
             cwd=tmp_path, env=outside_checkout(), stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
