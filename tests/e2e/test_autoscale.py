@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
 from examples.models import write_add_one_artifact
+from protos.modelgate.v1 import gateway_pb2, gateway_pb2_grpc
 from registry import Registry, layout
 from registry.records import Autoscale, Model, ModelVersion, Scale
 from tests.manager_api.conftest import auth
@@ -67,6 +69,16 @@ class Stack:
         self.registry.put(
             layout.version(name, 1), ModelVersion(version=1, artifact_uri=f"file://{folder}")
         )
+        wait_for(lambda: self.known(name), what=f"the gateway to know {name} version 1")
+
+    def known(self, name: str) -> bool:
+        """The gateway lists ``name`` with its version 1 (a call would not get NOT_FOUND)."""
+        with grpc.insecure_channel(self.gateway) as channel:
+            listed = gateway_pb2_grpc.GatewayStub(channel).ListModels(
+                gateway_pb2.ListModelsRequest(), timeout=10
+            )
+        return any(m.name == name and any(v.version == "1" for v in m.versions)
+                   for m in listed.models)  # fmt: skip
 
     def routes(self, name: str) -> set[str]:
         return set(self.registry.children(layout.version_routes(name, 1)))
