@@ -111,6 +111,9 @@ def test_a_flooded_model_is_refused_and_another_model_always_answers(
         assert pushback(future) == CONCURRENCY_PUSHBACK_MS
     labels = {"model": SLOW, "limit": "concurrency"}
     assert gateway.metric("modelgate_gateway_limited_total", labels) == len(rejected)
+    answered = {"model": SLOW, "version": "1", "surface": "kserve", "code": "RESOURCE_EXHAUSTED"}
+    assert gateway.metric("modelgate_gateway_requests_total", answered) == len(rejected)
+    assert gateway.metric("modelgate_gateway_retries_total", {"model": SLOW}) == 0
 
 
 def test_a_rate_limit_admits_what_its_bucket_holds(registry, gateway, triton_a):
