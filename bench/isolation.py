@@ -11,7 +11,8 @@ error, and A's calls are refused by design, so it cannot be A's load generator).
 measured in turns, ``--rounds`` times (a shared machine's load drifts: both see the same
 drift); the ratio is of the medians. Last, A's flood alone for a window: the gateway's CPU
 (its process tree, HAProxy included; in all and by process name) per call of A, nearly all
-refused. Prints the figures and writes ``bench/results/isolation.json``.
+refused, and for scale the same processes' CPU share in a window without calls. Prints the
+figures and writes ``bench/results/isolation.json``.
 
 Run: ``.venv/bin/python -m bench.isolation`` (``--help``).
 """
@@ -100,14 +101,17 @@ class Flood:
 
 
 def cpu_seconds_by_name(root: int) -> Counter[str]:
-    """utime + stime of ``root`` and its descendants, by process name (``haproxy``, the
-    Python gateway's processes under their interpreter's name)."""
+    """utime + stime of ``root`` and its descendants, by process name (``haproxy``; the
+    Python gateway's processes as ``python -m <module>``)."""
     total: Counter[str] = Counter()
     top = psutil.Process(root)
     for proc in (top, *top.children(recursive=True)):
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
-            total[proc.name()] += times.user + times.system
+            name, args = proc.name(), proc.cmdline()
+            if "-m" in args[:-1]:
+                name = f"{name} -m {args[args.index('-m') + 1]}"
+            total[name] += times.user + times.system
     return total
 
 
@@ -177,9 +181,14 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                         measure_b(address, args, workdir / f"{dataplane}-flooded-{n}.csv")
                     )
                 codes += flood.codes
+            window_s = args.window_ms / 1000
+            cpu_before = cpu_seconds_by_name(gateway.pid)
+            time.sleep(window_s)  # NOTE: the idle window measured, not a wait
+            idle_cpu = cpu_seconds_by_name(gateway.pid)
+            idle_cpu.subtract(cpu_before)
             cpu_before = cpu_seconds_by_name(gateway.pid)
             with Flood(address, flood_body, callers, args.factor * args.rate_limit) as flood:
-                time.sleep(args.window_ms / 1000)  # NOTE: the measured window, not a wait
+                time.sleep(window_s)  # NOTE: the measured window, not a wait
             flood_cpu = cpu_seconds_by_name(gateway.pid)
             flood_cpu.subtract(cpu_before)
             flood_calls = max(1, sum(flood.codes.values()))
@@ -196,7 +205,10 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 1e6 * flood_cpu.total() / flood_calls),
                             "cpu_us_per_call_by_process": {
                                 name: round(1e6 * seconds / flood_calls)
-                                for name, seconds in sorted(flood_cpu.items())}},
+                                for name, seconds in sorted(flood_cpu.items())},
+                            "idle_cpu_share_by_process": {
+                                name: round(seconds / window_s, 3)
+                                for name, seconds in sorted(idle_cpu.items())}},
             }  # fmt: skip
             stop_all([procs.pop()], 30)
         return results
