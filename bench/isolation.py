@@ -1,17 +1,18 @@
 """Isolation figure (#14): model B's p99 alone vs with model A flooded at 10x its limits.
 
 Starts a real ZooKeeper, Triton (``iso_a`` and ``iso_b``, two add_one models) and a gateway
-per data plane (``--dataplane python``: A and B share the Python process; ``haproxy``: A, a
-limited model, takes the Python path, B the fast path). ``iso_a`` has ``limits:
-{max_concurrency, rate_limit}``. For each data plane, B is measured by Triton's
+per data plane (``--dataplane python``: A and B share the Python process; ``haproxy``: both
+take the fast path, and HAProxy itself refuses A's calls over its limits). ``iso_a`` has
+``limits: {max_concurrency, rate_limit}``. For each data plane, B is measured by Triton's
 ``perf_analyzer`` (KServe ModelInfer naming version 1) alone, then while a grpc.aio driver in
 this process floods A with ``--factor`` times its limits: ``factor * max_concurrency``
 callers offering ``factor * rate_limit`` calls/s in all (perf_analyzer stops at the first
 error, and A's calls are refused by design, so it cannot be A's load generator). The two are
 measured in turns, ``--rounds`` times (a shared machine's load drifts: both see the same
 drift); the ratio is of the medians. Last, A's flood alone for a window: the gateway's CPU
-(its process tree, HAProxy included) per call of A, nearly all refused. Prints the figures and
-writes ``bench/results/isolation.json``.
+(its process tree, HAProxy included; in all and by process name) per call of A, nearly all
+refused, and for scale the same processes' CPU share in a window without calls. Prints the
+figures and writes ``bench/results/isolation.json``.
 
 Run: ``.venv/bin/python -m bench.isolation`` (``--help``).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -35,10 +37,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2 as kserve
 
-from bench.run import RESULTS, tree_cpu_seconds
+from bench.run import RESULTS
 from bench.tools import perf_analyzer
 from deploy.local.runner import Process, stop_all
 from deploy.local.zookeeper import LocalZooKeeper
@@ -95,6 +98,21 @@ class Flood:
             await asyncio.gather(
                 *(caller(n * interval / self.callers) for n in range(self.callers))
             )
+
+
+def cpu_seconds_by_name(root: int) -> Counter[str]:
+    """utime + stime of ``root`` and its descendants, by process name (``haproxy``; the
+    Python gateway's processes as ``python -m <module>``)."""
+    total: Counter[str] = Counter()
+    top = psutil.Process(root)
+    for proc in (top, *top.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            name, args = proc.name(), proc.cmdline()
+            if "-m" in args[:-1]:
+                name = f"{name} -m {args[args.index('-m') + 1]}"
+            total[name] += times.user + times.system
+    return total
 
 
 def measure_b(address: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -163,10 +181,17 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                         measure_b(address, args, workdir / f"{dataplane}-flooded-{n}.csv")
                     )
                 codes += flood.codes
-            cpu_before = tree_cpu_seconds(gateway.pid)
+            window_s = args.window_ms / 1000
+            cpu_before = cpu_seconds_by_name(gateway.pid)
+            time.sleep(window_s)  # NOTE: the idle window measured, not a wait
+            idle_cpu = cpu_seconds_by_name(gateway.pid)
+            idle_cpu.subtract(cpu_before)
+            cpu_before = cpu_seconds_by_name(gateway.pid)
             with Flood(address, flood_body, callers, args.factor * args.rate_limit) as flood:
-                time.sleep(args.window_ms / 1000)  # NOTE: the measured window, not a wait
-            flood_cpu_s = tree_cpu_seconds(gateway.pid) - cpu_before
+                time.sleep(window_s)  # NOTE: the measured window, not a wait
+            flood_cpu = cpu_seconds_by_name(gateway.pid)
+            flood_cpu.subtract(cpu_before)
+            flood_calls = max(1, sum(flood.codes.values()))
             p99_alone = statistics.median(m["p99_us"] for m in alone)
             p99_flooded = statistics.median(m["p99_us"] for m in flooded)
             results[dataplane] = {
@@ -177,7 +202,13 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "a_flood": {"callers": callers, "offered_per_s": args.factor * args.rate_limit,
                             "answers": dict(codes),
                             "gateway_cpu_us_per_call_alone": round(
-                                1e6 * flood_cpu_s / max(1, sum(flood.codes.values())))},
+                                1e6 * flood_cpu.total() / flood_calls),
+                            "cpu_us_per_call_by_process": {
+                                name: round(1e6 * seconds / flood_calls)
+                                for name, seconds in sorted(flood_cpu.items())},
+                            "idle_cpu_share_by_process": {
+                                name: round(seconds / window_s, 3)
+                                for name, seconds in sorted(idle_cpu.items())}},
             }  # fmt: skip
             stop_all([procs.pop()], 30)
         return results

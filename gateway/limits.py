@@ -26,6 +26,21 @@ PUSHBACK = "grpc-retry-pushback-ms"
 CONCURRENCY_PUSHBACK_MS = 10
 
 
+def over_concurrency(
+    model: str, in_flight: object, max_concurrency: object, share: str = ""
+) -> str:
+    """The message of a call over ``model``'s max_concurrency (HAProxy's too: config.py)."""
+    return (
+        f"model {model!r}: {in_flight} calls in flight, its max_concurrency of "
+        f"{max_concurrency}{share}"
+    )
+
+
+def over_rate(model: str, rate_limit: object, share: str = "") -> str:
+    """The message of a call over ``model``'s rate_limit (HAProxy's too: config.py)."""
+    return f"model {model!r}: over its rate_limit of {rate_limit} calls/s{share}"
+
+
 class LimitedError(ResourceExhaustedError):
     """A call over one of its model's limits (``limit``: ``concurrency`` or ``rate``)."""
 
@@ -144,8 +159,12 @@ class ModelLimits:
             self.metrics.limited.labels(entry.name, "concurrency").inc()
             assert spec.max_concurrency is not None
             raise LimitedError(
-                f"model {entry.name!r}: {limit.in_flight} calls in flight, its max_concurrency "
-                f"of {spec.max_concurrency}{limit.share(limit.max_in_flight, '')}",
+                over_concurrency(
+                    entry.name,
+                    limit.in_flight,
+                    spec.max_concurrency,
+                    limit.share(limit.max_in_flight, ""),
+                ),
                 "concurrency",
                 CONCURRENCY_PUSHBACK_MS,
             )
@@ -155,8 +174,11 @@ class ModelLimits:
                 self.metrics.limited.labels(entry.name, "rate").inc()
                 assert spec.rate_limit is not None
                 raise LimitedError(
-                    f"model {entry.name!r}: over its rate_limit of {spec.rate_limit:g} calls/s"
-                    f"{limit.share(limit.bucket.rate, ' calls/s')}",
+                    over_rate(
+                        entry.name,
+                        f"{spec.rate_limit:g}",
+                        limit.share(limit.bucket.rate, " calls/s"),
+                    ),
                     "rate",
                     max(1, math.ceil(wait_s * 1000)),
                 )

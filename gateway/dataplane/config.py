@@ -1,10 +1,16 @@
 """HAProxy's base configuration: written once per start, never edited while it runs.
 
 Everything that changes with the routing table lives in what this file pre-declares and the
-Runtime API changes: the route map (``<fast-path key> -> <slot backend>``) and the servers of
-the slot backends (``server-template`` slots, all in maintenance at start). HAProxy 2.6
-cannot add a backend at run time, so slots are declared up front, one pool per balance
-algorithm.
+Runtime API changes: the route map (``<fast-path key> -> <slot backend>``), the limit maps
+(``<model> -> <max_concurrency>`` and ``<model> -> <rate_limit>``) and the servers of the slot
+backends (``server-template`` slots, all in maintenance at start). HAProxy 2.6 cannot add a
+backend at run time, so slots are declared up front, one pool per balance algorithm.
+
+A limited model's fast-path calls are tracked in one stick table keyed by model name: its
+reference count is the model's calls in flight (``table_trackers``) and its
+``http_req_rate(1s)`` the calls admitted over the last second. A call over a limit is
+answered by HAProxy itself, a trailers-only gRPC RESOURCE_EXHAUSTED with the Python path's
+message and retry pushback (gateway/limits.py).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.limits import CONCURRENCY_PUSHBACK_MS, PUSHBACK, over_concurrency, over_rate
 from registry.records import RoutingPolicy
 
 LUA = Path(__file__).with_name("route.lua")
@@ -30,6 +37,8 @@ POOLS: dict[RoutingPolicy, tuple[str, str]] = {
 LOG_TAG = "modelgate-fastpath"
 #: HAProxy ring buffer holding the log lines.
 LOG_RING = "modelgate_log"
+#: Backend holding the stick table of the limited models' fast-path calls.
+LIMITS_TABLE = "modelgate_limits"
 
 #: The Python path's words for bytes that do not parse (gateway/surfaces/base.py), with the
 #: backend's own message after them.
@@ -53,6 +62,17 @@ METHODS = {
     ),
     "tm": ("/tensorflow.serving.PredictionService/GetModelMetadata",),
 }
+
+
+#: How a call over a limit is answered: a trailers-only gRPC RESOURCE_EXHAUSTED (no body;
+#: its content-type is set by an http-after-response rule, as a reply without one drops it).
+_REFUSE = f"http-request return status 200 hdr grpc-status 8 hdr {PUSHBACK}"
+_CONCURRENCY_MESSAGE = over_concurrency(
+    "%[var(txn.model)]", "%[var(txn.in_flight)]", "%[var(txn.max_calls)]"
+)
+_RATE_MESSAGE = over_rate("%[var(txn.model)]", "%[var(txn.max_rate)]")
+#: ceil(1000 / rate_limit): the milliseconds a call's share of the one-second window lasts.
+_RATE_PUSHBACK = "%[int(999),add(txn.max_rate),div(txn.max_rate)]"
 
 
 def slot_name(pool: str, index: int) -> str:
@@ -85,6 +105,16 @@ class Layout:
     @property
     def route_map(self) -> Path:
         return self.run_dir / "routes.map"
+
+    @property
+    def concurrency_map(self) -> Path:
+        """``<model> -> <max_concurrency>`` of the limited models on the fast path."""
+        return self.run_dir / "max_concurrency.map"
+
+    @property
+    def rate_map(self) -> Path:
+        """``<model> -> <rate_limit>`` (calls over the last second) of the same models."""
+        return self.run_dir / "rate_limit.map"
 
     @property
     def tls_pem(self) -> Path:
@@ -162,7 +192,8 @@ defaults
 
 frontend public
     {bind}
-    log-format "{LOG_TAG} %b %ST %[var(txn.grpc_status)] %[date(0,us),sub(txn.start)] %rc"
+    log-format "{LOG_TAG} %[var(txn.backend)] %ST %[var(txn.grpc_status)] \
+%[date(0,us),sub(txn.start)] %rc %[var(txn.limited)]"
 {acls}
     # NOTE: only unary calls the fast path may take wait for their body (streams must not)
     http-request wait-for-body time 30s if {" || ".join(METHODS)}
@@ -172,19 +203,49 @@ frontend public
     http-request set-log-level silent unless {{ var(txn.backend) -m found }}
     http-request set-var(txn.start) date(0,us)
     http-request set-var(txn.method) path,field(3,/) if {{ var(txn.backend) -m found }}
+    acl fast var(txn.backend) -m found
+    # per-model limits (the limit maps hold the limited models on the fast path only)
+    http-request set-var(txn.model) var(txn.key),field(2,:),field(1,/) if fast
+    http-request set-var(txn.max_calls) var(txn.model),map_str_int({layout.concurrency_map}) \
+        if fast
+    http-request set-var(txn.max_rate) var(txn.model),map_str_int({layout.rate_map}) if fast
+    acl calls_limited var(txn.max_calls) -m found
+    acl rate_limited var(txn.max_rate) -m found
+    # NOTE: table_trackers counts its own look-up of an entry that exists: 0 (no entry) or
+    # the calls in flight + 1
+    http-request set-var(txn.trackers) var(txn.model),table_trackers({LIMITS_TABLE}) \
+        if calls_limited
+    acl over_calls var(txn.trackers),sub(txn.max_calls) gt 0
+    acl over_rate var(txn.model),table_http_req_rate({LIMITS_TABLE}),sub(txn.max_rate) ge 0
+    http-request set-var(txn.limited) str(concurrency) if calls_limited over_calls
+    http-request set-var(txn.in_flight) var(txn.trackers),sub(1) if calls_limited over_calls
+    http-request set-var(txn.limited) str(rate) if !{{ var(txn.limited) -m found }} \
+        rate_limited over_rate
+    http-request set-var(txn.grpc_status) int(8) if {{ var(txn.limited) -m found }}
+    {_REFUSE} {CONCURRENCY_PUSHBACK_MS} hdr grpc-message "{_CONCURRENCY_MESSAGE}" \
+        if {{ var(txn.limited) -m str concurrency }}
+    {_REFUSE} "{_RATE_PUSHBACK}" hdr grpc-message "{_RATE_MESSAGE}" \
+        if {{ var(txn.limited) -m str rate }}
+    http-after-response set-header content-type application/grpc \
+        if {{ var(txn.limited) -m found }}
+    # NOTE: an admitted call holds its entry (one more tracker) until its answer is sent
+    http-request track-sc0 var(txn.model) table {LIMITS_TABLE} if calls_limited || rate_limited
     # NOTE: bytes the backend cannot parse are the caller's error, INVALID_ARGUMENT as on the
     # Python path (surfaces/base.py); the backend answers them INTERNAL, trailers-only (Triton
     # "Unable to parse request", a Python gRPC server "Exception deserializing request!").
     acl unparsable res.hdr(grpc-status) -m str 13
     acl unparsable_words res.hdr(grpc-message) -m sub "Unable to parse request"
     acl unparsable_words res.hdr(grpc-message) -m sub "Exception deserializing request"
-    acl fast var(txn.backend) -m found
     http-response set-header grpc-message {UNPARSABLE_MESSAGE} if fast unparsable unparsable_words
     http-response set-header grpc-status 3 if fast unparsable unparsable_words
     # the status the caller gets (trailers-only answers), for the log line the metrics read
     http-response set-var(txn.grpc_status) res.hdr(grpc-status) if fast
     use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
     default_backend {PYTHON_BACKEND}
+
+backend {LIMITS_TABLE}
+    # NOTE: entries are kept while calls track them; a model idle for a minute is forgotten
+    stick-table type string len 64 size 100k expire 60s store http_req_rate(1s)
 
 backend {PYTHON_BACKEND}
     # NOTE: per call (each HTTP/2 stream), to the Python process with the fewest calls

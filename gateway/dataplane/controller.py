@@ -78,7 +78,11 @@ class DataPlane:
         self.layout = layout or Layout(private)
         self.api = RuntimeApi(self.layout.admin_socket)
         self.programmer = Programmer(
-            str(self.layout.route_map), self.layout.slots, self.layout.servers
+            str(self.layout.route_map),
+            self.layout.slots,
+            self.layout.servers,
+            concurrency_map=str(self.layout.concurrency_map),
+            rate_map=str(self.layout.rate_map),
         )
         self.supervisor: Supervisor | None = None
         self.state = State.LATENT
@@ -143,7 +147,8 @@ class DataPlane:
 
     def _write_files(self, fd: int, python_port: int, workers: Sequence[Path]) -> None:
         self.layout.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.layout.route_map.write_text("")
+        for map_file in (self.layout.route_map, self.layout.concurrency_map, self.layout.rate_map):
+            map_file.write_text("")
         listener = Listener(fd)
         if self.tls is not None:
             cert, key = self.tls
@@ -295,7 +300,8 @@ class DataPlane:
 
     def record(self, line: str) -> None:
         """One log line: a fast-path call (``<tag> <backend> <http status> <grpc-status> <µs>
-        <retries>``) or an event such as ``Server rr_0/s2 is DOWN, reason: ...``."""
+        <retries> <limit>``, the limit a refused call was over or ``-``) or an event such as
+        ``Server rr_0/s2 is DOWN, reason: ...``."""
         parts = line.split()
         if len(parts) >= 4 and parts[0] == "Server" and parts[2:4] == ["is", "DOWN,"]:
             backend, _, server = parts[1].partition("/")
@@ -305,13 +311,15 @@ class DataPlane:
                     log.warning("haproxy marked backend %s down (%s)", name, line)
                     self.on_backend_down(name)
             return
-        if len(parts) != 6 or parts[0] != LOG_TAG:
+        if len(parts) != 7 or parts[0] != LOG_TAG:
             return
-        _, backend, status, grpc_status, micros, retries = parts
+        _, backend, status, grpc_status, micros, retries, limited = parts
         self._logged += 1
         route = self.programmer.route_of(backend)
         if route is None:
             return
+        if limited != "-":
+            self.metrics.limited.labels(route.model, limited).inc()
         if retries.strip("+") not in ("", "0"):
             self.metrics.retries.labels(route.model).inc()
         code = _GRPC_CODES.get(grpc_status) or _HTTP_CODES.get(status, "UNKNOWN")
@@ -335,14 +343,18 @@ class DataPlane:
         deadline = asyncio.get_running_loop().time() + _SETTLE_S
         while True:
             try:
-                (stats,) = await self.api.execute(["show stat -1 2 -1"])
+                (stats,) = await self.api.execute(["show stat -1 3 -1"])
             except RuntimeApiError:
                 return  # NOTE: restarting; its counters start again from zero
-            header, *rows = stats.splitlines()
-            column = header.lstrip("# ").split(",").index("stot")
-            counted = sum(
-                int(row.split(",")[column]) for row in rows if row.split(",")[0] != PYTHON_BACKEND
-            )
+            header, *lines = stats.splitlines()
+            columns = header.lstrip("# ").split(",")
+            stot, intercepted = columns.index("stot"), columns.index("intercepted")
+            counted = 0
+            for row in (line.split(",") for line in lines):
+                if row[1] == "FRONTEND":  # NOTE: calls refused over a limit (http-request return)
+                    counted += int(row[intercepted] or 0)
+                elif row[0] != PYTHON_BACKEND:
+                    counted += int(row[stot])
             if counted <= self._logged or asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(0.01)

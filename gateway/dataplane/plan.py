@@ -2,12 +2,21 @@
 table to the next. Nothing here talks to HAProxy or ZooKeeper.
 
 A model version is served by HAProxy alone when the gateway would add nothing to the call:
-no plugin, online, no response cache, shadow or limits (``Model.limits``: the Python gateway
-enforces them; HAProxy's own limits are a later step), a policy HAProxy balances the same way
-(round_robin, least_request), and every ready instance speaking one protocol (the caller's:
-the map key carries the protocol, so a KServe call never reaches a TF-Serving instance on the
-fast path). The fast path serves calls naming a version; everything else, and anything HAProxy
-cannot read exactly (see route.lua), goes to the Python gateway.
+no plugin, online, no response cache or shadow, limits HAProxy enforces the same way (see
+below), a policy HAProxy balances the same way (round_robin, least_request), and every ready
+instance speaking one protocol (the caller's: the map key carries the protocol, so a KServe
+call never reaches a TF-Serving instance on the fast path). The fast path serves calls naming
+a version; everything else, and anything HAProxy cannot read exactly (see route.lua), goes to
+the Python gateway.
+
+``Model.limits`` on the fast path: HAProxy counts a limited model's calls in a stick table
+keyed by model name (config.py), per gateway (one HAProxy; no division among the Python
+workers). ``max_concurrency`` is exact. ``rate_limit`` is a sliding one-second window (at most
+``rate_limit`` calls admitted over the last second), not a token bucket: it holds for a whole
+number of calls per second of at least one, with ``burst`` absent or equal to it (one second's
+worth, the bucket's default); a model with another rate or burst keeps the Python path, whose
+token bucket is exact. The same model's calls that take the Python path (unpinned versions,
+labels, streams...) are limited by the Python gateway, on a budget of their own.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Literal
 
 from gateway.dataplane.config import POOLS, slot_name
 from gateway.table import ModelEntry, RoutingTable
+from registry.records import Limits
 
 log = logging.getLogger("gateway.dataplane")
 
@@ -32,6 +42,27 @@ SURFACES: dict[Protocol, str] = {"kserve": "kserve", "tfserving": "tfserving"}
 
 
 @dataclass(frozen=True)
+class FastLimits:
+    """A model's limits as HAProxy enforces them (None: no such limit)."""
+
+    max_concurrency: int | None = None
+    #: Calls admitted over the last second.
+    rate_limit: int | None = None
+
+
+def fast_limits(limits: Limits | None) -> FastLimits | None:
+    """``limits`` as HAProxy enforces them; None when it cannot (the Python path's then)."""
+    if limits is None:
+        return FastLimits()
+    rate = limits.rate_limit
+    if rate is None:
+        return FastLimits(limits.max_concurrency)
+    if rate < 1 or rate != int(rate) or limits.burst not in (None, int(rate)):
+        return None
+    return FastLimits(limits.max_concurrency, int(rate))
+
+
+@dataclass(frozen=True)
 class FastRoute:
     """One model version served on the fast path."""
 
@@ -40,6 +71,7 @@ class FastRoute:
     version: int
     pool: str
     servers: tuple[Address, ...]
+    limits: FastLimits = FastLimits()
 
     @property
     def id(self) -> RouteId:
@@ -74,11 +106,11 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
         or record.state != "online"
         or record.cache
         or record.shadow
-        or record.limits
     ):
         return []
     pool = POOLS.get(record.policy)
-    if pool is None:
+    limits = fast_limits(record.limits)
+    if pool is None or limits is None:
         return []
     out = []
     for version, ventry in entry.versions.items():
@@ -98,6 +130,7 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
                 version,
                 pool[0],
                 tuple(sorted(set(servers))),
+                limits,
             )
         )
     return out
@@ -118,8 +151,18 @@ class Programmer:
     configuration, :meth:`reset` forgets everything and the next plan re-creates it all.
     """
 
-    def __init__(self, route_map: str, slots: int, servers: int) -> None:
+    def __init__(
+        self,
+        route_map: str,
+        slots: int,
+        servers: int,
+        *,
+        concurrency_map: str = "max_concurrency.map",
+        rate_map: str = "rate_limit.map",
+    ) -> None:
         self.route_map = route_map
+        self.concurrency_map = concurrency_map
+        self.rate_map = rate_map
         self.slot_count = slots
         self.server_count = servers
         self.reset()
@@ -133,6 +176,8 @@ class Programmer:
         self._by_backend: dict[str, FastRoute] = {}
         #: The route ids with a slot, per model.
         self._by_model: dict[str, set[RouteId]] = {}
+        #: The limits in HAProxy's limit maps, per model (only limited models with a slot).
+        self._limits: dict[str, FastLimits] = {}
 
     def route_of(self, backend: str) -> FastRoute | None:
         """The route a slot backend serves now (for metrics)."""
@@ -221,6 +266,7 @@ class Programmer:
                 changes.append(f"set map {self.route_map} {key} {slot.backend}")
             if slot is not None:
                 self._map[key] = slot.backend
+        limited, unlimited = self._plan_limits(routes, models)
         for slot in freed:  # NOTE: reusable from the next plan on, once their maint is sent
             self._free[slot.route.pool].append(int(slot.backend.rsplit("_", 1)[1]))
         if crowded:
@@ -228,9 +274,33 @@ class Programmer:
             log.warning("no free slot (%d per pool) for %d more model version(s): they stay "
                         "on the Python path (%s%s)", self.slot_count, len(crowded), shown,
                         ", ..." if len(crowded) > 5 else "")  # fmt: skip
-        # NOTE: servers are up before a key points at them; keys are gone before their
-        # servers go into maintenance (in-flight calls on them finish).
-        return ready + changes + removed + retired
+        # NOTE: servers are up, and a model's limits in place, before a key points at them;
+        # keys are gone before their limits and servers (in-flight calls on them finish).
+        return ready + limited + changes + removed + unlimited + retired
+
+    def _plan_limits(
+        self, routes: Mapping[RouteId, FastRoute], models: Collection[str]
+    ) -> tuple[list[str], list[str]]:
+        """The limit-map commands of ``models``: (entries added or changed, entries deleted)."""
+        wanted = {r.model: r.limits for rid, r in routes.items() if rid in self._slots}
+        added: list[str] = []
+        deleted: list[str] = []
+        for name in models:
+            old = self._limits.pop(name, FastLimits())
+            new = wanted.get(name, FastLimits())
+            if new != FastLimits():
+                self._limits[name] = new
+            for path, was, now in (
+                (self.concurrency_map, old.max_concurrency, new.max_concurrency),
+                (self.rate_map, old.rate_limit, new.rate_limit),
+            ):
+                if now is None and was is not None:
+                    deleted.append(f"del map {path} {name}")
+                elif now is not None and was is None:
+                    added.append(f"add map {path} {name} {now}")
+                elif now != was:
+                    added.append(f"set map {path} {name} {now}")
+        return added, deleted
 
     def _forget(self, rid: RouteId) -> None:
         rids = self._by_model[rid[1]]

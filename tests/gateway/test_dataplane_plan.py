@@ -3,10 +3,10 @@ routing-table change costs Runtime API commands in proportion to the change only
 
 from __future__ import annotations
 
-from gateway.dataplane.plan import FastRoute, Programmer, fast_routes
+from gateway.dataplane.plan import FastLimits, FastRoute, Programmer, fast_limits, fast_routes
 from gateway.table import build_table
 from registry import layout
-from registry.records import Model, Route
+from registry.records import Limits, Model, Route
 
 MAP = "/run/routes.map"
 
@@ -56,6 +56,44 @@ def test_only_plain_versions_speaking_one_protocol_take_the_fast_path():
     assert sorted((r.key, r.pool) for r in routes.values()) == [
         ("k:plain/1", "rr"), ("k:plain/2", "rr"), ("t:least/1", "lc"),
     ]  # fmt: skip
+
+
+def test_limits_haproxy_enforces_keep_the_fast_path_and_the_others_the_python_path():
+    assert fast_limits(None) == FastLimits()
+    assert fast_limits(Limits(max_concurrency=4)) == FastLimits(4)
+    assert fast_limits(Limits(max_concurrency=4, rate_limit=50)) == FastLimits(4, 50)
+    assert fast_limits(Limits(rate_limit=50, burst=50)) == FastLimits(None, 50)
+    # a one-second window cannot hold these: the Python path's token bucket
+    assert fast_limits(Limits(rate_limit=0.5)) is None
+    assert fast_limits(Limits(rate_limit=2.5)) is None
+    assert fast_limits(Limits(rate_limit=50, burst=100)) is None
+
+
+def test_a_models_limits_are_in_the_limit_maps_while_it_has_a_slot():
+    programmer = Programmer(MAP, slots=2, servers=1, concurrency_map="c.map", rate_map="r.map")
+    routes = [("m", 1, "w1", "10.0.0.1:8001", "kserve"), ("m", 2, "w1", "10.0.0.1:8001", "kserve")]
+
+    def plan(limits: Limits | None) -> list[str]:
+        """The map commands, a route's slot left out (which slot a model gets is not the
+        point here)."""
+        table = table_of({"m": {"limits": limits}}, routes)
+        commands = [c for c in programmer.plan(fast_routes(table, resolve)) if "map" in c]
+        return [c.rsplit(" ", 1)[0] if c.startswith(f"add map {MAP}") else c for c in commands]
+
+    # NOTE: the limits are in place before a key points at a slot, gone after the keys
+    assert plan(Limits(max_concurrency=3, rate_limit=10)) == [
+        "add map c.map m 3", "add map r.map m 10",
+        f"add map {MAP} k:m/1", f"add map {MAP} k:m/2",
+    ]  # fmt: skip
+    assert plan(Limits(max_concurrency=5)) == ["set map c.map m 5", "del map r.map m"]
+    assert plan(Limits(max_concurrency=5)) == []
+    *keys, limit = plan(Limits(max_concurrency=5, rate_limit=0.5))  # off the fast path
+    assert (sorted(keys), limit) == ([f"del map {MAP} k:m/1", f"del map {MAP} k:m/2"],
+                                     "del map c.map m")  # fmt: skip
+    assert plan(Limits(rate_limit=7)) == [
+        "add map r.map m 7", f"add map {MAP} k:m/1", f"add map {MAP} k:m/2",
+    ]  # fmt: skip
+    assert plan(None) == ["del map r.map m"]
 
 
 def test_each_change_costs_commands_for_what_changed_only():

@@ -1,6 +1,7 @@
 """Per-model limits (``Model.limits``): a flooded model is refused with RESOURCE_EXHAUSTED and
-retry pushback while every call of another model answers, on both data planes (a limited
-model never takes HAProxy's fast path); plus the token bucket on a fake clock."""
+retry pushback while every call of another model answers, on both data planes (HAProxy
+enforces the limits of a limited model on its fast path, the Python gateway those it cannot
+express); plus the token bucket on a fake clock."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2 as kserve
 
+from gateway.dataplane.config import PYTHON_BACKEND
 from gateway.limits import CONCURRENCY_PUSHBACK_MS, PUSHBACK, LimitedError, ModelLimits
 from gateway.metrics import GatewayMetrics
 from gateway.table import ModelEntry
 from registry.records import Limits, Model
-from tests.gateway.conftest import ADD_ONE, put_model, put_route, put_version
+from tests.gateway.conftest import ADD_ONE, RunningGateway, put_model, put_route, put_version
+from tests.gateway.test_dataplane import HAPROXY_ONLY, fast_path_calls, programmed, sessions
 from tests.gateway.test_shutdown import SLOW, slow_triton  # noqa: F401  (a fixture)
 from tests.gateway.test_workers import Gateway2
 from tests.servers.zk import wait_for
@@ -61,6 +64,13 @@ def limit(gateway, name: str, check: Callable[[Model], bool]) -> None:
         ),
         what=f"the gateway to see {name}'s record",
     )
+    if gateway.app.dataplane is not None:
+        programmed(gateway)
+
+
+def to_python(gateway: RunningGateway) -> int:
+    """Calls HAProxy sent to the Python gateway (0 with --dataplane python)."""
+    return 0 if gateway.app.dataplane is None else sessions(gateway)[PYTHON_BACKEND]
 
 
 def test_a_flooded_model_is_refused_and_another_model_always_answers(
@@ -77,11 +87,16 @@ def test_a_flooded_model_is_refused_and_another_model_always_answers(
     limit(gateway, SLOW, lambda r: r.limits is not None)
     wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="add_one's route")
 
+    python_calls = to_python(gateway)
+
     # NOTE: 20x A's limit, each call of A held 0.5 s by the model; B interleaved with them
     calls = [infer_request(SLOW, 0.5) for _ in range(40)]
     calls += [infer_request(ADD_ONE, float(n)) for n in range(40)]
     answers = flood(gateway.address, calls)
     a, b = answers[:40], answers[40:]
+    if gateway.app.dataplane is not None:  # HAProxy admitted, refused and served them all
+        assert to_python(gateway) == python_calls
+        assert fast_path_calls(gateway) == 40 + len(a) - len(refused(a))
 
     assert [f.code() for f in b] == [grpc.StatusCode.OK] * 40
     for n, future in enumerate(b):
@@ -96,6 +111,9 @@ def test_a_flooded_model_is_refused_and_another_model_always_answers(
         assert pushback(future) == CONCURRENCY_PUSHBACK_MS
     labels = {"model": SLOW, "limit": "concurrency"}
     assert gateway.metric("modelgate_gateway_limited_total", labels) == len(rejected)
+    answered = {"model": SLOW, "version": "1", "surface": "kserve", "code": "RESOURCE_EXHAUSTED"}
+    assert gateway.metric("modelgate_gateway_requests_total", answered) == len(rejected)
+    assert gateway.metric("modelgate_gateway_retries_total", {"model": SLOW}) == 0
 
 
 def test_a_rate_limit_admits_what_its_bucket_holds(registry, gateway, triton_a):
@@ -105,16 +123,21 @@ def test_a_rate_limit_admits_what_its_bucket_holds(registry, gateway, triton_a):
     put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
     limit(gateway, ADD_ONE, lambda r: r.limits is not None)
 
+    python_calls = to_python(gateway)
     start = time.monotonic()
     answers = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(100)])
     elapsed = time.monotonic() - start
     admitted = len(answers) - len(refused(answers))
-    # NOTE: a full bucket at first, then at most `rate` more per second the flood lasted
+    # NOTE: a full bucket at first, then at most `rate` more per second the flood lasted (on
+    # the fast path: `rate` calls in any second, a window sliding over the flood)
     assert burst <= admitted <= burst + rate * elapsed + 1
     for future in refused(answers):
         assert future.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert future.details() == f"model {ADD_ONE!r}: over its rate_limit of 5 calls/s"
         assert 1 <= pushback(future) <= 1000 / rate
+    labels = {"model": ADD_ONE, "limit": "rate"}
+    assert gateway.metric("modelgate_gateway_limited_total", labels) == len(refused(answers))
+    assert to_python(gateway) == python_calls  # a rate HAProxy enforces: the fast path's
 
 
 def test_limits_change_live(registry, gateway, triton_a):
@@ -134,6 +157,42 @@ def test_limits_change_live(registry, gateway, triton_a):
     limit(gateway, ADD_ONE, lambda r: r.limits is not None and r.limits.burst == 2)
     again = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(5)])
     assert len(refused(again)) == 3
+
+
+@HAPROXY_ONLY
+def test_haproxy_limits_change_live_and_one_it_cannot_express_takes_the_python_path(
+    registry,
+    gateway,
+    triton_a,
+    slow_triton,  # noqa: F811
+):
+    put_model(registry, SLOW, limits=Limits(max_concurrency=2))
+    put_route(registry, SLOW, 1, "worker-a", slow_triton.address)
+    limit(gateway, SLOW, lambda r: r.limits is not None)
+    pid = gateway.app.dataplane.supervisor.pid
+    python_calls = to_python(gateway)
+
+    def admitted_of(calls: int, model: str = SLOW, value: float = 0.5) -> int:
+        answers = flood(gateway.address, [infer_request(model, value) for _ in range(calls)])
+        return calls - len(refused(answers))
+
+    assert admitted_of(20) == 2
+    put_model(registry, SLOW, limits=Limits(max_concurrency=5))  # a map entry set
+    limit(gateway, SLOW, lambda r: r.limits == Limits(max_concurrency=5))
+    assert admitted_of(20) == 5
+    put_model(registry, SLOW)  # a map entry deleted
+    limit(gateway, SLOW, lambda r: r.limits is None)
+    assert admitted_of(8) == 8
+    assert to_python(gateway) == python_calls
+    assert gateway.app.dataplane.supervisor.pid == pid  # no restart, no reload
+
+    # NOTE: under one call a second is beyond a one-second window: the Python path's bucket
+    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.5))
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
+    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
+    assert admitted_of(5, ADD_ONE, 1.0) == 1
+    assert to_python(gateway) == python_calls + 5
 
 
 def test_each_streamed_call_is_limited_on_its_own(registry, gateway, triton_a):
