@@ -293,7 +293,15 @@ def test_workers_admin(client: TestClient, registry: Registry, sim_workers):
         layout.assignment("gone", "m", 1),
         Assignment(model="m", version=1, backend="triton", artifact_uri="file:///m"),
     )
-    workers = {w["worker_id"]: w for w in client.get("/v1/workers", headers=auth("viewer")).json()}
+
+    def listed() -> dict[str, dict] | None:
+        """The workers, once the manager's view shows the assignment written behind its back."""
+        found = {
+            w["worker_id"]: w for w in client.get("/v1/workers", headers=auth("viewer")).json()
+        }
+        return found if found.get("gone", {}).get("assignments") else None
+
+    workers = wait_for(listed, what="the view to show gone's assignment")
     assert workers["w1:9200"]["registered"] and workers["w1:9200"]["labels"] == {"gpu": "true"}
     assert not workers["gone"]["registered"] and workers["gone"]["assignments"] == ["m@1"]
     w1 = workers["w1:9200"]

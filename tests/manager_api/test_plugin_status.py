@@ -117,7 +117,15 @@ def test_every_gateway_is_listed_while_a_plugin_is_wanted(client: TestClient, re
     assert client.get("/v1/models/digits", headers=auth("viewer")).json()["plugin_serving"] == (
         expected
     )
-    status = client.get("/v1/models/digits/status", headers=auth("viewer")).json()
+    # NOTE: the status reads the manager's view, which takes in a record written behind the
+    # API's back a moment later
+    status = wait_for(
+        lambda: (
+            (r := client.get("/v1/models/digits/status", headers=auth("viewer"))).is_success
+            and r.json()
+        ),
+        what="the view to show the model",
+    )
     assert (status["plugin"], status["plugin_serving"]) == ("d@2", expected)
 
 
