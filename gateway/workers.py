@@ -6,8 +6,8 @@ serves the Python path itself and starts N - 1 workers beside it. HAProxy's ``py
 backend balances each call (each HTTP/2 stream) over the N of them.
 
 - Each worker is a :class:`~registry.processes.ServerProcess` running
-  ``python -m gateway.workers <directory> <index>``: its own process group, SIGKILLed if the
-  control process dies. It is a :class:`~gateway.app.GatewayApp` with its own ZooKeeper
+  ``python -m gateway.python_worker <directory> <index>``: its own process group, SIGKILLed
+  if the control process dies. It is a :class:`~gateway.app.GatewayApp` with its own ZooKeeper
   watch (so any one process can die without the others losing their table), serving on the
   Unix socket ``<directory>/python-<index>.sock``, bound once its first table is built and
   the plugins of it are loaded (or failed).
@@ -270,7 +270,7 @@ class WorkerPool:
         delay = _BACKOFF_S[0]
         while self.state is State.RUNNING:
             process = ServerProcess(
-                [sys.executable, "-m", "gateway.workers", str(self.directory),
+                [sys.executable, "-m", "gateway.python_worker", str(self.directory),
                  str(worker.paths.index)],
                 owner=f"{self.directory.name}-{worker.paths.index}",
                 log_path=_log_path(worker.paths),
@@ -380,34 +380,3 @@ def _log_path(paths: WorkerPaths) -> Path:
         if not stat.S_ISSOCK(os.fstat(sys.stderr.fileno()).st_mode):
             return Path(f"/proc/self/fd/{sys.stderr.fileno()}")
     return paths.directory / f"python-{paths.index}.log"
-
-
-async def _serve(paths: WorkerPaths, settings: GatewaySettings) -> None:
-    from gateway.app import GatewayApp
-    from registry import entrypoint
-
-    app = GatewayApp(settings, worker=paths)
-    stop = entrypoint.stop_event()
-    await app.start()
-    await stop.wait()
-    await app.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.workers <directory> <index>`` (settings from the environment)."""
-    from registry import entrypoint
-
-    directory, index = argv if argv is not None else sys.argv[1:]
-    settings = entrypoint.settings_or_exit(
-        GatewaySettings, [], prog="python -m gateway.workers", description=__doc__ or ""
-    )
-    paths = WorkerPaths(Path(directory), int(index))
-    if settings.plugin_dir is not None:  # NOTE: one cache per process: no two unpack at once
-        settings = settings.model_copy(
-            update={"plugin_dir": settings.plugin_dir / f"python-{paths.index}"}
-        )
-    return entrypoint.run(_serve(paths, settings), log)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

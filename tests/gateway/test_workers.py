@@ -54,9 +54,9 @@ class Gateway2:
         return self.process.address
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (children of the gateway running ``gateway.workers``)."""
+        """The worker processes (children of the gateway running ``gateway.python_worker``)."""
         children = psutil.Process(self.process.pid).children()
-        return [c for c in children if "gateway.workers" in c.cmdline()]
+        return [c for c in children if "gateway.python_worker" in c.cmdline()]
 
     def http(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.process.port('metrics')}{path}"
@@ -225,7 +225,7 @@ def test_dataplane_python_is_one_process(tmp_path, zookeeper, zk_root, add_one_r
     try:
         assert predict(gw.address) == 2.0
         children = psutil.Process(gw.pid).children(recursive=True)
-        assert not [c for c in children if "gateway.workers" in c.cmdline()]
+        assert not [c for c in children if "gateway.python_worker" in c.cmdline()]
     finally:
         gw.stop()
 
