@@ -86,7 +86,7 @@ def test_stack_starts_answers_health_and_stops_clean(tmp_path: Path) -> None:
         assert set(pids.values()) | set(tritons) <= every  # type: ignore[arg-type]
         # NOTE: the gateway's Python workers (found by the marker like the rest) take a
         # private /tmp directory: their sockets' paths must fit HAProxy's 97 bytes
-        workers = {pid for pid in every if "gateway.workers" in psutil.Process(pid).cmdline()}
+        workers = {pid for pid in every if "gateway.python_worker" in psutil.Process(pid).cmdline()}
         assert len(workers) == (os.cpu_count() or 1) - 1, "one Python process per core"
         assert every - workers <= set(_naming(run_dir)), "every process names the run dir"
 

@@ -166,7 +166,8 @@ def test_sigterm_drains_and_stops_every_worker(gw):
     assert predict(gw.address) == 2.0
     workers = gw.workers()
     assert len(workers) == 1
-    directory = Path(workers[0].cmdline()[-2])  # python -m gateway.workers <directory> <index>
+    # python -m gateway.python_worker <directory> <index>
+    directory = Path(workers[0].cmdline()[-2])
     assert directory.joinpath("python-1.sock").exists()
     gw.process.stop()
     assert gw.process.returncode == 0
