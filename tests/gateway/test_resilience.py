@@ -104,6 +104,7 @@ def test_zookeeper_stopped_calls_keep_succeeding_then_resync(
     finally:
         zookeeper.start()
     wait_for(lambda: gateway.metric("modelgate_gateway_zk_connected") == 1, what="zk_connected 1")
+    wait_for(lambda: registry.connected, what="the test's own ZooKeeper client back")
     put_route(registry, ADD_ONE, 1, "worker-b", triton_b.address)
     wait_for(lambda: gateway.instances(ADD_ONE) == 2, what="the table resynced after the outage")
     assert increment(client) == 1.0
