@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,12 +28,10 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.runner import Process, stop_all
-from deploy.local.zookeeper import LocalZooKeeper
+from bench.stack import BenchStack
 from examples.models import write_add_one
-from registry import Registry, layout
-from registry.records import Model, ModelVersion, Route
-from worker_agent.tritonserver import TritonServer
+from registry import layout
+from registry.records import Model
 
 MODEL, TWIN, ROOT = "fig_add", "fig_twin", "/figures"
 
@@ -55,16 +52,6 @@ def series(key: tuple[str, tuple[tuple[str, str], ...]]) -> str:
     """A sample's key as Prometheus writes it: ``name{label="value",...}``."""
     name, labels = key
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
-
-
-def inferences(address: str, model: str, version: str) -> int:
-    client = triton_grpc.InferenceServerClient(address)
-    try:
-        stats = client.get_inference_statistics(model, version, as_json=True)
-        return sum(int(s["inference_stats"]["success"].get("count", 0))
-                   for s in stats["model_stats"])  # fmt: skip
-    finally:
-        client.close()
 
 
 def timed_calls(client: triton_grpc.InferenceServerClient, values: range) -> list[float]:
@@ -95,43 +82,21 @@ def wait_until(predicate: Any, what: str, timeout: float = 60) -> None:
 
 
 def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
-    zk = LocalZooKeeper(workdir / "zk")
-    triton = TritonServer(workdir / "triton-models", workdir / "triton")
-    procs: list[Process] = []
-    reg: Registry | None = None
-    try:
-        zk.start()
-        reg = Registry(zk.hosts, ROOT).start()
+    with BenchStack(workdir, ROOT, "fig") as stack:
         for version, inc in ((1, 1.0), (2, 10.0)):
-            folder = write_add_one(triton.model_repository, MODEL, version, inc)
+            folder = write_add_one(stack.triton.model_repository, MODEL, version, inc)
         config = folder / "config.pbtxt"
         config.write_text(config.read_text() + "version_policy: { all { } }\n")
-        write_add_one(triton.model_repository, TWIN, 1, 1.0)
-        triton.start()
-        client = triton_grpc.InferenceServerClient(triton.address)
-        client.load_model(MODEL)
-        client.load_model(TWIN)
-        client.close()
-        for name, versions in ((MODEL, (1, 2)), (TWIN, (1,))):
-            reg.put(layout.model(name), Model(name=name, backend="triton"))
-            for v in versions:
-                reg.put(layout.version(name, v), ModelVersion(version=v, artifact_uri="file:///x"))
-                reg.put(layout.route(name, v, "fig-triton"), Route(
-                    model=name, version=v, worker_id="fig-triton", address=triton.address,
-                    protocol="kserve"))  # fmt: skip
-        gateway = Process("gateway", [
-            sys.executable, "-m", "gateway", "--zk", zk.hosts, "--root", ROOT, "--host",
-            "127.0.0.1", "--port", "0", "--metrics-port", "0", "--gateway-id", "fig",
-            "--log-level", "WARNING", "--dataplane", "python",
-        ], log=workdir / "gateway.log").start()  # fmt: skip
-        procs.append(gateway)
-        ready = gateway.wait_ready(timeout=120)["ports"]
-        address, metrics_port = f"127.0.0.1:{ready['grpc']}", int(ready["metrics"])
+        write_add_one(stack.triton.model_repository, TWIN, 1, 1.0)
+        stack.start_triton((MODEL, TWIN))
+        stack.route(Model(name=MODEL, backend="triton"), (1, 2))
+        stack.route(Model(name=TWIN, backend="triton"))
+        gateway = stack.gateway("gateway", "python")
+        address, metrics_port = f"127.0.0.1:{gateway.port('grpc')}", gateway.port("metrics")
         client = triton_grpc.InferenceServerClient(address)
 
         def set_model(**fields: Any) -> None:
-            assert reg is not None
-            reg.put(layout.model(MODEL), Model(name=MODEL, backend="triton", **fields))
+            stack.registry.put(layout.model(MODEL), Model(name=MODEL, backend="triton", **fields))
 
         def counted(name: str, **labels: str) -> float:
             """A counter's value (0 before its first count)."""
@@ -147,7 +112,7 @@ def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
         set_model(cache={"ttl_s": 300})
         wait_until(lambda: probed("cache_lookups", model=MODEL, outcome="miss"),
                    "the cache on in the gateway")  # fmt: skip
-        before = inferences(triton.address, MODEL, "1")
+        before = stack.inferences(MODEL)
         misses, hits = [], []
         for value in range(1, calls + 1):  # interleaved: both see the same machine load
             misses += timed_calls(client, range(value, value + 1))
@@ -156,7 +121,7 @@ def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
             "calls": 2 * calls,
             "miss": summary(misses),
             "hit": summary(hits),
-            "triton_inferences": inferences(triton.address, MODEL, "1") - before,
+            "triton_inferences": stack.inferences(MODEL) - before,
             "metrics": {series(k): v for k, v in metrics(metrics_port).items()
                         if k[0].startswith("modelgate_gateway_cache")},
         }  # fmt: skip
@@ -194,12 +159,6 @@ def run(workdir: Path, calls: int, percent: float) -> dict[str, Any]:
             }  # fmt: skip
         client.close()
         return {"cache": cache, "shadow": shadow}
-    finally:
-        stop_all(procs[::-1], 30)
-        triton.stop()
-        if reg is not None:
-            reg.stop()
-        zk.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,17 +37,13 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
-import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2 as kserve
 
 from bench.run import RESULTS
+from bench.stack import BenchStack
 from bench.tools import perf_analyzer
-from deploy.local.runner import Process, stop_all
-from deploy.local.zookeeper import LocalZooKeeper
 from examples.models import write_add_one
-from registry import Registry, layout
-from registry.records import Limits, Model, ModelVersion, Route
-from worker_agent.tritonserver import TritonServer
+from registry.records import Limits, Model
 
 A, B, ROOT = "iso_a", "iso_b", "/isolation"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -137,41 +132,19 @@ def measure_b(address: str, args: argparse.Namespace, out: Path) -> dict[str, fl
 
 
 def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    zk = LocalZooKeeper(workdir / "zk")
-    triton = TritonServer(workdir / "triton-models", workdir / "triton")
-    procs: list[Process] = []
-    reg: Registry | None = None
     limits = Limits(max_concurrency=args.max_concurrency, rate_limit=args.rate_limit)
-    try:
-        perf_analyzer()  # extract it before anything starts
-        zk.start()
-        reg = Registry(zk.hosts, ROOT).start()
+    perf_analyzer()  # extract it before anything starts
+    with BenchStack(workdir, ROOT, "iso") as stack:
         for name in (A, B):
-            write_add_one(triton.model_repository, name)
-        triton.start()
-        client = triton_grpc.InferenceServerClient(triton.address)
+            write_add_one(stack.triton.model_repository, name)
+        stack.start_triton((A, B))
         for name in (A, B):
-            client.load_model(name)
-        client.close()
-        for name in (A, B):
-            reg.put(
-                layout.model(name),
-                Model(name=name, backend="triton", limits=limits if name == A else None),
-            )
-            reg.put(layout.version(name, 1), ModelVersion(version=1, artifact_uri="file:///x"))
-            reg.put(layout.route(name, 1, "iso-triton"), Route(
-                model=name, version=1, worker_id="iso-triton", address=triton.address,
-                protocol="kserve"))  # fmt: skip
+            stack.route(Model(name=name, backend="triton", limits=limits if name == A else None))
         results: dict[str, Any] = {}
         flood_body = infer_body(A, args.elements)
         for dataplane in args.dataplane:
-            gateway = Process(f"gateway-{dataplane}", [
-                sys.executable, "-m", "gateway", "--zk", zk.hosts, "--root", ROOT, "--host",
-                "127.0.0.1", "--port", "0", "--metrics-port", "0", "--gateway-id",
-                f"iso-{dataplane}", "--log-level", "WARNING", "--dataplane", dataplane,
-            ], log=workdir / f"gateway-{dataplane}.log").start()  # fmt: skip
-            procs.append(gateway)
-            address = f"127.0.0.1:{gateway.wait_ready(timeout=120)['ports']['grpc']}"
+            gateway = stack.gateway(dataplane, dataplane)
+            address = f"127.0.0.1:{gateway.port('grpc')}"
             callers = args.factor * args.max_concurrency
             alone, flooded, codes = [], [], Counter[str]()
             for n in range(args.rounds):
@@ -210,14 +183,8 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 name: round(seconds / window_s, 3)
                                 for name, seconds in sorted(idle_cpu.items())}},
             }  # fmt: skip
-            stop_all([procs.pop()], 30)
+            stack.stop(gateway)
         return results
-    finally:
-        stop_all(procs[::-1], 30)
-        triton.stop()
-        if reg is not None:
-            reg.stop()
-        zk.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

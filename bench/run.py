@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,17 +48,16 @@ import psutil
 import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2 as kserve
 
+from bench.stack import BenchStack
 from bench.tools import perf_analyzer
-from deploy.local.runner import Process, stop_all
-from deploy.local.zookeeper import LocalZooKeeper
+from deploy.local.runner import Process
 from examples.digits import train
 from examples.digits.images import render
 from examples.models import write_add_one
 from protos.modelgate.v1 import gateway_pb2
-from registry import Registry, layout
-from registry.records import Model, ModelVersion, Plugin, Route
+from registry import layout
+from registry.records import Model, Plugin
 from udl.package import pack, parse_manifest
-from worker_agent.tritonserver import TritonServer
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -120,30 +118,24 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-class Stack:
-    """ZooKeeper + Triton + two gateways + the floor proxy, torn down in reverse."""
+class Stack(BenchStack):
+    """The bench stack with its models and plugins, two gateways and the floor proxy."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[Process] = []
-        self.zk = LocalZooKeeper(workdir / "zk")
-        self.triton = TritonServer(workdir / "triton-models", workdir / "triton")
-        self.registry: Registry | None = None
+        super().__init__(workdir, "/bench", "bench")
         self.address: dict[str, str] = {}
         self.pid: dict[str, int] = {}
         #: The digits example's held-out sample the digits rows send.
         self.digits_pixels = np.zeros(64, np.float32)
 
-    def spawn(self, name: str, *args: str) -> int:
-        """Start ``python <args>`` and wait for its ready file; return its gRPC port."""
-        proc = Process(name, [sys.executable, *args], log=self.workdir / f"{name}.log").start()
-        self.procs.append(proc)
+    def spawn(self, name: str, *args: str) -> Process:
+        """Start ``python <args>``; its gRPC address in ``address``, its pid in ``pid``."""
+        proc = super().spawn(name, *args)
+        self.address[name] = f"127.0.0.1:{proc.port('grpc')}"
         self.pid[name] = proc.pid
-        return int(proc.wait_ready(timeout=120)["ports"]["grpc"])
+        return proc
 
-    def start(self) -> None:
-        self.zk.start()
-        self.registry = reg = Registry(self.zk.hosts, "/bench").start()
+    def setup(self) -> None:
         models: dict[str, str | None] = {MODEL: None}
         for executor, source in IDENTITY.items():
             folder = self.workdir / f"identity-{executor}"
@@ -160,33 +152,17 @@ class Stack:
         x_train, x_test, y_train, _ = train.split()
         train.write_model(self.triton.model_repository, train.train(x_train, y_train), DIGITS)
         self.digits_pixels = x_test[0]
-        self.triton.start()
-        client = triton_grpc.InferenceServerClient(self.triton.address)
-        for name in (*models, DIGITS):
-            client.load_model(name)
-        client.close()
+        self.start_triton((*models, DIGITS))
         models[DIGITS] = self.publish(DIGITS_PLUGIN)
         for name, plugin in models.items():
-            reg.put(layout.model(name), Model(name=name, backend="triton", plugin=plugin))
-            reg.put(layout.version(name, 1), ModelVersion(version=1, artifact_uri="file:///bench"))
-            reg.put(
-                layout.route(name, 1, "bench-triton"),
-                Route(model=name, version=1, worker_id="bench-triton",
-                      address=self.triton.address, protocol="kserve"),
-            )  # fmt: skip
+            self.route(Model(name=name, backend="triton", plugin=plugin))
         self.address["direct"] = self.address["digits_direct"] = self.triton.address
         for path, dataplane in (("fastpath", "haproxy"), ("python", "python")):
-            port = self.spawn(
-                path, "-m", "gateway", "--zk", self.zk.hosts, "--root", "/bench", "--host",
-                "127.0.0.1", "--port", "0", "--metrics-port", "0", "--gateway-id",
-                f"bench-{path}", "--log-level", "WARNING", "--dataplane", dataplane,
-            )  # fmt: skip
-            self.address[path] = f"127.0.0.1:{port}"
+            self.gateway(path, dataplane)
         for path in ("translated", *(p for p in PATHS if p.startswith("plugin_")), "digits"):
             self.address[path] = self.address["python"]
             self.pid[path] = self.pid["python"]
-        port = self.spawn("floor", "-m", "bench.floor", self.triton.address)
-        self.address["floor"] = f"127.0.0.1:{port}"
+        self.spawn("floor", "-m", "bench.floor", self.triton.address)
 
     def publish(self, folder: Path) -> str:
         """Pack a plugin folder, register it as the manager does; its ``name@version``."""
@@ -195,7 +171,6 @@ class Stack:
         sha = hashlib.sha256(data).hexdigest()
         blob = self.workdir / f"{sha}.zip"
         blob.write_bytes(data)
-        assert self.registry is not None
         self.registry.put(
             layout.plugin(manifest.name, manifest.version),
             Plugin(name=manifest.name, version=manifest.version, sha256=sha, size=len(data),
@@ -203,23 +178,6 @@ class Stack:
                    executor=manifest.executor),
         )  # fmt: skip
         return f"{manifest.name}@{manifest.version}"
-
-    def inferences(self, model: str) -> int:
-        """Calls Triton answered for ``model`` (every path ends there)."""
-        client = triton_grpc.InferenceServerClient(self.triton.address)
-        try:
-            stats = client.get_inference_statistics(model, "1", as_json=True)
-            return sum(int(s["inference_stats"]["success"].get("count", 0))
-                       for s in stats["model_stats"])  # fmt: skip
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        stop_all(self.procs[::-1], 30)
-        self.triton.stop()
-        if self.registry is not None:
-            self.registry.stop()
-        self.zk.stop()
 
 
 #: perf_analyzer's stability bound (%), and the one of a second try on a noisy machine.
@@ -413,45 +371,58 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+def arguments(prog: str, doc: str, concurrency: list[int], output: Path) -> argparse.ArgumentParser:
+    """The options of a perf_analyzer benchmark on this stack (bench.run, bench.workers)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
     parser.add_argument("--elements", type=int, default=16, help="FP32 elements per request")
     parser.add_argument(
         "--window-ms", type=int, default=3000, help="perf_analyzer measurement window"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
-    args = parser.parse_args(argv)
-    perf_analyzer()  # extract it before anything starts
-    with tempfile.TemporaryDirectory(prefix="modelgate-bench-") as tmp:
-        stack = Stack(Path(tmp))
-        try:
-            stack.start()
-            print(f"stack up: {stack.address}", flush=True)
-            warm_up(stack)
-            rows = measure(stack, args)
-        finally:
-            stack.stop()
+    parser.add_argument("--output", type=Path, default=output)
+    return parser
+
+
+def write_results(output: Path, rows: list[dict[str, Any]], generator: str, **fields: Any) -> None:
+    """Print the table of ``rows`` and write them to ``output`` with when, where and how."""
     print()
     print(table(rows))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
         json.dumps(
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "host": platform.node(),
                 "cpus": os.cpu_count(),
-                "generator": "perf_analyzer 2.41.0 (-i grpc; translated: --service-kind "
-                "tfserving); digits rows: bench.run.drive (grpc.aio)",
-                "model": MODEL,
-                "elements": args.elements,
+                "generator": generator,
+                **fields,
                 "rows": rows,
             },
             indent=2,
         )
         + "\n"
     )
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments("python -m bench", __doc__, [1, 4, 8], RESULTS / "latest.json").parse_args(
+        argv
+    )
+    perf_analyzer()  # extract it before anything starts
+    with tempfile.TemporaryDirectory(prefix="modelgate-bench-") as tmp:
+        with Stack(Path(tmp)) as stack:
+            print(f"stack up: {stack.address}", flush=True)
+            warm_up(stack)
+            rows = measure(stack, args)
+    write_results(
+        args.output,
+        rows,
+        "perf_analyzer 2.41.0 (-i grpc; translated: --service-kind tfserving); digits rows: "
+        "bench.run.drive (grpc.aio)",
+        model=MODEL,
+        elements=args.elements,
+    )
 
 
 if __name__ == "__main__":

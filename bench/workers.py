@@ -12,15 +12,19 @@ table and writes ``bench/results/workers.json``. Run: ``.venv/bin/python -m benc
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import MODEL, RESULTS, Stack, run_perf_analyzer, table, tree_cpu_seconds
+from bench.run import (
+    MODEL,
+    RESULTS,
+    Stack,
+    arguments,
+    run_perf_analyzer,
+    tree_cpu_seconds,
+    write_results,
+)
 from bench.tools import perf_analyzer
 
 WORKERS = (1, 2)
@@ -28,13 +32,7 @@ WORKERS = (1, 2)
 
 def start_workers_gateways(stack: Stack) -> None:
     for workers in WORKERS:
-        name = f"workers{workers}"
-        port = stack.spawn(
-            name, "-m", "gateway", "--zk", stack.zk.hosts, "--root", "/bench", "--host",
-            "127.0.0.1", "--port", "0", "--metrics-port", "0", "--gateway-id", f"bench-{name}",
-            "--log-level", "WARNING", "--dataplane", "haproxy", "--python-workers", str(workers),
-        )  # fmt: skip
-        stack.address[name] = f"127.0.0.1:{port}"
+        stack.gateway(f"workers{workers}", "haproxy", "--python-workers", str(workers))
 
 
 def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -74,44 +72,21 @@ def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.workers", description=(__doc__ or "").splitlines()[0]
-    )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8])
-    parser.add_argument("--elements", type=int, default=16, help="FP32 elements per request")
-    parser.add_argument(
-        "--window-ms", type=int, default=3000, help="perf_analyzer measurement window"
-    )
-    parser.add_argument("--output", type=Path, default=RESULTS / "workers.json")
-    args = parser.parse_args(argv)
+    args = arguments(
+        "python -m bench.workers", __doc__ or "", [8], RESULTS / "workers.json"
+    ).parse_args(argv)
     perf_analyzer()  # extract it before anything starts
     with tempfile.TemporaryDirectory(prefix="modelgate-bench-workers-") as tmp:
-        stack = Stack(Path(tmp))
-        try:
-            stack.start()
+        with Stack(Path(tmp)) as stack:
             start_workers_gateways(stack)
             print(f"stack up: {stack.address}", flush=True)
             rows = measure(stack, args)
-        finally:
-            stack.stop()
-    print()
-    print(table(rows))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "generator": "perf_analyzer 2.41.0 (-i grpc; translated: --service-kind tfserving)",
-                "elements": args.elements,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.output,
+        rows,
+        "perf_analyzer 2.41.0 (-i grpc; translated: --service-kind tfserving)",
+        elements=args.elements,
     )
-    print(f"\nwrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from manager_api.load import LoadSample, LoadTracker, ModelLoad
 from manager_api.metrics import ManagerMetrics
 from manager_api.placement import Key, Shortfall
 from manager_api.settings import ManagerSettings
-from manager_api.state import ClusterState, ClusterView
+from manager_api.state import ClusterState, ClusterView, start_replicas
 from registry import Registry, layout
 from registry.records import Autoscale, Model, Record, Scale
 
@@ -116,10 +116,6 @@ def replicas_for(auto: Autoscale, needed: float, current: int) -> int:
     return min(max(wanted, auto.min_replicas, 1), auto.max_replicas)
 
 
-def _start_count(model: Model, auto: Autoscale) -> int:
-    return min(max(model.replicas, auto.min_replicas), auto.max_replicas)
-
-
 def _last_call(scale: Scale | None, load: ModelLoad | None, wake_at: float | None) -> float | None:
     seen = [t for t in (scale and scale.last_call, load and load.last_call, wake_at) if t]
     return max(seen) if seen else None
@@ -173,7 +169,7 @@ def _decide_model(
 ) -> Decision | None:
     scale = state.scales.get(model.name)
     wake = state.wakes.get(model.name)
-    current = scale.replicas if scale is not None else _start_count(model, auto)
+    current = scale.replicas if scale is not None else start_replicas(model)
     changed = scale.changed if scale is not None else now
     last_call = _last_call(scale, load, wake.at if wake else None)
     samples = load.samples if load is not None else []
@@ -185,7 +181,7 @@ def _decide_model(
         choice = (bounded, "bounds", f"bounds are {auto.min_replicas}..{auto.max_replicas}")
     elif current == 0 and wake is not None:
         why = f"woken by gateway {wake.gateway_id}: {wake.waiting} call(s) waiting"
-        choice = (max(1, _start_count(model, auto)), "wake", why)
+        choice = (max(1, start_replicas(model)), "wake", why)
     elif wake is not None:
         return None  # calls are held for it: neither idle nor over-provisioned
     elif current > 0 and auto.min_replicas == 0 and load_known and not fresh_calls:

@@ -39,6 +39,16 @@ log = logging.getLogger("manager_api.state")
 
 R = TypeVar("R", bound=Record)
 
+
+def start_replicas(model: Model) -> int:
+    """Replicas wanted per active version before the leader chose any: ``replicas``, held
+    within the bounds of an autoscaled model."""
+    auto = model.autoscale
+    if auto is None:
+        return model.replicas
+    return min(max(model.replicas, auto.min_replicas), auto.max_replicas)
+
+
 #: The subtrees the state is built from.
 WATCHED = (
     layout.MODELS,
@@ -366,13 +376,8 @@ class ClusterState:
     def replicas_of(self, model: Model) -> int:
         """Replicas wanted per active version: the leader's choice for an autoscaled model
         (``replicas`` within the bounds until it chose), else ``replicas``."""
-        auto = model.autoscale
-        if auto is None:
-            return model.replicas
-        scale = self.scales.get(model.name)
-        if scale is not None:
-            return scale.replicas
-        return min(max(model.replicas, auto.min_replicas), auto.max_replicas)
+        scale = self.scales.get(model.name) if model.autoscale is not None else None
+        return scale.replicas if scale is not None else start_replicas(model)
 
     def demands_of(self, model: Model) -> list[Demand]:
         return [

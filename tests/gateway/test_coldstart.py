@@ -19,18 +19,24 @@ from tests.servers.zk import wait_for
 TO_ZERO = Autoscale(min_replicas=0, max_replicas=1, idle_seconds=60)
 
 
-def at_zero(registry, gateway: RunningGateway, name: str = ADD_ONE, **fields) -> None:
-    """``name`` autoscaled to zero, its version 1 known, no instance."""
-    put_model(registry, name, autoscale=TO_ZERO, **fields)
+def known(registry, gateway: RunningGateway, name: str, **fields) -> None:
+    """``name`` registered (``fields`` as in ``put_model``) with its version 1, once the
+    gateway knows both."""
+    put_model(registry, name, **fields)
     put_version(registry, name, 1)
     wait_for(
         lambda: (
             (entry := gateway.app.router.table.models.get(name)) is not None
-            and entry.record.autoscale is not None
+            and (entry.record.autoscale is not None) == ("autoscale" in fields)
             and 1 in entry.versions
         ),
-        what=f"the gateway to know {name}",
+        what=f"the gateway to know {name} and its version 1",
     )
+
+
+def at_zero(registry, gateway: RunningGateway, name: str = ADD_ONE, **fields) -> None:
+    """``name`` autoscaled to zero, its version 1 known, no instance."""
+    known(registry, gateway, name, autoscale=TO_ZERO, **fields)
 
 
 def test_calls_wait_for_the_first_instance_and_then_answer(registry, gateway, triton_a):
@@ -93,15 +99,7 @@ def test_the_queue_is_bounded_and_the_deadline_is_kept(gateway_settings, registr
 
 def test_offline_unknown_and_fixed_models_keep_their_errors(registry, gateway):
     at_zero(registry, gateway, "cold-off", state="offline")
-    put_model(registry, "fixed")  # no autoscale: never scaled, so no call waits
-    put_version(registry, "fixed", 1)
-    wait_for(
-        lambda: (
-            (entry := gateway.app.router.table.models.get("fixed")) is not None
-            and 1 in entry.versions
-        ),
-        what="the fixed model's version",
-    )
+    known(registry, gateway, "fixed")  # no autoscale: never scaled, so no call waits
     with grpc.insecure_channel(gateway.address) as channel:
         method = channel.unary_unary(INFER)
         answers = {}
@@ -126,15 +124,7 @@ def test_offline_unknown_and_fixed_models_keep_their_errors(registry, gateway):
 def test_a_call_finding_no_instance_waits_the_grace_for_one(registry, gateway, triton_a):
     """A model that is not autoscaled, with its route missing from this table for a moment (a
     server restarting, or another process's table ahead): the call waits, then answers."""
-    put_model(registry, ADD_ONE)
-    put_version(registry, ADD_ONE, 1)
-    wait_for(
-        lambda: (
-            (entry := gateway.app.router.table.models.get(ADD_ONE)) is not None
-            and 1 in entry.versions
-        ),
-        what="the model's version",
-    )
+    known(registry, gateway, ADD_ONE)
     assert gateway.app.settings.instance_grace_s == 1.0
     with grpc.insecure_channel(gateway.address) as channel:
         call = channel.unary_unary(INFER).future(infer_request(ADD_ONE, 4.0), timeout=30)
@@ -149,15 +139,7 @@ def test_a_call_finding_no_instance_waits_the_grace_for_one(registry, gateway, t
 def test_without_the_grace_a_call_finding_no_instance_fails_at_once(gateway_settings, registry):
     gateway = RunningGateway(gateway_settings.model_copy(update={"instance_grace_s": 0.0}))
     try:
-        put_model(registry, "gone")
-        put_version(registry, "gone", 1)
-        wait_for(
-            lambda: (
-                (entry := gateway.app.router.table.models.get("gone")) is not None
-                and 1 in entry.versions
-            ),
-            what="the model's version",
-        )
+        known(registry, gateway, "gone")
         with grpc.insecure_channel(gateway.address) as channel:
             call = channel.unary_unary(INFER).future(infer_request("gone", 1.0), timeout=30)
             try:

@@ -47,6 +47,11 @@ def flood(address: str, calls: list[bytes]) -> list[grpc.Future]:
     return futures
 
 
+def flood_of(address: str, model: str, calls: int, value: float = 1.0) -> list[grpc.Future]:
+    """``calls`` alike calls of ``model`` with INPUT0 = [value], all at once (:func:`flood`)."""
+    return flood(address, [infer_request(model, value) for _ in range(calls)])
+
+
 def refused(futures: list[grpc.Future]) -> list[grpc.Future]:
     return [f for f in futures if f.code() != grpc.StatusCode.OK]
 
@@ -68,6 +73,21 @@ def limit(gateway, name: str, check: Callable[[Model], bool]) -> None:
         programmed(gateway)
 
 
+def limited(
+    registry,
+    gateway,
+    name: str,
+    address: str,
+    limits: Limits,
+    check: Callable[[Model], bool] = lambda r: r.limits is not None,
+) -> None:
+    """``name`` version 1 served at ``address`` with ``limits``, once the gateway applies them."""
+    put_model(registry, name, limits=limits)
+    put_version(registry, name, 1)
+    put_route(registry, name, 1, "worker-a", address)
+    limit(gateway, name, check)
+
+
 def to_python(gateway: RunningGateway) -> int:
     """Calls HAProxy sent to the Python gateway (0 with --dataplane python)."""
     return 0 if gateway.app.dataplane is None else sessions(gateway)[PYTHON_BACKEND]
@@ -79,12 +99,10 @@ def test_a_flooded_model_is_refused_and_another_model_always_answers(
     triton_a,
     slow_triton,  # noqa: F811
 ):
-    put_model(registry, SLOW, limits=Limits(max_concurrency=2))
-    put_route(registry, SLOW, 1, "worker-a", slow_triton.address)
+    limited(registry, gateway, SLOW, slow_triton.address, Limits(max_concurrency=2))
     put_model(registry, ADD_ONE)
     put_version(registry, ADD_ONE, 1)
     put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    limit(gateway, SLOW, lambda r: r.limits is not None)
     wait_for(lambda: gateway.instances(ADD_ONE) == 1, what="add_one's route")
 
     python_calls = to_python(gateway)
@@ -118,14 +136,11 @@ def test_a_flooded_model_is_refused_and_another_model_always_answers(
 
 def test_a_rate_limit_admits_what_its_bucket_holds(registry, gateway, triton_a):
     rate, burst = 5.0, 5
-    put_model(registry, ADD_ONE, limits=Limits(rate_limit=rate, burst=burst))
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
+    limited(registry, gateway, ADD_ONE, triton_a.address, Limits(rate_limit=rate, burst=burst))
 
     python_calls = to_python(gateway)
     start = time.monotonic()
-    answers = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(100)])
+    answers = flood_of(gateway.address, ADD_ONE, 100)
     elapsed = time.monotonic() - start
     admitted = len(answers) - len(refused(answers))
     # NOTE: a full bucket at first, then at most `rate` more per second the flood lasted (on
@@ -141,21 +156,18 @@ def test_a_rate_limit_admits_what_its_bucket_holds(registry, gateway, triton_a):
 
 
 def test_limits_change_live(registry, gateway, triton_a):
-    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=1))
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
-    first = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(5)])
+    limited(registry, gateway, ADD_ONE, triton_a.address, Limits(rate_limit=0.001, burst=1))
+    first = flood_of(gateway.address, ADD_ONE, 5)
     assert len(refused(first)) == 4  # one token, and the next is 1,000 s away
 
     put_model(registry, ADD_ONE)  # limits off
     limit(gateway, ADD_ONE, lambda r: r.limits is None)
-    unlimited = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(20)])
+    unlimited = flood_of(gateway.address, ADD_ONE, 20)
     assert refused(unlimited) == []
 
     put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=2))
     limit(gateway, ADD_ONE, lambda r: r.limits is not None and r.limits.burst == 2)
-    again = flood(gateway.address, [infer_request(ADD_ONE, 1.0) for _ in range(5)])
+    again = flood_of(gateway.address, ADD_ONE, 5)
     assert len(refused(again)) == 3
 
 
@@ -166,14 +178,12 @@ def test_haproxy_limits_change_live_and_one_it_cannot_express_takes_the_python_p
     triton_a,
     slow_triton,  # noqa: F811
 ):
-    put_model(registry, SLOW, limits=Limits(max_concurrency=2))
-    put_route(registry, SLOW, 1, "worker-a", slow_triton.address)
-    limit(gateway, SLOW, lambda r: r.limits is not None)
+    limited(registry, gateway, SLOW, slow_triton.address, Limits(max_concurrency=2))
     pid = gateway.app.dataplane.supervisor.pid
     python_calls = to_python(gateway)
 
     def admitted_of(calls: int, model: str = SLOW, value: float = 0.5) -> int:
-        answers = flood(gateway.address, [infer_request(model, value) for _ in range(calls)])
+        answers = flood_of(gateway.address, model, calls, value)
         return calls - len(refused(answers))
 
     assert admitted_of(20) == 2
@@ -187,19 +197,13 @@ def test_haproxy_limits_change_live_and_one_it_cannot_express_takes_the_python_p
     assert gateway.app.dataplane.supervisor.pid == pid  # no restart, no reload
 
     # NOTE: under one call a second is beyond a one-second window: the Python path's bucket
-    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.5))
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
+    limited(registry, gateway, ADD_ONE, triton_a.address, Limits(rate_limit=0.5))
     assert admitted_of(5, ADD_ONE, 1.0) == 1
     assert to_python(gateway) == python_calls + 5
 
 
 def test_each_streamed_call_is_limited_on_its_own(registry, gateway, triton_a):
-    put_model(registry, ADD_ONE, limits=Limits(rate_limit=0.001, burst=2))
-    put_version(registry, ADD_ONE, 1)
-    put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
-    limit(gateway, ADD_ONE, lambda r: r.limits is not None)
+    limited(registry, gateway, ADD_ONE, triton_a.address, Limits(rate_limit=0.001, burst=2))
     with grpc.insecure_channel(gateway.address) as channel:
         stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
         requests = iter([infer_request(ADD_ONE, float(n)) for n in range(4)])
@@ -220,7 +224,7 @@ def test_python_workers_share_a_limit(tmp_path, zookeeper, zk_root, registry, tr
     put_route(registry, ADD_ONE, 1, "worker-a", triton_a.address)
     gw = Gateway2(tmp_path, zookeeper, zk_root).serve()  # every process starts with the model
     try:
-        answers = flood(gw.address, [infer_request(ADD_ONE, 1.0) for _ in range(20)])
+        answers = flood_of(gw.address, ADD_ONE, 20)
         rejected = refused(answers)
         # NOTE: 2 tokens in each of the 2 processes, whichever of them HAProxy chose
         assert 2 <= len(answers) - len(rejected) <= 4

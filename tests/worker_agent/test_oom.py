@@ -14,6 +14,7 @@ import tritonclient.grpc as triton_grpc
 
 from examples.models import write_add_one
 from registry import Registry
+from registry.records import Worker
 from tests.servers.zk import wait_for
 from tests.worker_agent.conftest import AgentFactory, launched_triton
 from tests.worker_agent.helpers import (
@@ -91,21 +92,39 @@ def heartbeats_pass(agent: AgentThread, count: int) -> None:
     )
 
 
+def serving_one(
+    registry: Registry, start_agent: AgentFactory, tmp_path: Path, model: str, **settings: object
+) -> AgentThread:
+    """A worker ``w1`` on a launched Triton (``settings`` of the worker) serving ``model``
+    version 1 (adds 1), its route written."""
+    agent = launched_triton(start_agent, tmp_path, **settings)
+    assign(registry, "w1", model, 1, add_one_archive(tmp_path, model, 1.0).as_uri())
+    wait_for(lambda: route(registry, model, 1, "w1"), what=f"route {model}@1")
+    return agent
+
+
+def restarted_out_of_memory(registry: Registry, key: str, what: str) -> Worker:
+    """``w1``'s record once its server restarted once with ``key`` recorded out of memory."""
+    found: Worker = wait_for(
+        lambda: (w := worker(registry, "w1")) and w.restarts == 1 and key in w.ooms and w,
+        what=what,
+    )
+    return found
+
+
 def test_a_server_over_its_capacity_is_killed_and_the_copy_loaded_last_stays_out(
     registry: Registry, start_agent: AgentFactory, tmp_path: Path, tree_memory: TreeMemory
 ) -> None:
     capacity = tree_memory.fits_one_not_two
-    agent = launched_triton(
-        start_agent, tmp_path, capacity_memory_mb=capacity, oom_retry_margin_mb=1.0
-    )
-    assign(registry, "w1", "first", 1, add_one_archive(tmp_path, "first", 1.0).as_uri())
-    wait_for(lambda: route(registry, "first", 1, "w1"), what="route first@1")
+    agent = serving_one(
+        registry, start_agent, tmp_path, "first",
+        capacity_memory_mb=capacity, oom_retry_margin_mb=1.0,
+    )  # fmt: skip
     assert worker(registry, "w1").ooms == {}
 
     assign(registry, "w1", "second", 1, add_one_archive(tmp_path, "second", 2.0).as_uri())
-    record = wait_for(
-        lambda: (w := worker(registry, "w1")) and w.restarts == 1 and "second@1" in w.ooms and w,
-        what="the guard to kill the server and record second@1",
+    record = restarted_out_of_memory(
+        registry, "second@1", "the guard to kill the server and record second@1"
     )
     oom = record.ooms["second@1"]
     assert oom.memory_mb > capacity and oom.capacity_mb == capacity
@@ -141,11 +160,9 @@ def test_a_sigkill_near_the_capacity_is_out_of_memory_until_the_copy_is_unassign
     registry: Registry, start_agent: AgentFactory, tmp_path: Path, tree_memory: TreeMemory
 ) -> None:
     capacity = tree_memory.fits_one_not_two
-    agent = launched_triton(
-        start_agent, tmp_path, capacity_memory_mb=capacity, oom_sigkill_ratio=0.5
+    agent = serving_one(
+        registry, start_agent, tmp_path, "alone", capacity_memory_mb=capacity, oom_sigkill_ratio=0.5
     )
-    assign(registry, "w1", "alone", 1, add_one_archive(tmp_path, "alone", 1.0).as_uri())
-    wait_for(lambda: route(registry, "alone", 1, "w1"), what="route alone@1")
     wait_for(
         lambda: (w := worker(registry, "w1")) and "alone@1" in w.model_usage,
         what="alone@1 measured",
@@ -154,10 +171,7 @@ def test_a_sigkill_near_the_capacity_is_out_of_memory_until_the_copy_is_unassign
     assert launcher is not None
     launcher.kill()  # SIGKILL from outside, as the kernel's OOM killer does
 
-    record = wait_for(
-        lambda: (w := worker(registry, "w1")) and w.restarts == 1 and "alone@1" in w.ooms and w,
-        what="alone@1 recorded out of memory",
-    )
+    record = restarted_out_of_memory(registry, "alone@1", "alone@1 recorded out of memory")
     assert record.ooms["alone@1"].capacity_mb == capacity
     assert metric(agent.agent, "modelgate_worker_out_of_memory_total", {"cause": "sigkill"}) == 1
     wait_for(lambda: model_state(registry, "w1", "alone@1") == "FAILED", what="alone@1 FAILED")
