@@ -5,7 +5,7 @@ paths, :mod:`registry.records` for what is stored there, and :class:`Registry` t
 write and watch them.
 """
 
-from registry.client import EphemeralNode, Registry, TreeEvent
+from registry.client import EphemeralNode, Registry, Transaction, TreeEvent
 from registry.errors import (
     ConflictError,
     InvalidRecordError,
@@ -21,6 +21,7 @@ __all__ = [
     "ModelgateError",
     "NotFoundError",
     "Registry",
+    "Transaction",
     "TreeEvent",
     "ZooKeeperUnavailableError",
 ]

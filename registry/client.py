@@ -26,6 +26,7 @@ from kazoo.exceptions import (
     NoNodeError,
     NotEmptyError,
     OperationTimeoutError,
+    RolledBackError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
@@ -38,6 +39,7 @@ from registry import layout
 from registry.errors import (
     ConflictError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     ZooKeeperUnavailableError,
 )
@@ -378,6 +380,10 @@ class Registry:
                 raise FailedPreconditionError(f"{path} has children") from None
         return True
 
+    def transaction(self) -> Transaction:
+        """A group of writes ZooKeeper applies all together or not at all (a multi)."""
+        return Transaction(self)
+
     def write_many(self, puts: Mapping[str, Record], deletes: Iterable[str] = ()) -> None:
         """:meth:`put` every record of ``puts``, then :meth:`delete` every path of ``deletes``.
 
@@ -532,6 +538,94 @@ class Registry:
     def election(self, identifier: str) -> Election:
         """kazoo's Election recipe at the manager leader path."""
         return self._client.Election(layout.MANAGER_LEADER, identifier)
+
+
+#: ZooKeeper's default jute.maxbuffer: the largest request a server accepts, a multi included.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class Transaction:
+    """Writes committed atomically by :meth:`commit`: every one, or (on any failure) none.
+
+    Compare-and-set updates (``version`` as read) make a read-modify-write of several nodes
+    safe against a concurrent writer: the whole group fails with ConflictError naming the
+    node that changed, and nothing is written. One transaction is one ZooKeeper request,
+    bounded by :data:`MAX_REQUEST_BYTES`; use :meth:`Registry.write_many` for bulk writes
+    that need not be atomic.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        #: (operation, path, data, version), in order.
+        self._ops: list[tuple[str, str, bytes, int]] = []
+
+    def create(self, path: str, record: Record) -> Transaction:
+        """Create ``path``, and its missing parents as empty nodes (ConflictError at commit
+        if it exists)."""
+        self._ops.append(("create", path, record.to_bytes(path), -1))
+        return self
+
+    def update(self, path: str, record: Record, version: int) -> Transaction:
+        """Replace ``path``'s record if the node is still at ``version``."""
+        self._ops.append(("update", path, record.to_bytes(path), version))
+        return self
+
+    def delete(self, path: str, version: int = -1) -> Transaction:
+        """Delete ``path`` (at ``version``; -1: any)."""
+        self._ops.append(("delete", path, b"", version))
+        return self
+
+    def commit(self) -> None:
+        """Apply every write, or none. Raises ConflictError (a node changed since it was
+        read, or a created one exists) or NotFoundError (an updated or deleted one is gone),
+        naming the node; InvalidArgumentError when the group is over one request's size.
+
+        NOTE: if the connection drops after ZooKeeper applied the group, the retry finds
+        the nodes changed and reports a conflict: re-read before retrying.
+        """
+        if not self._ops:
+            return
+        size = sum(len(path) + len(data) for _, path, data, _ in self._ops)
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidArgumentError(
+                f"a transaction of {len(self._ops)} writes ({size} bytes) is over ZooKeeper's "
+                f"{MAX_REQUEST_BYTES}-byte request limit; split it"
+            )
+        reg = self.registry
+        with reg._zk(self._ops[0][1]):
+            results = reg._op(self._send)
+            created = [path for operation, path, _, _ in self._ops if operation == "create"]
+            if any(isinstance(r, NoNodeError) for r in results) and created:
+                # NOTE: a missing parent, perhaps: make the parents (empty nodes, as create
+                # and write_many do) and send the group once more
+                reg._ensure_parents(created, reg.operation_timeout)
+                results = reg._op(self._send)
+        for (operation, path, _, version), result in zip(self._ops, results, strict=True):
+            if isinstance(result, RolledBackError) or not isinstance(result, Exception):
+                continue
+            if isinstance(result, BadVersionError):
+                raise ConflictError(
+                    f"{path} changed since it was read (expected version {version}); "
+                    "nothing was written: re-read it and retry"
+                )
+            if isinstance(result, NodeExistsError):
+                raise ConflictError(f"{path} already exists; nothing was written")
+            if isinstance(result, NoNodeError):
+                raise NotFoundError(
+                    f"cannot {operation} {path}: it does not exist; nothing was written"
+                )
+            raise result
+
+    def _send(self) -> Any:
+        txn = self.registry.kazoo.transaction()
+        for operation, path, data, version in self._ops:
+            if operation == "create":
+                txn.create(path, data)
+            elif operation == "update":
+                txn.set_data(path, data, version)
+            else:
+                txn.delete(path, version)
+        return txn.commit_async()
 
 
 class Watch:

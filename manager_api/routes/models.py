@@ -23,7 +23,7 @@ from manager_api.schemas import (
     check_shadow_target,
 )
 from manager_api.status import model_status, plugin_serving
-from registry import Registry, layout
+from registry import Registry, Transaction, layout
 from registry.errors import (
     ConflictError,
     FailedPreconditionError,
@@ -296,31 +296,60 @@ def _add_version(
     if number in known:
         raise ConflictError(f"model '{name}' already has version {number}")
     record = ModelVersion(version=number, artifact_uri=uri, sha256=sha256, labels=labels)
+    path = layout.version(name, number)
+
+    def create(txn: Transaction) -> ModelVersion:
+        txn.create(path, record)
+        return record
+
     try:
-        m.registry.create(layout.version(name, number), record)
+        _, moved = _write_labelled(m.registry, name, number, labels, create)
     except ConflictError:
-        raise ConflictError(f"model '{name}' already has version {number}") from None
-    moved = _move_labels(m.registry, name, number, labels) if labels else {}
-    m.wrote({layout.version(name, number): record, **moved})
+        if m.registry.exists(path):
+            raise ConflictError(f"model '{name}' already has version {number}") from None
+        raise
+    m.wrote({path: record, **moved})
     return VersionOut(**record.model_dump())
 
 
-def _move_labels(
-    reg: Registry, name: str, number: int, labels: list[str]
-) -> dict[str, ModelVersion]:
-    """A label names at most one version: take ``labels`` off every other version.
+#: Read-modify-write rounds of a label move before a concurrent writer wins (409).
+_LABEL_TRIES = 3
 
-    Returns the versions rewritten, by path."""
-    moved: dict[str, ModelVersion] = {}
-    for other, rec in _versions(reg, name).items():
-        if other == number or not set(rec.labels) & set(labels):
-            continue
-        path = layout.version(name, other)
-        current, ver = reg.get(path, ModelVersion)
-        current.labels = [lab for lab in current.labels if lab not in labels]
-        reg.update(path, current, ver)
-        moved[path] = current
-    return moved
+
+def _write_labelled(
+    reg: Registry,
+    name: str,
+    number: int,
+    labels: list[str],
+    write: Callable[[Transaction], ModelVersion],
+) -> tuple[ModelVersion, dict[str, ModelVersion]]:
+    """``write`` (the version's own write, added to a transaction) and, in the same
+    transaction, ``labels`` taken off every other version: a label names at most one version,
+    and no reader ever sees it on two or on none. A version changed meanwhile makes the whole
+    transaction fail; it is read and tried again, up to ``_LABEL_TRIES`` times (then 409).
+
+    Returns the version's record as ``write`` wrote it, and the other versions rewritten,
+    by path."""
+    tries = 0
+    while True:
+        txn = reg.transaction()
+        record = write(txn)
+        moved: dict[str, ModelVersion] = {}
+        for other, rec in _versions(reg, name).items():
+            if other == number or not set(rec.labels) & set(labels):
+                continue
+            path = layout.version(name, other)
+            current, ver = reg.get(path, ModelVersion)
+            current.labels = [lab for lab in current.labels if lab not in labels]
+            txn.update(path, current, ver)
+            moved[path] = current
+        try:
+            txn.commit()
+            return record, moved
+        except ConflictError:
+            tries += 1
+            if tries == _LABEL_TRIES:
+                raise
 
 
 @router.post(
@@ -397,14 +426,18 @@ def set_labels(
 ) -> VersionOut:
     model_to_change(m, caller, name, "labelling a version")
     path = layout.version(name, version)
-    try:
-        rec, ver = m.registry.get(path, ModelVersion)
-    except NotFoundError:
-        raise NotFoundError(f"model '{name}' has no version {version}") from None
     labels = sorted(set(body.labels))
-    moved = _move_labels(m.registry, name, version, labels)
-    rec.labels = labels
-    m.registry.update(path, rec, ver)
+
+    def relabel(txn: Transaction) -> ModelVersion:
+        try:
+            rec, ver = m.registry.get(path, ModelVersion)
+        except NotFoundError:
+            raise NotFoundError(f"model '{name}' has no version {version}") from None
+        rec.labels = labels
+        txn.update(path, rec, ver)
+        return rec
+
+    rec, moved = _write_labelled(m.registry, name, version, labels, relabel)
     m.wrote({path: rec, **moved})
     return VersionOut(**rec.model_dump())
 
