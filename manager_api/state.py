@@ -25,6 +25,7 @@ from registry import Registry, TreeEvent, layout
 from registry.client import TreeWatch
 from registry.errors import InvalidArgumentError, InvalidRecordError, ZooKeeperUnavailableError
 from registry.records import (
+    USAGE_STEP,
     Assignment,
     Model,
     ModelVersion,
@@ -33,6 +34,7 @@ from registry.records import (
     Wake,
     Worker,
     WorkerSpec,
+    steady,
 )
 
 log = logging.getLogger("manager_api.state")
@@ -60,12 +62,6 @@ WATCHED = (
 )
 
 
-#: Measured usage is taken in when it moves by more than this share of the capacity (and a
-#: model's measured size when it grows by more than this share): heartbeats with steady
-#: usage change nothing, so a pass costs what changed.
-USAGE_STEP = 0.1
-
-
 def _measured(used: float | None, capacity: float | None) -> float | None:
     """A measurement placement can compare (None without a capacity to compare it with)."""
     return used if capacity else None
@@ -75,7 +71,7 @@ def _coarse(new: float | None, old: float | None, capacity: float | None) -> flo
     """``old`` while ``new`` stays within one step of it."""
     if new is None or old is None or capacity is None:
         return new
-    return old if abs(new - old) <= USAGE_STEP * capacity else new
+    return old if steady(new, old, capacity) else new
 
 
 def worker_view(worker_id: str, worker: Worker, spec: WorkerSpec) -> WorkerView:

@@ -88,6 +88,21 @@ class Usage(BaseModel):
     memory_mb: float = Field(ge=0)
 
 
+#: Measured usage counts as changed when it moves by more than this share of the capacity
+#: (or, without a capacity, of its last value): the worker agent writes its record, and the
+#: manager's placement takes the new figure in, only past this step, so heartbeats with
+#: steady usage cost nothing.
+USAGE_STEP = 0.1
+
+
+def steady(new: float | None, old: float | None, capacity: float | None) -> bool:
+    """``new`` is within one :data:`USAGE_STEP` of ``old`` (None: unknown, steady only as
+    None)."""
+    if new is None or old is None:
+        return new is old
+    return abs(new - old) <= USAGE_STEP * (capacity if capacity else old)
+
+
 class OutOfMemory(BaseModel):
     """The model server died of (or was killed for) lack of memory with this copy loaded."""
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from registry import EphemeralNode, Registry, TreeEvent, layout
 from registry.errors import InvalidArgumentError, ZooKeeperUnavailableError
-from registry.records import Assignment, OutOfMemory, Worker, WorkerSpec
+from registry.records import Assignment, OutOfMemory, Worker, WorkerSpec, steady
 from registry.status_server import StatusServer
 from worker_agent.artifacts import ArtifactStore
 from worker_agent.backends import BackendController
@@ -77,6 +77,8 @@ class WorkerAgent:
         self._node: EphemeralNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish = asyncio.Event()
+        #: The record last written (None: the next one is written whole).
+        self._written: Worker | None = None
         self._resync = asyncio.Event()
         self._watch: Any = None
 
@@ -214,9 +216,26 @@ class WorkerAgent:
             ooms=self.reconciler.ooms(),
         )
 
+    def _worth_writing(self, record: Worker) -> str:
+        """Why ``record`` is written (``change``, ``usage``, ``refresh``), or ``skipped``: the
+        node changes only when what its readers use changed, or to refresh the heartbeat
+        time, so a steady worker costs ZooKeeper and every watcher nothing."""
+        last = self._written
+        if last is None:
+            return "change"
+        measured = {"heartbeat", "usage", "model_usage"}
+        if record.model_dump(exclude=measured) != last.model_dump(exclude=measured):
+            return "change"
+        if not _usage_steady(record, last):
+            return "usage"
+        if record.heartbeat - last.heartbeat >= self.settings.heartbeat_refresh_s:
+            return "refresh"
+        return "skipped"
+
     def _on_zk_state(self, state: str) -> None:
         self.metrics.zk_connected.set(1 if state == "connected" else 0)
         if state == "connected":
+            self._written = None  # NOTE: the node may be new (session expiry): write it whole
             self._resync.set()  # assignments may have changed while we were away
             self._publish.set()
 
@@ -280,9 +299,14 @@ class WorkerAgent:
         while True:
             await self._publish.wait()
             self._publish.clear()
+            record = self._record()
+            reason = self._worth_writing(record)
+            self.metrics.record_writes.labels(reason).inc()
+            if reason == "skipped":
+                continue
             try:
-                await asyncio.to_thread(node.update, self._record())
-                self.metrics.heartbeats.inc()
+                await asyncio.to_thread(node.update, record)
+                self._written = record
             except ZooKeeperUnavailableError as err:
                 self.metrics.heartbeat_failures.inc()
                 zlog.warning("heartbeat not written (next one catches up): %s", err)
@@ -309,6 +333,7 @@ class WorkerAgent:
                 await self._measure()
             except Exception:
                 log.exception("measuring the model server failed")
+            self.metrics.heartbeats.inc()
             self._publish.set()
 
     async def _measure(self) -> None:
@@ -456,3 +481,22 @@ class WorkerAgent:
             await self.supervisor.stop()
         if self.status is not None:
             await self.status.stop()
+
+
+def _usage_steady(new: Worker, old: Worker) -> bool:
+    """The measured usage of ``new`` is within one step of ``old``'s: the server's CPU and
+    memory against the worker's capacity, each model's against its own last figure."""
+    if (new.usage is None) != (
+        old.usage is None
+    ) or new.model_usage.keys() != old.model_usage.keys():
+        return False
+    if new.usage is not None and old.usage is not None:
+        if not steady(new.usage.cpu, old.usage.cpu, new.capacity_cpu):
+            return False
+        if not steady(new.usage.memory_mb, old.usage.memory_mb, new.capacity_memory_mb):
+            return False
+    return all(
+        steady(use.memory_mb, old.model_usage[key].memory_mb, None)
+        and steady(use.cpu, old.model_usage[key].cpu, new.capacity_cpu)
+        for key, use in new.model_usage.items()
+    )

@@ -70,11 +70,21 @@ class WorkerMetrics:
             registry=registry,
         )
         self.heartbeats = Counter(
-            "modelgate_worker_heartbeats", "Heartbeats written to ZooKeeper", registry=registry
+            "modelgate_worker_heartbeats",
+            "Heartbeats done (probes and measurements; the record writes they led to are in"
+            " modelgate_worker_record_writes_total)",
+            registry=registry,
+        )
+        self.record_writes = Counter(
+            "modelgate_worker_record_writes",
+            "Worker record writes decided, by reason: change (what readers use changed), usage"
+            " (measured usage moved past a step), refresh (the heartbeat time), or skipped",
+            ["reason"],
+            registry=registry,
         )
         self.heartbeat_failures = Counter(
             "modelgate_worker_heartbeat_failures",
-            "Heartbeats that could not be written (ZooKeeper unreachable)",
+            "Worker record writes that failed (ZooKeeper unreachable)",
             registry=registry,
         )
         self.zk_connected = Gauge(

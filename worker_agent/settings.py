@@ -90,7 +90,11 @@ class WorkerSettings(BaseSettings):
     status_port: int = Field(default=9200, ge=0, le=65535)
     """Port of the status HTTP server (0: pick a free one)."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    """Seconds between heartbeats (worker record update, liveness and readiness probes)."""
+    """Seconds between heartbeats (liveness and readiness probes, usage measured; the worker
+    record is written when what readers use changed)."""
+    heartbeat_refresh_s: float = Field(default=60.0, gt=0)
+    """Longest time between two writes of the worker record when nothing changed: its
+    ``heartbeat`` time is refreshed this often (liveness itself is the ZooKeeper session)."""
     drain_s: float = Field(default=10.0, ge=0)
     """Seconds between withdrawing a route and unloading its model (in-flight calls finish)."""
     load_timeout_s: float = Field(default=300.0, gt=0)
