@@ -110,10 +110,7 @@ class GatewayApp:
                 else None,
                 client_ca=settings.tls_client_ca,
                 on_backend_down=self.router.eject,
-                layout=Layout(settings.haproxy_dir, settings.haproxy_instances)
-                if settings.haproxy_dir
-                else None,
-                slots=settings.haproxy_instances,
+                layout=Layout(settings.haproxy_dir) if settings.haproxy_dir else None,
             )
             if settings.dataplane == "haproxy" and worker is None
             else None

@@ -62,7 +62,6 @@ class DataPlane:
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
         layout: Layout | None = None,
-        slots: int = Layout.slots,
         on_backend_down: Callable[[str], None] = lambda address: None,
     ) -> None:
         self.metrics = metrics
@@ -76,7 +75,7 @@ class DataPlane:
         self._own_dir = layout is None
         # NOTE: created by start(), removed by stop(): a gateway that never starts leaves nothing
         private = Path(tempfile.gettempdir()) / f"modelgate-haproxy-{uuid.uuid4().hex[:12]}"
-        self.layout = layout or Layout(private, slots)
+        self.layout = layout or Layout(private)
         self.api = RuntimeApi(self.layout.admin_socket)
         self.programmer = Programmer(
             str(self.layout.route_map),

@@ -205,8 +205,8 @@ class Programmer:
         self._map: dict[str, str] = {}
         self._keys: dict[str, set[str]] = {}
         self._uses: dict[str, set[Address]] = {}
-        #: Versions already reported as left without slots (each is reported once).
-        self._crowded: set[RouteId] = set()
+        #: Addresses already reported as left without a slot (each is reported once).
+        self._crowded: set[Address] = set()
         #: The limits in HAProxy's limit maps, per model (only models with a map entry).
         self._limits: dict[str, FastLimits] = {}
 
@@ -231,28 +231,21 @@ class Programmer:
         ready: list[str] = []
         retired: list[str] = []
         freed: list[int] = []
-        crowded: list[FastRoute] = []
+        crowded: list[Address] = []
         changes: list[str] = []
         removed: list[str] = []
         for name in models:
             uses: set[Address] = set()
             entries: dict[str, str] = {}
             for route in by_model.get(name, ()):
-                # NOTE: a version goes to the fast path with all its instances or not at all
-                # (with some, the fast path would balance over part of them)
-                addresses = route.addresses
-                if sum(a not in self._slots for a in addresses) > len(self._free):
-                    if route.id not in self._crowded:
-                        self._crowded.add(route.id)
-                        crowded.append(route)
-                    continue
-                self._crowded.discard(route.id)
-                uses.update(addresses)
-                backends = [
-                    f"{instance_backend(self._slot(address, ready))}={routed}"
-                    for routed, address in route.instances
-                ]
-                entries[route.key] = ",".join([self._policy(route), *backends])
+                backends = []
+                for routed, address in route.instances:
+                    slot = self._slot(address, ready, crowded)
+                    if slot is not None:
+                        uses.add(address)
+                        backends.append(f"{instance_backend(slot)}={routed}")
+                if backends:
+                    entries[route.key] = ",".join([self._policy(route), *backends])
             for address in uses - self._uses.get(name, set()):
                 self._users.setdefault(address, set()).add(name)
             for address in sorted(self._uses.pop(name, set()) - uses):
@@ -281,19 +274,25 @@ class Programmer:
         self._free.extend(freed)
         limited, unlimited = self._plan_limits(by_model, models)
         if crowded:
-            shown = ", ".join(f"{r.model} v{r.version}" for r in crowded[:5])
-            log.warning("no free instance slot (%d in all) for the instances of %d more model "
-                        "version(s): they stay on the Python path (%s%s)", self.slot_count,
-                        len(crowded), shown, ", ..." if len(crowded) > 5 else "")  # fmt: skip
+            shown = ", ".join(f"{ip}:{port}" for ip, port in crowded[:5])
+            log.warning("no free instance slot (%d in all) for %d more instance(s): their "
+                        "calls stay on the Python path (%s%s)", self.slot_count, len(crowded),
+                        shown, ", ..." if len(crowded) > 5 else "")  # fmt: skip
         # NOTE: servers are up, and a model's limits in place, before a key points at them;
         # keys are gone before their limits and servers (in-flight calls on them finish).
         return ready + limited + changes + removed + unlimited + retired
 
-    def _slot(self, address: Address, ready: list[str]) -> int:
+    def _slot(self, address: Address, ready: list[str], crowded: list[Address]) -> int | None:
         """The instance slot of ``address``, taken (with its commands) when it has none."""
         slot = self._slots.get(address)
         if slot is not None:
             return slot
+        if not self._free:
+            if address not in self._crowded:
+                self._crowded.add(address)
+                crowded.append(address)
+            return None
+        self._crowded.discard(address)
         slot = self._slots[address] = self._free.pop()
         self._addresses[slot] = address
         server = f"set server {instance_backend(slot)}/s"

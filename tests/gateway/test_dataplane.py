@@ -500,21 +500,3 @@ def test_models_sharing_an_instance_share_its_backend_however_many_they_are(
     assert infer(client) == 1.0
     assert fast_path_calls(gateway) == calls + 1
     client.close()
-
-
-@HAPROXY_ONLY
-def test_versions_beyond_the_declared_instance_backends_take_the_python_path(
-    registry, gateway_settings, triton_a, triton_b
-):
-    gw = RunningGateway(gateway_settings.model_copy(update={"haproxy_instances": 1}))
-    try:
-        assert gw.app.dataplane is not None
-        assert gw.app.dataplane.layout.config.read_text().count("\nbackend i_") == 1
-        serve_on_both(registry, gw, triton_a, triton_b, policy="round_robin")
-        client = triton_grpc.InferenceServerClient(gw.address)
-        # NOTE: one backend for two instances: the version is balanced by the Python path
-        assert served_by(client, triton_a, triton_b, 10) == (5, 5)
-        assert fast_path_calls(gw) == 0
-        client.close()
-    finally:
-        gw.stop()

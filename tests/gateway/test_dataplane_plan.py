@@ -170,21 +170,22 @@ def test_policy_change_rewrites_the_map_entries_only_and_reset_forgets_everythin
     assert len(again) == 2 * 3 + 1
 
 
-def test_versions_whose_instances_do_not_all_get_a_slot_stay_on_the_python_path():
+def test_instances_beyond_the_slots_stay_on_the_python_path():
     programmer = Programmer(MAP, slots=1)
     routes = [("a", 1, "w1", "10.0.0.1:8001", "kserve"), ("a", 1, "w2", "10.0.0.2:8001", "kserve"),
               ("b", 1, "w2", "10.0.0.2:8001", "kserve")]  # fmt: skip
     commands = programmer.plan(fast_routes(table_of({}, routes), resolve))
-    # NOTE: a on one of its two instances would send it all the fast-path calls
-    assert [c for c in commands if "map" in c] == [f"add map {MAP} k:b/1 rr,i_0=10.0.0.2:8001"]
+    assert [c for c in commands if "map" in c] == [
+        f"add map {MAP} k:a/1 rr,i_0=10.0.0.1:8001",
+    ]
     assert sum("addr" in c for c in commands) == 1
 
 
-def test_versions_left_without_slots_are_reported_once_in_one_line(caplog):
+def test_instances_left_without_a_slot_are_reported_once_in_one_line(caplog):
     programmer = Programmer(MAP, slots=1)
     fleet = [(f"m{i}", 1, "w1", f"10.0.0.1:{8000 + i}", "kserve") for i in range(8)]
     with caplog.at_level("WARNING", logger="gateway.dataplane"):
         programmer.plan(fast_routes(table_of({}, fleet), resolve))
         programmer.plan(fast_routes(table_of({}, fleet), resolve), {"m3"})  # a change of m3
     (line,) = [r.getMessage() for r in caplog.records if "no free instance slot" in r.getMessage()]
-    assert "of 7 more model version(s)" in line and "m1 v1" in line and ", ..." in line
+    assert "for 7 more instance(s)" in line and "10.0.0.1:8001" in line and ", ..." in line
