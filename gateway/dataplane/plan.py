@@ -3,21 +3,11 @@ table to the next. Nothing here talks to HAProxy or ZooKeeper.
 
 A model version is served by HAProxy alone when the gateway would add nothing to the call:
 no plugin, online, no response cache or shadow, limits HAProxy enforces the same way (see
-below), and every ready instance speaking one protocol (the caller's: the map key carries the
-protocol, so a KServe call never reaches a TF-Serving instance on the fast path). The fast
-path serves calls naming a version; everything else, and anything HAProxy cannot read exactly
-(see route.lua), goes to the Python gateway. A call naming no version stays on the Python
-path, which pins the version it resolves: the backend's own choice (its newest loaded
-version) may be one the gateway does not route, and nothing in the routing table can tell.
-
-HAProxy holds one backend per backend *instance* (an address: a Triton or TF-Serving server,
-shared by every model it serves), pre-declared as slots (config.py), and one route-map entry
-per fast-path key. The entry's value names the model's policy and the version's instances
-(``<policy>,<backend>=<address>,...``); route.lua balances over them per call as
-the Python router does: round_robin in turn, least_request to the instance with the fewest
-calls in flight, sticky by the rendezvous hash of the sticky header (crc32 of
-``<key>|<address>``, the Python router's own hash, so a key lands on the same instance on
-both paths). So a fleet of any number of models needs as many slots as it has instances.
+below), a policy HAProxy balances the same way (round_robin, least_request), and every ready
+instance speaking one protocol (the caller's: the map key carries the protocol, so a KServe
+call never reaches a TF-Serving instance on the fast path). The fast path serves calls naming
+a version; everything else, and anything HAProxy cannot read exactly (see route.lua), goes to
+the Python gateway.
 
 ``Model.limits`` on the fast path: HAProxy counts a limited model's calls in a stick table
 keyed by model name (config.py), per gateway (one HAProxy; no division among the Python
@@ -25,20 +15,20 @@ workers). ``max_concurrency`` is exact. ``rate_limit`` is a sliding one-second w
 ``rate_limit`` calls admitted over the last second), not a token bucket: it holds for a whole
 number of calls per second of at least one, with ``burst`` absent or equal to it (one second's
 worth, the bucket's default); a model with another rate or burst keeps the Python path, whose
-token bucket is exact. The same model's calls that take the Python path (labels, streams...)
-are limited by the Python gateway, on a budget of their own.
+token bucket is exact. The same model's calls that take the Python path (unpinned versions,
+labels, streams...) are limited by the Python gateway, on a budget of their own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.dataplane.config import instance_backend
+from gateway.dataplane.config import POOLS, slot_name
 from gateway.table import ModelEntry, RoutingTable
-from registry.records import Limits, RoutingPolicy
+from registry.records import Limits
 
 log = logging.getLogger("gateway.dataplane")
 
@@ -48,10 +38,7 @@ Address = tuple[str, int]
 RouteId = tuple[Protocol, str, int]
 
 _PREFIX: dict[Protocol, str] = {"kserve": "k", "tfserving": "t"}
-_PROTOCOLS: dict[str, Protocol] = {prefix: protocol for protocol, prefix in _PREFIX.items()}
 SURFACES: dict[Protocol, str] = {"kserve": "kserve", "tfserving": "tfserving"}
-#: The policies route.lua balances by, as its route-map values name them.
-_POLICIES: dict[RoutingPolicy, str] = {"round_robin": "rr", "least_request": "lc", "sticky": "sh"}
 
 
 @dataclass(frozen=True)
@@ -82,11 +69,8 @@ class FastRoute:
     protocol: Protocol
     model: str
     version: int
-    #: The ready instances: the address as routed (the sticky hash's) and as HAProxy
-    #: connects to it, ordered as the Python router orders them.
-    instances: tuple[tuple[str, Address], ...]
-    policy: RoutingPolicy = "round_robin"
-    sticky_header: str | None = None
+    pool: str
+    servers: tuple[Address, ...]
     limits: FastLimits = FastLimits()
 
     @property
@@ -95,23 +79,8 @@ class FastRoute:
 
     @property
     def key(self) -> str:
-        """Route-map key, as route.lua builds it from a request (and logs it for every
-        fast-path call)."""
+        """Route-map key, as route.lua builds it from a request."""
         return f"{_PREFIX[self.protocol]}:{self.model}/{self.version}"
-
-    @property
-    def addresses(self) -> tuple[Address, ...]:
-        return tuple(dict.fromkeys(address for _, address in self.instances))
-
-
-def parse_key(key: str) -> RouteId | None:
-    """The route a logged key (``k:<model>/<version>``) names; None for anything else."""
-    prefix, _, rest = key.partition(":")
-    name, _, version = rest.rpartition("/")
-    protocol = _PROTOCOLS.get(prefix)
-    if protocol is None or not name or not version.isdigit():
-        return None
-    return (protocol, name, int(version))
 
 
 def fast_routes(
@@ -120,8 +89,7 @@ def fast_routes(
     models: Iterable[str] | None = None,
 ) -> dict[RouteId, FastRoute]:
     """The fast-path routes of ``models`` in ``table`` (None: of every model), by name (so
-    instance slots are handed out in that order); ``resolve`` turns "host:port" into an
-    address."""
+    slots are handed out in that order); ``resolve`` turns "host:port" into an address."""
     routes: dict[RouteId, FastRoute] = {}
     for name in sorted(table.models if models is None else models):
         entry = table.models.get(name)
@@ -138,11 +106,11 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
         or record.state != "online"
         or record.cache
         or record.shadow
-        or (record.policy == "sticky" and not record.sticky_header)
     ):
         return []
+    pool = POOLS.get(record.policy)
     limits = fast_limits(record.limits)
-    if limits is None:
+    if pool is None or limits is None:
         return []
     out = []
     for version, ventry in entry.versions.items():
@@ -152,25 +120,28 @@ def _model_routes(entry: ModelEntry, resolve: Callable[[str], Address | None]) -
         protocol = protocols.pop()
         if protocol not in _PREFIX:
             continue
-        instances = tuple(
-            (i.address, address)
-            for i in ventry.instances
-            if (address := resolve(i.address)) is not None
-        )
-        if not instances:
+        servers = tuple(a for a in (resolve(i.address) for i in ventry.instances) if a)
+        if not servers:
             continue
         out.append(
             FastRoute(
                 protocol,
                 entry.name,
                 version,
-                instances,
-                record.policy,
-                record.sticky_header,
+                pool[0],
+                tuple(sorted(set(servers))),
                 limits,
             )
         )
     return out
+
+
+@dataclass
+class _Slot:
+    backend: str
+    route: FastRoute
+    #: Server number (1-based, as server-template names them) per address.
+    servers: dict[Address, int] = field(default_factory=dict)
 
 
 class Programmer:
@@ -184,6 +155,7 @@ class Programmer:
         self,
         route_map: str,
         slots: int,
+        servers: int,
         *,
         concurrency_map: str = "max_concurrency.map",
         rate_map: str = "rate_limit.map",
@@ -192,30 +164,32 @@ class Programmer:
         self.concurrency_map = concurrency_map
         self.rate_map = rate_map
         self.slot_count = slots
+        self.server_count = servers
         self.reset()
 
     def reset(self) -> None:
-        self._free = list(range(self.slot_count - 1, -1, -1))
-        #: The instance slot of each address in use, and back.
-        self._slots: dict[Address, int] = {}
-        self._addresses: dict[int, Address] = {}
-        #: The models whose routes use each address (the slot is freed with the last one).
-        self._users: dict[Address, set[str]] = {}
-        #: The route-map entries, and the keys and addresses of each model in them.
+        self._free = {pool: list(range(self.slot_count - 1, -1, -1)) for pool, _ in POOLS.values()}
+        self._slots: dict[RouteId, _Slot] = {}
         self._map: dict[str, str] = {}
-        self._keys: dict[str, set[str]] = {}
-        self._uses: dict[str, set[Address]] = {}
-        #: Addresses already reported as left without a slot (each is reported once).
-        self._crowded: set[Address] = set()
-        #: The limits in HAProxy's limit maps, per model (only models with a map entry).
+        #: Routes already reported as left without a slot (each is reported once).
+        self._crowded: set[RouteId] = set()
+        self._by_backend: dict[str, FastRoute] = {}
+        #: The route ids with a slot, per model.
+        self._by_model: dict[str, set[RouteId]] = {}
+        #: The limits in HAProxy's limit maps, per model (only limited models with a slot).
         self._limits: dict[str, FastLimits] = {}
 
-    def address_of(self, backend: str) -> Address | None:
-        """The instance a slot backend points at now."""
-        _, _, index = backend.rpartition("_")
-        if not index.isdigit() or backend != instance_backend(int(index)):
+    def route_of(self, backend: str) -> FastRoute | None:
+        """The route a slot backend serves now (for metrics)."""
+        return self._by_backend.get(backend)
+
+    def address_of(self, backend: str, server: str) -> Address | None:
+        """The instance a slot server points at now."""
+        route = self._by_backend.get(backend)
+        slot = None if route is None else self._slots.get(route.id)
+        if slot is None:
             return None
-        return self._addresses.get(int(index))
+        return next((a for a, n in slot.servers.items() if f"s{n}" == server), None)
 
     def plan(
         self, routes: Mapping[RouteId, FastRoute], models: Collection[str] | None = None
@@ -223,98 +197,97 @@ class Programmer:
         """The commands from what HAProxy has to ``routes``, the fast routes of ``models``
         (None: ``routes`` are all of them); the routes of other models stay as they are.
         The cost is that of the named models' routes."""
-        by_model: dict[str, list[FastRoute]] = {}
-        for route in routes.values():
-            by_model.setdefault(route.model, []).append(route)
         if models is None:
-            models = sorted(by_model.keys() | self._keys.keys())
+            models = {route.model for route in routes.values()} | self._by_model.keys()
         ready: list[str] = []
         retired: list[str] = []
-        freed: list[int] = []
-        crowded: list[Address] = []
-        changes: list[str] = []
-        removed: list[str] = []
+        freed: list[_Slot] = []
+        keys: dict[str, RouteId] = {}
+        crowded: list[FastRoute] = []
         for name in models:
-            uses: set[Address] = set()
-            entries: dict[str, str] = {}
-            for route in by_model.get(name, ()):
-                backends = []
-                for routed, address in route.instances:
-                    slot = self._slot(address, ready, crowded)
-                    if slot is not None:
-                        uses.add(address)
-                        backends.append(f"{instance_backend(slot)}={routed}")
-                if backends:
-                    entries[route.key] = ",".join([self._policy(route), *backends])
-            for address in uses - self._uses.get(name, set()):
-                self._users.setdefault(address, set()).add(name)
-            for address in sorted(self._uses.pop(name, set()) - uses):
-                users = self._users[address]
-                users.discard(name)
-                if not users:
-                    del self._users[address]
-                    slot = self._slots.pop(address)
-                    del self._addresses[slot]
-                    retired.append(f"set server {instance_backend(slot)}/s state maint")
-                    freed.append(slot)
-            for key in sorted(self._keys.pop(name, set()) - entries.keys()):
-                removed.append(f"del map {self.route_map} {key}")
-                del self._map[key]
-            for key, value in entries.items():
-                was = self._map.get(key)
-                if was != value:
-                    verb = "add" if was is None else "set"
-                    changes.append(f"{verb} map {self.route_map} {key} {value}")
-                    self._map[key] = value
-            if entries:
-                self._keys[name] = set(entries)
-            if uses:
-                self._uses[name] = uses
-        # NOTE: slots whose maintenance is in this plan are reusable from the next one on
-        self._free.extend(freed)
-        limited, unlimited = self._plan_limits(by_model, models)
+            for rid in [
+                r
+                for r in self._by_model.get(name, ())
+                if _moved(self._slots[r].route, routes.get(r))
+            ]:
+                old = self._slots.pop(rid)
+                self._forget(rid)
+                retired += [self._server(old, n, "state maint") for n in old.servers.values()]
+                del self._by_backend[old.backend]
+                freed.append(old)
+                keys[old.route.key] = rid
+        for rid, route in routes.items():
+            slot = self._slots.get(rid)
+            if slot is None:
+                if not self._free[route.pool]:
+                    if rid not in self._crowded:
+                        self._crowded.add(rid)
+                        crowded.append(route)
+                    continue
+                self._crowded.discard(rid)
+                slot = _Slot(slot_name(route.pool, self._free[route.pool].pop()), route)
+                self._slots[rid] = slot
+                self._by_model.setdefault(route.model, set()).add(rid)
+            elif slot.route == route:
+                continue
+            slot.route = route
+            self._by_backend[slot.backend] = route
+            keys[route.key] = rid
+            wanted = set(route.servers)
+            for address in [a for a in slot.servers if a not in wanted]:
+                retired.append(self._server(slot, slot.servers.pop(address), "state maint"))
+            used = set(slot.servers.values())
+            free = [n for n in range(1, self.server_count + 1) if n not in used]
+            for address in route.servers:
+                if address in slot.servers:
+                    continue
+                if not free:
+                    log.warning("%s v%d: over %d instances, the rest are off the fast path",
+                                route.model, route.version, self.server_count)  # fmt: skip
+                    break
+                n = slot.servers[address] = free.pop(0)
+                ip, port = address
+                ready += [
+                    self._server(slot, n, f"addr {ip} port {port}"),
+                    self._server(slot, n, "state ready"),
+                    self._server(slot, n, "health up"),
+                ]
+        changes, removed = [], []
+        for key, rid in keys.items():
+            slot = self._slots.get(rid)
+            was = self._map.get(key)
+            if slot is None:
+                if was is not None:
+                    removed.append(f"del map {self.route_map} {key}")
+                    del self._map[key]
+            elif was is None:
+                changes.append(f"add map {self.route_map} {key} {slot.backend}")
+            elif was != slot.backend:
+                changes.append(f"set map {self.route_map} {key} {slot.backend}")
+            if slot is not None:
+                self._map[key] = slot.backend
+        limited, unlimited = self._plan_limits(routes, models)
+        for slot in freed:  # NOTE: reusable from the next plan on, once their maint is sent
+            self._free[slot.route.pool].append(int(slot.backend.rsplit("_", 1)[1]))
         if crowded:
-            shown = ", ".join(f"{ip}:{port}" for ip, port in crowded[:5])
-            log.warning("no free instance slot (%d in all) for %d more instance(s): their "
-                        "calls stay on the Python path (%s%s)", self.slot_count, len(crowded),
-                        shown, ", ..." if len(crowded) > 5 else "")  # fmt: skip
+            shown = ", ".join(f"{r.model} v{r.version}" for r in crowded[:5])
+            log.warning("no free slot (%d per pool) for %d more model version(s): they stay "
+                        "on the Python path (%s%s)", self.slot_count, len(crowded), shown,
+                        ", ..." if len(crowded) > 5 else "")  # fmt: skip
         # NOTE: servers are up, and a model's limits in place, before a key points at them;
         # keys are gone before their limits and servers (in-flight calls on them finish).
         return ready + limited + changes + removed + unlimited + retired
 
-    def _slot(self, address: Address, ready: list[str], crowded: list[Address]) -> int | None:
-        """The instance slot of ``address``, taken (with its commands) when it has none."""
-        slot = self._slots.get(address)
-        if slot is not None:
-            return slot
-        if not self._free:
-            if address not in self._crowded:
-                self._crowded.add(address)
-                crowded.append(address)
-            return None
-        self._crowded.discard(address)
-        slot = self._slots[address] = self._free.pop()
-        self._addresses[slot] = address
-        server = f"set server {instance_backend(slot)}/s"
-        ip, port = address
-        ready += [f"{server} addr {ip} port {port}", f"{server} state ready", f"{server} health up"]
-        return slot
-
-    @staticmethod
-    def _policy(route: FastRoute) -> str:
-        policy = _POLICIES[route.policy]
-        return f"{policy}={route.sticky_header}" if route.policy == "sticky" else policy
-
     def _plan_limits(
-        self, by_model: Mapping[str, list[FastRoute]], models: Collection[str]
+        self, routes: Mapping[RouteId, FastRoute], models: Collection[str]
     ) -> tuple[list[str], list[str]]:
         """The limit-map commands of ``models``: (entries added or changed, entries deleted)."""
+        wanted = {r.model: r.limits for rid, r in routes.items() if rid in self._slots}
         added: list[str] = []
         deleted: list[str] = []
         for name in models:
             old = self._limits.pop(name, FastLimits())
-            routes = by_model.get(name)
-            new = routes[0].limits if routes and name in self._keys else FastLimits()
+            new = wanted.get(name, FastLimits())
             if new != FastLimits():
                 self._limits[name] = new
             for path, was, now in (
@@ -328,3 +301,18 @@ class Programmer:
                 elif now != was:
                     added.append(f"set map {path} {name} {now}")
         return added, deleted
+
+    def _forget(self, rid: RouteId) -> None:
+        rids = self._by_model[rid[1]]
+        rids.discard(rid)
+        if not rids:
+            del self._by_model[rid[1]]
+
+    @staticmethod
+    def _server(slot: _Slot, n: int, what: str) -> str:
+        return f"set server {slot.backend}/s{n} {what}"
+
+
+def _moved(old: FastRoute, new: FastRoute | None) -> bool:
+    """The route leaves its slot: gone, or now balanced by another pool."""
+    return new is None or new.pool != old.pool
