@@ -6,7 +6,9 @@
 //
 //   inspect                  sign in, wait for the three sections, report what is shown
 //   click ID BUTTON SELECTOR sign in, click BUTTON inside #ID (confirming), wait for SELECTOR
+//                           and for the action's audit row
 //   weights MODEL V=W,...    sign in, type MODEL's traffic weights, submit, wait for "done"
+//                           and for the action's audit row
 //   refused                  sign in with a token the manager refuses, report the login form
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -75,6 +77,24 @@ async function shown() {
   });
 }
 
+// The audit panel refreshes after the action's flash; when the signed-in role may read it
+// (the panel holds a table), wait until its newest row is not the one it showed before the
+// action, so the report includes the action's own audit entry.
+async function newestAudit() {
+  return page.evaluate(() => {
+    const row = document.querySelector("#audit tbody tr");
+    return row === null ? null : row.textContent.trim();
+  });
+}
+
+async function auditMoved(before) {
+  if (before === null) return;
+  await page.waitForFunction(
+    (previous) => document.querySelector("#audit tbody tr")?.textContent.trim() !== previous,
+    before,
+  );
+}
+
 async function run() {
   if (scenario === "inspect") {
     await signIn();
@@ -84,14 +104,17 @@ async function run() {
     const [id, button, selector] = args;
     await signIn();
     await shown();
+    const before = await newestAudit();
     await page.locator(`#${id} button`, { hasText: new RegExp(`^${button}$`) }).click();
     await page.locator(selector).waitFor();
+    await auditMoved(before);
     return { flash: (await page.textContent("#flash")).trim(), after: await shown() };
   }
   if (scenario === "weights") {
     const [model, weights] = args;
     await signIn();
     await shown();
+    const before = await newestAudit();
     const article = page.locator(`#model-${model}`);
     for (const pair of weights.split(",")) {
       const [version, weight] = pair.split("=");
@@ -99,6 +122,7 @@ async function run() {
     }
     await article.locator("button", { hasText: "set weights" }).click();
     await page.locator("#flash", { hasText: `traffic ${model}: done` }).waitFor();
+    await auditMoved(before);
     return { after: await shown() };
   }
   if (scenario === "refused") {
