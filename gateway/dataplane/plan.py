@@ -173,6 +173,8 @@ class Programmer:
         self._map: dict[str, str] = {}
         #: Routes already reported as left without a slot (each is reported once).
         self._crowded: set[RouteId] = set()
+        #: Routes already reported as having more instances than a slot has servers (once).
+        self._overfull: set[RouteId] = set()
         self._by_backend: dict[str, FastRoute] = {}
         #: The route ids with a slot, per model.
         self._by_model: dict[str, set[RouteId]] = {}
@@ -238,12 +240,16 @@ class Programmer:
                 retired.append(self._server(slot, slot.servers.pop(address), "state maint"))
             used = set(slot.servers.values())
             free = [n for n in range(1, self.server_count + 1) if n not in used]
+            if len(route.servers) <= self.server_count:
+                self._overfull.discard(rid)
+            elif rid not in self._overfull:
+                self._overfull.add(rid)
+                log.warning("%s v%d: over %d instances, the rest are off the fast path",
+                            route.model, route.version, self.server_count)  # fmt: skip
             for address in route.servers:
                 if address in slot.servers:
                     continue
                 if not free:
-                    log.warning("%s v%d: over %d instances, the rest are off the fast path",
-                                route.model, route.version, self.server_count)  # fmt: skip
                     break
                 n = slot.servers[address] = free.pop(0)
                 ip, port = address
@@ -303,6 +309,7 @@ class Programmer:
         return added, deleted
 
     def _forget(self, rid: RouteId) -> None:
+        self._overfull.discard(rid)
         rids = self._by_model[rid[1]]
         rids.discard(rid)
         if not rids:

@@ -166,3 +166,17 @@ def test_versions_left_without_a_slot_are_reported_once_in_one_line(caplog):
         programmer.plan(fast_routes(table_of({}, fleet), resolve), {"m3"})  # a change of m3
     (line,) = [r.getMessage() for r in caplog.records if "no free slot" in r.getMessage()]
     assert "for 7 more model version(s)" in line and "m1 v1" in line and ", ..." in line
+
+
+def test_a_version_with_more_instances_than_servers_is_reported_once(caplog):
+    programmer = Programmer(MAP, slots=1, servers=2)
+
+    def plan(instances: int) -> None:
+        fleet = [("a", 1, f"w{i}", f"10.0.0.{i}:8001", "kserve") for i in range(instances)]
+        programmer.plan(fast_routes(table_of({}, fleet), resolve), {"a"})
+
+    with caplog.at_level("WARNING", logger="gateway.dataplane"):
+        for instances in (3, 4, 5, 2, 3):  # over, still over, ..., fits again, over again
+            plan(instances)
+    lines = [r.getMessage() for r in caplog.records if "instances" in r.getMessage()]
+    assert lines == ["a v1: over 2 instances, the rest are off the fast path"] * 2
