@@ -13,6 +13,9 @@ and ``python``), a real gateway is started cold and measured:
 - ``loop_stall_max_ms``: ``modelgate_gateway_loop_stall_max_seconds`` during the churn (null if
   the gateway does not export it);
 - ``gateway_rss_mb``: the gateway process after the churn (HAProxy's is ``haproxy_rss_mb``);
+- with ``--zk-ensemble 3``: the models live in a 3-server ZooKeeper ensemble, and its leader is
+  SIGKILLed halfway through each churn (``zk_reelection_s``: kill to a new leader; the member
+  is restarted after); ``gateway_call_failures`` counts the churn's probes that failed;
 - ``replace_worker_s``: SIGKILL of a worker -> every replica it held placed elsewhere and
   routable in the gateway (includes the session timeout, ``--session-timeout-s``);
 
@@ -54,7 +57,7 @@ from tritonclient.grpc import service_pb2
 
 from bench.scale.workers import hang_up
 from deploy.local.runner import Process, stop_all
-from deploy.local.zookeeper import LocalZooKeeper, four_letter
+from deploy.local.zookeeper import LocalEnsemble, LocalZooKeeper, four_letter
 from gateway.dataplane.config import Layout
 from gateway.dataplane.runtime import RuntimeApi
 from registry import EphemeralNode, Registry, TreeEvent, layout
@@ -161,7 +164,11 @@ class Fleet:
         self.args = args
         self.models = [f"m{i:05d}" for i in range(models)]
         self.churn_models = [f"churn-{i:02d}" for i in range(CHURN_MODELS)]
-        self.zk = LocalZooKeeper(workdir / "zk", heap_mb=args.zk_heap_mb)
+        self.zk: LocalZooKeeper | LocalEnsemble = (
+            LocalEnsemble(workdir / "zk", size=args.zk_ensemble, heap_mb=args.zk_heap_mb)
+            if args.zk_ensemble > 1
+            else LocalZooKeeper(workdir / "zk", heap_mb=args.zk_heap_mb)
+        )
         self.procs: list[Process] = []
         self.registry: Registry | None = None
         self.routes = RouteView()
@@ -263,8 +270,8 @@ class Fleet:
                     raise RuntimeError(f"{worker_id} reports {key} FAILED: {health.error}")
 
     def zk_nodes(self) -> int:
-        assert self.zk.port is not None
-        for line in four_letter("127.0.0.1", self.zk.port, "mntr").splitlines():
+        host, _, port = self.zk.hosts.split(",")[0].rpartition(":")
+        for line in four_letter(host, int(port), "mntr").splitlines():
             name, _, value = line.partition("\t")
             if name == "zk_znode_count":
                 return int(value)
@@ -435,6 +442,8 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
     began: list[tuple[str, float]] = []
     stalls: list[float] = []
     probe_s: list[float] = []
+    probe_failures: list[str] = []
+    election: dict[str, Any] = {}
     writes: set[asyncio.Task[None]] = set()
     stall_exported = True
 
@@ -450,7 +459,11 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
 
     async def check(name: str) -> None:
         asked = time.perf_counter()
-        ready = await gw.model_ready(name)
+        try:
+            ready = await gw.model_ready(name)
+        except grpc.aio.AioRpcError as err:
+            probe_failures.append(f"{err.code().name}: {err.details()}")
+            return
         answered = time.perf_counter()
         probe_s.append(answered - asked)
         want, since = pending[name]
@@ -477,8 +490,23 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
             await asyncio.sleep(1.0)
 
+    async def kill_leader(ensemble: LocalEnsemble) -> None:
+        await asyncio.sleep(args.churn_s / 2)
+        leader = await asyncio.to_thread(ensemble.leader)
+        killed = time.monotonic()
+        await asyncio.to_thread(leader.kill)
+
+        def elected() -> bool:
+            return any(m.running and m.mode() == "leader" for m in ensemble.members)
+
+        await wait_until(partial(asyncio.to_thread, elected), "a new ZooKeeper leader", 60)
+        election["zk_reelection_s"] = round(time.monotonic() - killed, 3)
+        await asyncio.to_thread(leader.start)  # NOTE: a full ensemble for the next kill
+
     fleet.routes.forget_churn()
     helpers = [asyncio.create_task(observe()), asyncio.create_task(watch_stalls())]
+    if isinstance(fleet.zk, LocalEnsemble):
+        helpers.append(asyncio.create_task(kill_leader(fleet.zk)))
     changes = skipped = 0
     started = time.monotonic()
     ticks = int(args.churn_s * args.churn_rate)
@@ -502,6 +530,8 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             return not pending
 
         await wait_until(all_visible, "every route change visible", args.placement_timeout_s)
+        if len(helpers) > 2:
+            await helpers[2]  # the leader kill and the member's restart
         if stall_exported:
             samples = await gw.samples(http)
             stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
@@ -521,6 +551,10 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         "churn_skipped": skipped,
         "route_update_p50_ms": round(percentile(latencies, 50) * 1e3, 1),
         "route_update_p99_ms": round(percentile(latencies, 99) * 1e3, 1),
+        "route_update_max_ms": round(max(latencies) * 1e3, 1),
+        "gateway_call_failures": len(probe_failures),
+        "gateway_call_failure_examples": sorted(set(probe_failures))[:3],
+        **election,
         "zk_watch_p50_ms": round(percentile(watch, 50) * 1e3, 1),
         "zk_watch_p99_ms": round(percentile(watch, 99) * 1e3, 1),
         "loop_stall_max_ms": round(max(stalls) * 1e3, 1) if stall_exported and stalls else None,
@@ -585,6 +619,7 @@ async def measure_size(
                 "replicas": args.replicas,
                 "workers": args.workers,
                 "worker_processes": len(fleet.worker_groups),
+                "zk_servers": args.zk_ensemble,
                 "zk_nodes": await asyncio.to_thread(fleet.zk_nodes),
                 "create_models_s": round(fleet.timings["create_s"], 2),
                 "placement_s": round(fleet.timings["placement_s"], 2),
@@ -670,7 +705,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cold-starts", type=int, default=3,
                         help="gateway cold starts per data plane (the fastest counts)")  # fmt: skip
     parser.add_argument("--placement-timeout-s", type=float, default=1800.0)
-    parser.add_argument("--zk-heap-mb", type=int, default=1024)
+    parser.add_argument("--zk-heap-mb", type=int, default=1024, help="per ZooKeeper server")
+    parser.add_argument("--zk-ensemble", type=int, default=1, choices=(1, 3, 5),
+                        help="ZooKeeper servers; over 1, each churn kills the leader")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep logs here (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args(argv)

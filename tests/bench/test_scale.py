@@ -1,7 +1,8 @@
 """The scale benchmark end to end at a tiny size: every figure is there and makes sense.
 
-Runs ``python -m bench.scale`` as a user would (real ZooKeeper, manager, gateways in both data
-planes, simulated workers); no figure is compared with a time limit.
+Runs ``python -m bench.scale`` as a user would (a real 3-server ZooKeeper ensemble whose leader
+is killed in each churn, manager, gateways in both data planes, simulated workers); no figure
+is compared with a time limit.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def test_tiny_fleet_writes_every_figure(tmp_path: Path) -> None:
             sys.executable, "-m", "bench.scale", "--models", str(MODELS), "--replicas",
             str(REPLICAS), "--workers", str(WORKERS), "--churn-s", str(CHURN_S), "--churn-rate",
             str(CHURN_RATE), "--session-timeout-s", "2", "--status-calls", "5", "--cold-starts",
-            "1", "--workdir", str(tmp_path / "work"), "--output", str(output),
+            "1", "--zk-ensemble", "3", "--workdir", str(tmp_path / "work"), "--output", str(output),
         ],
         capture_output=True,
         text=True,
@@ -48,6 +49,8 @@ def test_tiny_fleet_writes_every_figure(tmp_path: Path) -> None:
         assert run["table_build_s"] >= 0
         assert run["gateway_complete_s"] >= run["gateway_ready_s"] > 0
         assert run["churn_changes"] > 0
+        assert run["zk_servers"] == 3 and run["zk_reelection_s"] > 0
+        assert run["gateway_call_failures"] == 0, run["gateway_call_failure_examples"]
         assert run["churn_changes"] + run["churn_skipped"] == CHURN_S * CHURN_RATE
         assert 0 < run["route_update_p50_ms"] <= run["route_update_p99_ms"]
         assert 0 < run["zk_watch_p50_ms"] <= run["zk_watch_p99_ms"]
