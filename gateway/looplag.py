@@ -3,13 +3,19 @@ records how late it woke (everything else on the loop waited that long too).
 
 Exported as ``modelgate_gateway_loop_lag_seconds`` (a histogram of every wake-up's lateness)
 and ``modelgate_gateway_loop_stall_max_seconds`` (the longest stall of the last ``window_s``).
-Started once by the gateway: ``LoopLagProbe(metrics).start()``.
+Where that stall's time went is exported beside it: the CPU the loop's own thread used during
+it (``..._loop_cpu_seconds``: code on the loop was busy) and the CPU of the whole process
+(``..._process_cpu_seconds``: the rest of it is other threads holding the GIL). A stall much
+longer than the process's CPU is time the process was not running at all: the machine's
+other load, not the gateway's work. Started once by the gateway:
+``LoopLagProbe(metrics).start()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 
 from gateway.metrics import GatewayMetrics
 
@@ -23,11 +29,14 @@ class LoopLagProbe:
         self.metrics = metrics
         self.interval_s = interval_s
         self.window_s = window_s
-        #: (loop time of the wake-up, lateness in seconds), oldest first, within the window.
-        self._recent: collections.deque[tuple[float, float]] = collections.deque()
+        #: (loop time of the wake-up, lateness, loop-thread CPU and process CPU over the wait,
+        #: in seconds), oldest first, within the window.
+        self._recent: collections.deque[tuple[float, float, float, float]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         metrics.loop_stall_max.set_function(self.stall_max)
+        metrics.loop_stall_loop_cpu.set_function(lambda: self.longest()[2])
+        metrics.loop_stall_process_cpu.set_function(lambda: self.longest()[3])
 
     def start(self) -> LoopLagProbe:
         """Start probing on the running loop (the task ends with the loop)."""
@@ -39,18 +48,26 @@ class LoopLagProbe:
 
     def stall_max(self) -> float:
         """The longest stall within the last ``window_s`` (0 before the first wake-up)."""
+        return self.longest()[1]
+
+    def longest(self) -> tuple[float, float, float, float]:
+        """The wake-up after the longest stall within the last ``window_s``: (loop time,
+        lateness, loop-thread CPU and process CPU during its wait); zeros before the first."""
         if self._loop is None:
-            return 0.0
+            return (0.0, 0.0, 0.0, 0.0)
         since = self._loop.time() - self.window_s
-        return next((lag for at, lag in self._recent if at >= since), 0.0)
+        return next((wake for wake in self._recent if wake[0] >= since), (0.0, 0.0, 0.0, 0.0))
 
     async def _run(self) -> None:
         assert self._loop is not None
         loop = self._loop
         while True:
-            asked = loop.time()
+            # NOTE: the process's interval holds the thread's (process CPU >= the loop's CPU)
+            process0, thread0, asked = time.process_time(), time.thread_time(), loop.time()
             await asyncio.sleep(self.interval_s)
             woke = loop.time()
+            thread_cpu = time.thread_time() - thread0
+            process_cpu = time.process_time() - process0
             lag = max(0.0, woke - asked - self.interval_s)
             self.metrics.loop_lag.observe(lag)
             # NOTE: a sliding-window maximum: a stall followed by a longer one can never be
@@ -59,4 +76,4 @@ class LoopLagProbe:
                 self._recent.pop()
             while self._recent and self._recent[0][0] < woke - self.window_s:
                 self._recent.popleft()
-            self._recent.append((woke, lag))
+            self._recent.append((woke, lag, thread_cpu, process_cpu))

@@ -178,3 +178,14 @@ class GatewayMetrics:
             "Longest stall of the serving event loop in the last 10 s.",
             registry=registry,
         )
+        self.loop_stall_loop_cpu = Gauge(
+            "modelgate_gateway_loop_stall_loop_cpu_seconds",
+            "CPU the event loop's thread used during that longest stall (code on the loop).",
+            registry=registry,
+        )
+        self.loop_stall_process_cpu = Gauge(
+            "modelgate_gateway_loop_stall_process_cpu_seconds",
+            "CPU the whole gateway process used during that longest stall (the part beyond "
+            "the loop's is other threads; the stall beyond this, the process not running).",
+            registry=registry,
+        )

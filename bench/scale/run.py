@@ -11,7 +11,8 @@ and ``python``), a real gateway is started cold and measured:
 - ``route_update_p50_ms``/``p99``: a route created (or deleted) in ZooKeeper -> the gateway's
   Python path answers ModelReady accordingly, under ``--churn-rate`` changes/s for ``--churn-s``;
 - ``loop_stall_max_ms``: ``modelgate_gateway_loop_stall_max_seconds`` during the churn (null if
-  the gateway does not export it);
+  the gateway does not export it), with the CPU its loop thread (``loop_stall_loop_cpu_ms``)
+  and its whole process (``loop_stall_process_cpu_ms``) used during that stall;
 - ``gateway_rss_mb``: the gateway process after the churn (HAProxy's is ``haproxy_rss_mb``);
 - with ``--zk-ensemble 3``: the models live in a 3-server ZooKeeper ensemble, and its leader is
   SIGKILLed halfway through each churn (``zk_reelection_s``: kill to a new leader; the member
@@ -423,6 +424,25 @@ async def cold_start(
     }
 
 
+def stall_of(samples: dict[str, list[tuple[dict[str, str], float]]]) -> tuple[float, float, float]:
+    """The gateway's longest loop stall of the last 10 s, and the CPU its loop thread and
+    its whole process used during it (gateway/looplag.py)."""
+
+    def read(name: str) -> float:
+        return samples[f"modelgate_gateway_loop_stall_{name}_seconds"][0][1]
+
+    return read("max"), read("loop_cpu"), read("process_cpu")
+
+
+def stall_figures(stalls: list[tuple[float, float, float]]) -> dict[str, float | None]:
+    """``loop_stall_max_ms`` and where that stall's time went (None without readings)."""
+    longest = max(stalls, default=None)
+    names = ("loop_stall_max_ms", "loop_stall_loop_cpu_ms", "loop_stall_process_cpu_ms")
+    if longest is None:
+        return dict.fromkeys(names)
+    return {name: round(value * 1e3, 1) for name, value in zip(names, longest, strict=True)}
+
+
 async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str, Any]:
     """Add and remove the churn models' routes at ``--churn-rate``/s for ``--churn-s``; time
     each change until the gateway's ModelReady agrees.
@@ -440,7 +460,8 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
     latencies: list[float] = []
     #: (model, when its change began) of every change, for the ZooKeeper watch latency
     began: list[tuple[str, float]] = []
-    stalls: list[float] = []
+    #: (longest stall, loop-thread CPU and process CPU in it) read every second
+    stalls: list[tuple[float, float, float]] = []
     probe_s: list[float] = []
     probe_failures: list[str] = []
     election: dict[str, Any] = {}
@@ -487,7 +508,7 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
             if not samples.get("modelgate_gateway_loop_lag_seconds_count", [({}, 0.0)])[0][1]:
                 stall_exported = False
                 return
-            stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
+            stalls.append(stall_of(samples))
             await asyncio.sleep(1.0)
 
     async def kill_leader(ensemble: LocalEnsemble) -> None:
@@ -533,8 +554,7 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         if len(helpers) > 2:
             await helpers[2]  # the leader kill and the member's restart
         if stall_exported:
-            samples = await gw.samples(http)
-            stalls.append(samples["modelgate_gateway_loop_stall_max_seconds"][0][1])
+            stalls.append(stall_of(await gw.samples(http)))
         # NOTE: another session's TreeCache (the benchmark's) sees each change too: the part
         # of the route update that is ZooKeeper's, not the gateway's
         watch = fleet.routes.churn_watch_latencies(began)
@@ -557,7 +577,7 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         **election,
         "zk_watch_p50_ms": round(percentile(watch, 50) * 1e3, 1),
         "zk_watch_p99_ms": round(percentile(watch, 99) * 1e3, 1),
-        "loop_stall_max_ms": round(max(stalls) * 1e3, 1) if stall_exported and stalls else None,
+        **stall_figures(stalls if stall_exported else []),
         "model_ready_max_ms": round(max(probe_s) * 1e3, 1),
     }
 

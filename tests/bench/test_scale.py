@@ -55,6 +55,7 @@ def test_tiny_fleet_writes_every_figure(tmp_path: Path) -> None:
         assert 0 < run["route_update_p50_ms"] <= run["route_update_p99_ms"]
         assert 0 < run["zk_watch_p50_ms"] <= run["zk_watch_p99_ms"]
         assert run["loop_stall_max_ms"] >= 0
+        assert run["loop_stall_process_cpu_ms"] >= run["loop_stall_loop_cpu_ms"] >= 0
         assert run["gateway_rss_mb"] > 0
         assert run["reconcile_pass_s"] > 0
         assert run["status_api_ms"] > 0
