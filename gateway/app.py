@@ -110,7 +110,10 @@ class GatewayApp:
                 else None,
                 client_ca=settings.tls_client_ca,
                 on_backend_down=self.router.eject,
-                layout=Layout(settings.haproxy_dir) if settings.haproxy_dir else None,
+                layout=Layout(settings.haproxy_dir, settings.haproxy_instances)
+                if settings.haproxy_dir
+                else None,
+                slots=settings.haproxy_instances,
             )
             if settings.dataplane == "haproxy" and worker is None
             else None

@@ -22,6 +22,13 @@ class GatewayMetrics:
             ["model", "version", "surface", "code"],
             registry=registry,
         )
+        self.fast_path_requests = Counter(
+            "modelgate_gateway_fastpath_requests",
+            "Calls HAProxy's fast path answered (also in modelgate_gateway_requests_total),"
+            " by model and gRPC code.",
+            ["model", "code"],
+            registry=registry,
+        )
         self.errors = Counter(
             "modelgate_gateway_errors",
             "Calls answered with a code other than OK, by model, version, surface, code and "

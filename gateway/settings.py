@@ -85,6 +85,10 @@ class GatewaySettings(BaseSettings):
     haproxy_dir: Path | None = None
     """Directory of HAProxy's configuration, admin socket and route map (default: a private
     temporary directory, removed on stop)."""
+    haproxy_instances: int = Field(1024, ge=1, le=16384)
+    """Backend instances (model server addresses) the fast path reaches at once: HAProxy
+    pre-declares one backend each (it cannot add backends at run time). Any number of models
+    share them; a version whose instances cannot all get one takes the Python path (logged)."""
     cache_redis_url: str | None = None
     """Redis URL ("redis://host:6379/0", "unix:///path/redis.sock") of the response cache,
     shared by the gateways that name it; None: each gateway caches in its own memory. Put no

@@ -374,13 +374,13 @@ class Gateway:
 
     async def complete(self, http: httpx.AsyncClient) -> bool:
         """Every model routable with all its replicas (and in haproxy mode the route map full:
-        a fast-path route per model, up to the slots HAProxy declares)."""
+        a fast-path route per model: its instances share HAProxy's instance backends)."""
         counts = await self.route_counts(http)
         if not all(counts.get(m) == self.fleet.args.replicas for m in self.fleet.models):
             return False
         if self.mode == "python":
             return True
-        return await self.map_entries() >= min(len(self.fleet.models), self.layout.slots)
+        return await self.map_entries() >= len(self.fleet.models)
 
     def rss_mb(self) -> tuple[float, float]:
         """RSS of the gateway process and of everything it started (HAProxy)."""

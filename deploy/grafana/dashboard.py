@@ -117,6 +117,20 @@ def build() -> dict[str, Any]:
         "Failed calls: source=backend is a backend's own answer passed through, "
         "source=gateway an answer the gateway decided (unknown model, bad bytes, no instance).",
     )
+    fast = f"modelgate_gateway_fastpath_requests_total{{{M}}}"
+    b.panel(
+        "Fast path and Python path by model",
+        [
+            (f"sum by (model) (rate({fast}{RATE}))", "{{model}} fast path"),
+            (
+                f"sum by (model) (rate({req}{RATE})) - sum by (model) (rate({fast}{RATE}))",
+                "{{model}} Python path",
+            ),
+        ],
+        "reqps",
+        "Calls HAProxy answered straight from a backend, and the rest (the Python gateway: "
+        "plugins, translation, calls without a version...).",
+    )
     b.end_row()
 
     b.row("Gateway: latency")

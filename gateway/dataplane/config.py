@@ -1,10 +1,12 @@
 """HAProxy's base configuration: written once per start, never edited while it runs.
 
 Everything that changes with the routing table lives in what this file pre-declares and the
-Runtime API changes: the route map (``<fast-path key> -> <slot backend>``), the limit maps
-(``<model> -> <max_concurrency>`` and ``<model> -> <rate_limit>``) and the servers of the slot
-backends (``server-template`` slots, all in maintenance at start). HAProxy 2.6 cannot add a
-backend at run time, so slots are declared up front, one pool per balance algorithm.
+Runtime API changes: the route map (``<fast-path key> -> <policy>,<instances>``,
+read by route.lua, which picks the instance backend of each call), the limit maps
+(``<model> -> <max_concurrency>`` and ``<model> -> <rate_limit>``) and the instance
+backends: one per backend instance (a model server's address, shared by all the models it
+serves), each with one server, all in maintenance at start. HAProxy 2.6 cannot add a backend
+at run time, so instance backends are declared up front as slots.
 
 A limited model's fast-path calls are tracked in one stick table keyed by model name: its
 reference count is the model's calls in flight (``table_trackers``) and its
@@ -20,18 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.limits import CONCURRENCY_PUSHBACK_MS, PUSHBACK, over_concurrency, over_rate
-from registry.records import RoutingPolicy
 
 LUA = Path(__file__).with_name("route.lua")
 
 #: Backend receiving every call the fast path does not take: the Python gateway.
 PYTHON_BACKEND = "python"
 
-#: Slot pool per routing policy that the fast path serves (sticky goes to Python).
-POOLS: dict[RoutingPolicy, tuple[str, str]] = {
-    "round_robin": ("rr", "roundrobin"),
-    "least_request": ("lc", "leastconn"),
-}
+#: Environment variable naming the route map, for route.lua (set in the global section).
+ROUTE_MAP_ENV = "MODELGATE_ROUTE_MAP"
 
 #: First word of every access-log line (only fast-path calls are logged).
 LOG_TAG = "modelgate-fastpath"
@@ -75,8 +73,9 @@ _RATE_MESSAGE = over_rate("%[var(txn.model)]", "%[var(txn.max_rate)]")
 _RATE_PUSHBACK = "%[int(999),add(txn.max_rate),div(txn.max_rate)]"
 
 
-def slot_name(pool: str, index: int) -> str:
-    return f"{pool}_{index}"
+def instance_backend(index: int) -> str:
+    """The backend of instance slot ``index`` (its one server is ``s``)."""
+    return f"i_{index}"
 
 
 def worker_server(index: int) -> str:
@@ -86,13 +85,12 @@ def worker_server(index: int) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where HAProxy's files live and how many slots it pre-declares."""
+    """Where HAProxy's files live and how many instance slots it pre-declares."""
 
     run_dir: Path
-    #: Slot backends per pool (models served on the fast path at once, per policy).
-    slots: int = 64
-    #: Servers per slot backend (ready instances of one model version).
-    servers: int = 16
+    #: Instance backends: the backend instances (model servers) the fast path reaches at
+    #: once, whatever the number of models they serve.
+    slots: int = 1024
 
     @property
     def config(self) -> Path:
@@ -152,19 +150,21 @@ def render(
         bind += " proto h2"
     acls = "\n".join(f"    acl {kind} path {' '.join(paths)}" for kind, paths in METHODS.items())
     keys = "\n".join(
-        f"    http-request set-var(txn.key) lua.modelgate_key({kind},{max_message_bytes}) if {kind}"
+        f"    http-request set-var(txn.backend) lua.modelgate_route({kind},{max_message_bytes}) "
+        f"if {kind}"
         for kind in METHODS
     )
     python = f"127.0.0.1:{python_port}"
     out = [
         f"""\
-# Written by the modelgate gateway at start; slots and the route map are changed at run
+# Written by the modelgate gateway at start; instance slots and the maps are changed at run
 # time through the Runtime API ({layout.admin_socket}).
 global
     stats socket {layout.admin_socket} mode 600 level admin
     # NOTE: the gateway follows the log ring on one long-lived connection (show events -w)
     stats timeout 1d
     nbthread {threads}
+    setenv {ROUTE_MAP_ENV} {layout.route_map}
     lua-load {LUA}
     # NOTE: the fast path needs the whole gRPC message in the buffer (route.lua); larger
     # requests go to the Python gateway, which streams them.
@@ -192,14 +192,12 @@ defaults
 
 frontend public
     {bind}
-    log-format "{LOG_TAG} %[var(txn.backend)] %ST %[var(txn.grpc_status)] \
+    log-format "{LOG_TAG} %[var(txn.key)] %ST %[var(txn.grpc_status)] \
 %[date(0,us),sub(txn.start)] %rc %[var(txn.limited)]"
 {acls}
     # NOTE: only unary calls the fast path may take wait for their body (streams must not)
     http-request wait-for-body time 30s if {" || ".join(METHODS)}
 {keys}
-    http-request set-var(txn.backend) var(txn.key),map({layout.route_map}) \
-        if {{ var(txn.key) -m found }}
     http-request set-log-level silent unless {{ var(txn.backend) -m found }}
     http-request set-var(txn.start) date(0,us)
     http-request set-var(txn.method) path,field(3,/) if {{ var(txn.backend) -m found }}
@@ -258,19 +256,22 @@ backend {PYTHON_BACKEND}
         # (and serves again); the check covers a restarted HAProxy
         server = f"server {worker_server(index)} unix@{path} proto h2"
         out.append(f"    {server} check inter 500 fall 2 rise 1\n")
-    for pool, algorithm in POOLS.values():
-        for index in range(layout.slots):
-            out.append(
-                f"""
-backend {slot_name(pool, index)}
-    balance {algorithm}
+    for index in range(layout.slots):
+        out.append(
+            f"""
+backend {instance_backend(index)}
+    # NOTE: "first": every call to the instance while it is up. A retry (the instance died
+    # with the call in flight, or refused it) is redispatched away from the server that
+    # failed, so to the Python gateway, which retries the version's other instances; so is
+    # every call while the instance is down. A backup server would not do: HAProxy uses one
+    # only once every other server is down, and retries of calls in flight when the instance
+    # dies come before its health check does, so they failed (RST_STREAM REFUSED_STREAM).
+    balance first
     http-request del-header authorization
-    # NOTE: one failed connection marks an instance down at once; checks bring it back
-    default-server proto h2 check inter 500 fall 2 rise 1
-    default-server observe layer4 error-limit 1 on-error mark-down
-    server-template s 1-{layout.servers} 127.0.0.1:1 disabled
-    # NOTE: when every instance is down, the Python gateway answers (and retries them)
-    server gateway {python} backup no-check
+    # NOTE: one failed connection marks the instance down at once; checks bring it back
+    server s 127.0.0.1:1 disabled proto h2 check inter 500 fall 2 rise 1 \
+        observe layer4 error-limit 1 on-error mark-down
+    server gateway {python} no-check proto h2
 """
-            )
+        )
     return "".join(out)

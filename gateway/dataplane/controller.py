@@ -29,7 +29,7 @@ from gateway.dataplane.config import (
     render,
     worker_server,
 )
-from gateway.dataplane.plan import SURFACES, Address, FastRoute, Programmer, fast_routes
+from gateway.dataplane.plan import SURFACES, Address, Programmer, fast_routes, parse_key
 from gateway.dataplane.runtime import RuntimeApi, RuntimeApiError
 from gateway.dataplane.supervisor import DataPlaneError, State, Supervisor
 from gateway.metrics import GatewayMetrics
@@ -62,6 +62,7 @@ class DataPlane:
         tls: tuple[str, str] | None = None,
         client_ca: str | None = None,
         layout: Layout | None = None,
+        slots: int = Layout.slots,
         on_backend_down: Callable[[str], None] = lambda address: None,
     ) -> None:
         self.metrics = metrics
@@ -75,12 +76,11 @@ class DataPlane:
         self._own_dir = layout is None
         # NOTE: created by start(), removed by stop(): a gateway that never starts leaves nothing
         private = Path(tempfile.gettempdir()) / f"modelgate-haproxy-{uuid.uuid4().hex[:12]}"
-        self.layout = layout or Layout(private)
+        self.layout = layout or Layout(private, slots)
         self.api = RuntimeApi(self.layout.admin_socket)
         self.programmer = Programmer(
             str(self.layout.route_map),
             self.layout.slots,
-            self.layout.servers,
             concurrency_map=str(self.layout.concurrency_map),
             rate_map=str(self.layout.rate_map),
         )
@@ -100,7 +100,7 @@ class DataPlane:
         self._fresh_ring = True
         self._public: socket.socket | None = None
         self._logged = 0
-        self._children: dict[tuple[str, str], tuple[FastRoute, Any, Any]] = {}
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.applied = asyncio.Event()
 
     async def start(
@@ -299,13 +299,12 @@ class DataPlane:
                     await writer.wait_closed()
 
     def record(self, line: str) -> None:
-        """One log line: a fast-path call (``<tag> <backend> <http status> <grpc-status> <µs>
-        <retries> <limit>``, the limit a refused call was over or ``-``) or an event such as
-        ``Server rr_0/s2 is DOWN, reason: ...``."""
+        """One log line: a fast-path call (``<tag> <key> <http status> <grpc-status> <µs>
+        <retries> <limit>``, the key naming the model version served, the limit a refused
+        call was over or ``-``) or an event such as ``Server i_0/s is DOWN, reason: ...``."""
         parts = line.split()
         if len(parts) >= 4 and parts[0] == "Server" and parts[2:4] == ["is", "DOWN,"]:
-            backend, _, server = parts[1].partition("/")
-            address = self.programmer.address_of(backend, server)
+            address = self.programmer.address_of(parts[1].partition("/")[0])
             for name, resolved in list(self._addresses.items()):
                 if address is not None and resolved == address:
                     log.warning("haproxy marked backend %s down (%s)", name, line)
@@ -313,26 +312,28 @@ class DataPlane:
             return
         if len(parts) != 7 or parts[0] != LOG_TAG:
             return
-        _, backend, status, grpc_status, micros, retries, limited = parts
+        _, key, status, grpc_status, micros, retries, limited = parts
         self._logged += 1
-        route = self.programmer.route_of(backend)
+        route = parse_key(key)
         if route is None:
             return
+        protocol, model, version = route
         if limited != "-":
-            self.metrics.limited.labels(route.model, limited).inc()
+            self.metrics.limited.labels(model, limited).inc()
         if retries.strip("+") not in ("", "0"):
-            self.metrics.retries.labels(route.model).inc()
+            self.metrics.retries.labels(model).inc()
         code = _GRPC_CODES.get(grpc_status) or _HTTP_CODES.get(status, "UNKNOWN")
-        key = (backend, code)
-        children = self._children.get(key)
-        if children is None or children[0] is not route:
+        children = self._children.get((key, code))
+        if children is None:
             # NOTE: labels() takes a lock and a dict lookup per metric per call otherwise
-            surface = SURFACES[route.protocol]
-            children = self._children[key] = (
-                route,
-                self.metrics.requests.labels(route.model, str(route.version), surface, code),
-                self.metrics.latency.labels("total", route.model, surface),
+            # (bounded: a key per fast-path version, times the codes it answered)
+            surface = SURFACES[protocol]
+            children = self._children[(key, code)] = (
+                self.metrics.requests.labels(model, str(version), surface, code),
+                self.metrics.fast_path_requests.labels(model, code),
+                self.metrics.latency.labels("total", model, surface),
             )
+        children[0].inc()
         children[1].inc()
         if micros.isdigit():
             children[2].observe(int(micros) / 1e6)

@@ -60,6 +60,7 @@ def test_dashboard_json_parses_and_has_the_panels_asked_for() -> None:
         "Retries by model",
         "Ejections by backend address",
         "Worker model states",
+        "Fast path and Python path by model",
     ):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]

@@ -5,6 +5,7 @@ and metrics of fast-path calls."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections import Counter
@@ -363,6 +364,8 @@ def test_fast_path_calls_are_in_the_gateway_metrics_by_model(registry, gateway, 
     assert fast_path_calls(gateway) == 13
     labels = {"model": ADD_ONE, "version": "1", "surface": "kserve"}
     assert gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "OK"}) == 12
+    fast = {"model": ADD_ONE, "code": "OK"}
+    assert gateway.metric("modelgate_gateway_fastpath_requests_total", fast) == 12
     assert (
         gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "INVALID_ARGUMENT"})
         == 1
@@ -394,3 +397,130 @@ def test_bytes_the_backend_cannot_parse_are_invalid_argument_on_the_fast_path(
         gateway.metric("modelgate_gateway_requests_total", {**labels, "code": "INVALID_ARGUMENT"})
         == 1
     )
+
+
+def python_path_address(gw: RunningGateway) -> str:
+    """The Python gateway's own port behind HAProxy (the python backend's server)."""
+    assert gw.app.dataplane is not None
+    config = gw.app.dataplane.layout.config.read_text()
+    (port,) = re.findall(rf"^backend {PYTHON_BACKEND}\n(?:.*\n)*?\s+server gateway 127\.0\.0\.1:(\d+)",
+                         config, re.MULTILINE)  # fmt: skip
+    return f"127.0.0.1:{port}"
+
+
+def serve_on_both(registry, gw: RunningGateway, a: TritonServer, b: TritonServer, **fields):
+    put_model(registry, ADD_ONE, **fields)
+    put_version(registry, ADD_ONE, 1)
+    put_route(registry, ADD_ONE, 1, "worker-a", a.address)
+    put_route(registry, ADD_ONE, 1, "worker-b", b.address)
+    wait_for(
+        lambda: (
+            gw.instances(ADD_ONE) == 2
+            and gw.app.router.table.models[ADD_ONE].record.policy == fields.get("policy")
+        ),
+        what="two routes and the policy in the gateway",
+    )
+    programmed(gw)
+
+
+def served_by(client, a: TritonServer, b: TritonServer, calls: int, **headers: str) -> tuple:
+    """How many of ``calls`` calls each of ``a`` and ``b`` served."""
+    before = (inference_count(a.address, ADD_ONE, "1"), inference_count(b.address, ADD_ONE, "1"))
+    x = triton_grpc.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+    for _ in range(calls):
+        client.infer(ADD_ONE, [x], model_version="1", headers=headers, client_timeout=20)
+
+    def served() -> tuple[int, int]:
+        return (inference_count(a.address, ADD_ONE, "1") - before[0],
+                inference_count(b.address, ADD_ONE, "1") - before[1])  # fmt: skip
+
+    # NOTE: Triton counts an inference in its statistics just after it answers
+    wait_for(lambda: sum(served()) >= calls, timeout=10, what=f"{calls} inferences counted")
+    return served()
+
+
+@HAPROXY_ONLY
+def test_sticky_keys_take_the_fast_path_to_the_instance_the_python_path_picks(
+    registry, gateway, triton_a, triton_b
+):
+    serve_on_both(registry, gateway, triton_a, triton_b, policy="sticky", sticky_header="x-user")
+    fast = triton_grpc.InferenceServerClient(gateway.address)
+    python = triton_grpc.InferenceServerClient(python_path_address(gateway))
+    to_python = sessions(gateway)[PYTHON_BACKEND]
+    chosen = set()
+    for n in range(16):
+        user = f"user-{n}"
+        on_fast = served_by(fast, triton_a, triton_b, 3, **{"x-user": user})
+        assert sorted(on_fast) == [0, 3], user  # a key stays on one instance
+        assert served_by(python, triton_a, triton_b, 1, **{"x-user": user}) == tuple(
+            c // 3 for c in on_fast
+        ), user  # and it is the Python router's choice (the same rendezvous hash)
+        chosen.add(on_fast)
+    assert chosen == {(3, 0), (0, 3)}  # keys spread over both instances
+    assert fast_path_calls(gateway) == 16 * 3
+    assert sessions(gateway)[PYTHON_BACKEND] == to_python
+    # without the header: the Python path (round-robin, counted there)
+    assert served_by(fast, triton_a, triton_b, 4) == (2, 2)
+    assert sessions(gateway)[PYTHON_BACKEND] == to_python + 4
+    fast.close()
+    python.close()
+
+
+@HAPROXY_ONLY
+def test_least_request_models_take_the_fast_path_over_every_instance(
+    registry, gateway, triton_a, triton_b
+):
+    serve_on_both(registry, gateway, triton_a, triton_b, policy="least_request")
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    calls = fast_path_calls(gateway)
+    # NOTE: one call at a time: every instance has none in flight, and the turn breaks ties
+    assert served_by(client, triton_a, triton_b, 20) == (10, 10)
+    assert fast_path_calls(gateway) == calls + 20
+    client.close()
+
+
+@HAPROXY_ONLY
+def test_models_sharing_an_instance_share_its_backend_however_many_they_are(
+    registry, gateway, triton_a
+):
+    serve_add_one(registry, gateway, triton_a)
+    names = [f"shared-{n:03d}" for n in range(150)]
+    for name in names:
+        put_model(registry, name)
+        put_version(registry, name, 1)
+        put_route(registry, name, 1, "worker-a", triton_a.address)
+    wait_for(lambda: all(gateway.instances(n) == 1 for n in names), what="150 more models")
+    programmed(gateway)
+    api = gateway.app.dataplane.api
+    route_map = gateway.app.dataplane.layout.route_map
+    (entries,) = gateway.run(api.execute([f"show map {route_map}"]))
+    assert len(entries.splitlines()) == 151  # every model on the fast path, not a few slots'
+    (servers,) = gateway.run(api.execute(["show servers state"]))
+    # NOTE: columns: be_id be_name srv_id srv_name srv_addr srv_op_state (2: up) ...
+    ready = {row.split()[1] for row in servers.splitlines()[2:]
+             if row.split()[3] == "s" and row.split()[5] == "2"}  # fmt: skip
+    assert len(ready) == 1  # one instance backend for the one Triton
+    client = triton_grpc.InferenceServerClient(gateway.address)
+    calls = fast_path_calls(gateway)
+    assert infer(client) == 1.0
+    assert fast_path_calls(gateway) == calls + 1
+    client.close()
+
+
+@HAPROXY_ONLY
+def test_versions_beyond_the_declared_instance_backends_take_the_python_path(
+    registry, gateway_settings, triton_a, triton_b
+):
+    gw = RunningGateway(gateway_settings.model_copy(update={"haproxy_instances": 1}))
+    try:
+        assert gw.app.dataplane is not None
+        assert gw.app.dataplane.layout.config.read_text().count("\nbackend i_") == 1
+        serve_on_both(registry, gw, triton_a, triton_b, policy="round_robin")
+        client = triton_grpc.InferenceServerClient(gw.address)
+        # NOTE: one backend for two instances: the version is balanced by the Python path
+        assert served_by(client, triton_a, triton_b, 10) == (5, 5)
+        assert fast_path_calls(gw) == 0
+        client.close()
+    finally:
+        gw.stop()

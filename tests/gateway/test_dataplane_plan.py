@@ -3,7 +3,7 @@ routing-table change costs Runtime API commands in proportion to the change only
 
 from __future__ import annotations
 
-from gateway.dataplane.plan import FastLimits, FastRoute, Programmer, fast_limits, fast_routes
+from gateway.dataplane.plan import FastLimits, Programmer, fast_limits, fast_routes
 from gateway.table import build_table
 from registry import layout
 from registry.records import Limits, Model, Route
@@ -42,19 +42,21 @@ def test_only_plain_versions_speaking_one_protocol_take_the_fast_path():
     table = table_of(
         {"plain": {}, "plugged": {"plugin": "p@1"}, "resting": {"state": "offline"},
          "sticky": {"policy": "sticky", "sticky_header": "x-user"},
-         "least": {"policy": "least_request"}, "mixed": {}},
+         "keyless": {"policy": "sticky"}, "least": {"policy": "least_request"}, "mixed": {}},
         [("plain", 1, "w1", "10.0.0.1:8001", "kserve"),
          ("plain", 2, "w1", "10.0.0.1:8001", "kserve"),
          ("plugged", 1, "w1", "10.0.0.1:8001", "kserve"),
          ("resting", 1, "w1", "10.0.0.1:8001", "kserve"),
          ("sticky", 1, "w1", "10.0.0.1:8001", "kserve"),
+         ("keyless", 1, "w1", "10.0.0.1:8001", "kserve"),
          ("least", 1, "w2", "10.0.0.2:8500", "tfserving"),
          ("mixed", 1, "w1", "10.0.0.1:8001", "kserve"),
          ("mixed", 1, "w2", "10.0.0.2:8500", "tfserving")],
     )  # fmt: skip
     routes = fast_routes(table, resolve)
-    assert sorted((r.key, r.pool) for r in routes.values()) == [
-        ("k:plain/1", "rr"), ("k:plain/2", "rr"), ("t:least/1", "lc"),
+    assert sorted((r.key, r.policy) for r in routes.values()) == [
+        ("k:plain/1", "round_robin"), ("k:plain/2", "round_robin"),
+        ("k:sticky/1", "sticky"), ("t:least/1", "least_request"),
     ]  # fmt: skip
 
 
@@ -69,13 +71,13 @@ def test_limits_haproxy_enforces_keep_the_fast_path_and_the_others_the_python_pa
     assert fast_limits(Limits(rate_limit=50, burst=100)) is None
 
 
-def test_a_models_limits_are_in_the_limit_maps_while_it_has_a_slot():
-    programmer = Programmer(MAP, slots=2, servers=1, concurrency_map="c.map", rate_map="r.map")
+def test_a_models_limits_are_in_the_limit_maps_while_it_is_on_the_fast_path():
+    programmer = Programmer(MAP, slots=2, concurrency_map="c.map", rate_map="r.map")
     routes = [("m", 1, "w1", "10.0.0.1:8001", "kserve"), ("m", 2, "w1", "10.0.0.1:8001", "kserve")]
 
     def plan(limits: Limits | None) -> list[str]:
-        """The map commands, a route's slot left out (which slot a model gets is not the
-        point here)."""
+        """The map commands, a route's value left out (its instances are not the point
+        here)."""
         table = table_of({"m": {"limits": limits}}, routes)
         commands = [c for c in programmer.plan(fast_routes(table, resolve)) if "map" in c]
         return [c.rsplit(" ", 1)[0] if c.startswith(f"add map {MAP}") else c for c in commands]
@@ -97,86 +99,92 @@ def test_a_models_limits_are_in_the_limit_maps_while_it_has_a_slot():
 
 
 def test_each_change_costs_commands_for_what_changed_only():
-    programmer = Programmer(MAP, slots=64, servers=4)
+    programmer = Programmer(MAP, slots=64)
     fleet = [(f"m{i:02d}", 1, "w1", f"10.0.0.1:{8000 + i}", "kserve") for i in range(50)]
     first = programmer.plan(fast_routes(table_of({}, fleet), resolve))
-    assert len(first) == 50 * 4  # addr, ready, health up, map entry per model
+    assert len(first) == 50 * 4  # addr, ready, health up per instance; a key per model
 
     grown = [*fleet, ("m07", 1, "w2", "10.0.0.2:9000", "kserve")]
+    value = "rr,i_7=10.0.0.1:8007,i_50=10.0.0.2:9000"
     assert programmer.plan(fast_routes(table_of({}, grown), resolve)) == [
-        "set server rr_7/s2 addr 10.0.0.2 port 9000",
-        "set server rr_7/s2 state ready",
-        "set server rr_7/s2 health up",
+        "set server i_50/s addr 10.0.0.2 port 9000",
+        "set server i_50/s state ready",
+        "set server i_50/s health up",
+        f"set map {MAP} k:m07/1 {value}",
     ]
-    assert programmer.address_of("rr_7", "s2") == ("10.0.0.2", 9000)
+    assert programmer.address_of("i_50") == ("10.0.0.2", 9000)
 
     shrunk = [r for r in grown if r[0] != "m03"]
     assert programmer.plan(fast_routes(table_of({}, shrunk), resolve)) == [
         f"del map {MAP} k:m03/1",
-        "set server rr_3/s1 state maint",
+        "set server i_3/s state maint",
     ]
     assert programmer.plan(fast_routes(table_of({}, shrunk), resolve)) == []
 
-    # the freed slot is reused by the next new model, after its maintenance was sent
+    # the freed slot is reused by the next new instance, after its maintenance was sent
     added = [*shrunk, ("new", 1, "w3", "10.0.0.3:7000", "kserve")]
-    commands = programmer.plan(fast_routes(table_of({}, added), resolve))
-    assert commands == [
-        "set server rr_3/s1 addr 10.0.0.3 port 7000",
-        "set server rr_3/s1 state ready",
-        "set server rr_3/s1 health up",
-        f"add map {MAP} k:new/1 rr_3",
+    assert programmer.plan(fast_routes(table_of({}, added), resolve)) == [
+        "set server i_3/s addr 10.0.0.3 port 7000",
+        "set server i_3/s state ready",
+        "set server i_3/s health up",
+        f"add map {MAP} k:new/1 rr,i_3=10.0.0.3:7000",
     ]
-    route = programmer.route_of("rr_3")
-    assert isinstance(route, FastRoute) and route.model == "new"
+    assert programmer.address_of("i_3") == ("10.0.0.3", 7000)
+    assert programmer.address_of("python") is None
 
 
-def test_policy_change_moves_the_model_to_the_other_pool_and_reset_forgets_everything():
-    programmer = Programmer(MAP, slots=2, servers=2)
-    routes = [("m", 1, "w1", "10.0.0.1:8001", "kserve")]
-    programmer.plan(fast_routes(table_of({"m": {}}, routes), resolve))
-    moved = programmer.plan(
-        fast_routes(table_of({"m": {"policy": "least_request"}}, routes), resolve)
+def test_models_on_one_instance_share_its_backend_however_many_they_are():
+    programmer = Programmer(MAP, slots=2)
+    fleet = [(f"m{i:04d}", 1, "w1", "10.0.0.1:8001", "kserve") for i in range(1000)]
+    commands = programmer.plan(fast_routes(table_of({}, fleet), resolve))
+    assert [c for c in commands if "server" in c] == [
+        "set server i_0/s addr 10.0.0.1 port 8001",
+        "set server i_0/s state ready",
+        "set server i_0/s health up",
+    ]
+    assert len([c for c in commands if c.startswith(f"add map {MAP}")]) == 1000
+    # the instance stays while any model uses it, and goes with the last one
+    assert programmer.plan(fast_routes(table_of({}, fleet[1:]), resolve)) == [
+        f"del map {MAP} k:m0000/1",
+    ]
+    assert programmer.plan(fast_routes(table_of({}, []), resolve))[-1] == (
+        "set server i_0/s state maint"
     )
-    assert moved == [
-        "set server lc_0/s1 addr 10.0.0.1 port 8001",
-        "set server lc_0/s1 state ready",
-        "set server lc_0/s1 health up",
-        f"set map {MAP} k:m/1 lc_0",
-        "set server rr_0/s1 state maint",
+
+
+def test_policy_change_rewrites_the_map_entries_only_and_reset_forgets_everything():
+    programmer = Programmer(MAP, slots=2)
+    routes = [("m", 1, "w1", "10.0.0.1:8001", "kserve"), ("m", 1, "w2", "h2:8001", "kserve")]
+    programmer.plan(fast_routes(table_of({"m": {}}, routes), resolve))
+    sticky = {"policy": "sticky", "sticky_header": "X-User"}
+    value = "sh=X-User,i_0=10.0.0.1:8001,i_1=h2:8001"
+    assert programmer.plan(fast_routes(table_of({"m": sticky}, routes), resolve)) == [
+        f"set map {MAP} k:m/1 {value}",
     ]
+    least = programmer.plan(fast_routes(table_of({"m": {"policy": "least_request"}}, routes),
+                                        resolve))  # fmt: skip
+    assert least[0] == f"set map {MAP} k:m/1 lc,i_0=10.0.0.1:8001,i_1=h2:8001"
     programmer.reset()
     again = programmer.plan(fast_routes(table_of({"m": {}}, routes), resolve))
-    assert again[-1] == f"add map {MAP} k:m/1 rr_0" and len(again) == 4
+    assert again[-1] == f"add map {MAP} k:m/1 rr,i_0=10.0.0.1:8001,i_1=h2:8001"
+    assert len(again) == 2 * 3 + 1
 
 
-def test_versions_beyond_the_slots_stay_on_the_python_path():
-    programmer = Programmer(MAP, slots=1, servers=1)
+def test_versions_whose_instances_do_not_all_get_a_slot_stay_on_the_python_path():
+    programmer = Programmer(MAP, slots=1)
     routes = [("a", 1, "w1", "10.0.0.1:8001", "kserve"), ("a", 1, "w2", "10.0.0.2:8001", "kserve"),
-              ("b", 1, "w1", "10.0.0.1:8001", "kserve")]  # fmt: skip
+              ("b", 1, "w2", "10.0.0.2:8001", "kserve")]  # fmt: skip
     commands = programmer.plan(fast_routes(table_of({}, routes), resolve))
-    assert [c for c in commands if "map" in c] == [f"add map {MAP} k:a/1 rr_0"]
-    assert sum("addr" in c for c in commands) == 1  # one server slot per backend here
+    # NOTE: a on one of its two instances would send it all the fast-path calls
+    assert [c for c in commands if "map" in c] == [f"add map {MAP} k:b/1 rr,i_0=10.0.0.2:8001"]
+    assert sum("addr" in c for c in commands) == 1
 
 
-def test_versions_left_without_a_slot_are_reported_once_in_one_line(caplog):
-    programmer = Programmer(MAP, slots=1, servers=1)
+def test_versions_left_without_slots_are_reported_once_in_one_line(caplog):
+    programmer = Programmer(MAP, slots=1)
     fleet = [(f"m{i}", 1, "w1", f"10.0.0.1:{8000 + i}", "kserve") for i in range(8)]
     with caplog.at_level("WARNING", logger="gateway.dataplane"):
         programmer.plan(fast_routes(table_of({}, fleet), resolve))
         programmer.plan(fast_routes(table_of({}, fleet), resolve), {"m3"})  # a change of m3
-    (line,) = [r.getMessage() for r in caplog.records if "no free slot" in r.getMessage()]
-    assert "for 7 more model version(s)" in line and "m1 v1" in line and ", ..." in line
-
-
-def test_a_version_with_more_instances_than_servers_is_reported_once(caplog):
-    programmer = Programmer(MAP, slots=1, servers=2)
-
-    def plan(instances: int) -> None:
-        fleet = [("a", 1, f"w{i}", f"10.0.0.{i}:8001", "kserve") for i in range(instances)]
-        programmer.plan(fast_routes(table_of({}, fleet), resolve), {"a"})
-
-    with caplog.at_level("WARNING", logger="gateway.dataplane"):
-        for instances in (3, 4, 5, 2, 3):  # over, still over, ..., fits again, over again
-            plan(instances)
-    lines = [r.getMessage() for r in caplog.records if "instances" in r.getMessage()]
-    assert lines == ["a v1: over 2 instances, the rest are off the fast path"] * 2
+    (line,) = [r.getMessage() for r in caplog.records if "no free instance slot" in r.getMessage()]
+    assert "of 7 more model version(s)" in line and "m1 v1" in line and ", ..." in line

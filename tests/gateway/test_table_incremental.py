@@ -323,7 +323,7 @@ def test_router_drops_state_of_unused_addresses_once_no_call_is_in_flight():
 
 
 def test_programmer_plans_only_the_changed_models():
-    programmer = Programmer("/run/routes.map", slots=8, servers=2)
+    programmer = Programmer("/run/routes.map", slots=8)
     fleet = route_nodes([(f"m{i}", "w1", f"10.0.0.1:{8000 + i}") for i in range(5)])
     state = TableState()
     for path, data in fleet.items():
@@ -338,12 +338,15 @@ def test_programmer_plans_only_the_changed_models():
     assert change.models == {"m2", "m4"}
     routes = fast_routes(table, resolve, change.models)
     assert [r.model for r in routes.values()] == ["m2"]
+    # the new instance is up before the map sends calls to it; m4's instance is taken out
+    # after its map entry is gone
     assert programmer.plan(routes, change.models) == [
-        "set server rr_2/s2 addr 10.0.0.2 port 9000",
-        "set server rr_2/s2 state ready",
-        "set server rr_2/s2 health up",
+        "set server i_5/s addr 10.0.0.2 port 9000",
+        "set server i_5/s state ready",
+        "set server i_5/s health up",
+        "set map /run/routes.map k:m2/1 rr,i_2=10.0.0.1:8002,i_5=10.0.0.2:9000",
         "del map /run/routes.map k:m4/1",
-        "set server rr_4/s1 state maint",
+        "set server i_4/s state maint",
     ]
     # the same plan from the whole table: nothing left to do
     assert programmer.plan(fast_routes(table, resolve)) == []
