@@ -25,6 +25,8 @@ log = logging.getLogger("gateway.watcher")
 WATCHED = (layout.MODELS, layout.ROUTES, layout.SERVICES)
 #: Queued node changes applied between two turns of the event loop (one parse each).
 NODES_PER_SLICE = 1000
+#: Seconds between two progress lines while the first table is read.
+PROGRESS_S = 10.0
 
 
 class TableWatcher:
@@ -40,6 +42,8 @@ class TableWatcher:
         self.state = TableState()
         self.generation = 0
         self.initialized: set[str] = set()
+        #: Node events received (the first table's progress).
+        self.nodes_read = 0
         self.ready = asyncio.Event()
         self._watches: list[TreeWatch] = []
         #: Node changes not applied yet: (path, data), data None for a removed subtree.
@@ -48,8 +52,10 @@ class TableWatcher:
         self._outage = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, wait_s: float = 30.0) -> None:
-        """Start the watches and wait for the first complete table."""
+    async def start(self, progress_s: float = PROGRESS_S) -> None:
+        """Start the watches and wait for the first complete table, however long reading a
+        large fleet's nodes takes (kazoo reads them one by one: ~1 ms each on a small
+        machine), saying how far it is every ``progress_s``."""
         self._loop = asyncio.get_running_loop()
         self.registry.add_state_listener(self._on_state, self._loop)
         self.metrics.zk_connected.set(1 if self.registry.connected else 0)
@@ -57,11 +63,23 @@ class TableWatcher:
             handler = self._handler(path)
             watch = await asyncio.to_thread(self.registry.watch_tree, path, handler, self._loop)
             self._watches.append(watch)
-        await asyncio.wait_for(self.ready.wait(), wait_s)
+        started = self._loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self.ready.wait(), progress_s)
+                return
+            except TimeoutError:
+                log.info(
+                    "reading the routing table from ZooKeeper: %d nodes after %.0f s, "
+                    "%d of %d trees complete",
+                    self.nodes_read, self._loop.time() - started, len(self.initialized),
+                    len(WATCHED),
+                )  # fmt: skip
 
     def _handler(self, root: str) -> Callable[[TreeEvent], None]:
         def on_event(event: TreeEvent) -> None:
             if event.kind in ("added", "updated") and event.path:
+                self.nodes_read += 1
                 self._queue.append((event.path, event.data or b""))
             elif event.kind == "removed" and event.path:
                 self._queue.append((event.path, None))

@@ -55,8 +55,10 @@ log = logging.getLogger("gateway.workers")
 
 #: Restart delay after a worker exited before serving, doubled per such exit, capped.
 _BACKOFF_S = (0.1, 5.0)
-#: Longest wait for every worker to serve at start-up.
-_START_TIMEOUT_S = 120.0
+#: Seconds between two progress lines while the workers start (each reads the routing table).
+_PROGRESS_S = 10.0
+#: Exits before serving, in a row, after which a worker is taken to be unable to start.
+_FAILED_STARTS = 3
 
 
 class WorkerError(ModelgateError):
@@ -186,6 +188,9 @@ class _Worker:
         """What it reported; None until the process running now serves."""
         self.serving = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        #: Exits before serving since it last served (a crash loop when it keeps growing).
+        self.failed_starts = 0
+        self.last_exit_code: int | None = None
 
 
 class WorkerPool:
@@ -255,16 +260,31 @@ class WorkerPool:
             )
 
     async def wait_serving(self) -> None:
-        """Until every worker serves (start-up)."""
+        """Until every worker serves (start-up), however long reading a large fleet's routing
+        table takes them, saying how far they are every few seconds. Raises WorkerError when
+        a worker exited :data:`_FAILED_STARTS` times in a row before serving."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         waits = [asyncio.create_task(w.serving.wait()) for w in self.workers]
-        _, pending = await asyncio.wait(waits, timeout=_START_TIMEOUT_S)
-        for task in pending:
-            task.cancel()
-        if pending:
-            raise WorkerError(
-                f"{len(pending)} of {len(self.workers)} Python workers did not serve within "
-                f"{_START_TIMEOUT_S:g}s (their messages are in the gateway's log)"
-            )
+        try:
+            while True:
+                _, pending = await asyncio.wait(waits, timeout=_PROGRESS_S)
+                if not pending:
+                    return
+                for worker in self.workers:
+                    if worker.failed_starts >= _FAILED_STARTS:
+                        raise WorkerError(
+                            f"Python worker {worker.paths.index} exited {worker.failed_starts} "
+                            f"times before serving (last exit code {worker.last_exit_code}); "
+                            "its messages are in the gateway's log"
+                        )
+                log.info(
+                    "%d of %d Python workers serve after %.0f s (each reads the routing table)",
+                    len(waits) - len(pending), len(waits), loop.time() - started,
+                )  # fmt: skip
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def _supervise(self, worker: _Worker) -> None:
         delay = _BACKOFF_S[0]
@@ -291,6 +311,8 @@ class WorkerPool:
                 return  # NOTE: stop() reaps it
             await asyncio.to_thread(process.stop, 0)  # NOTE: reaps it, and what it left
             code = process.proc.returncode
+            worker.failed_starts = 0 if served else worker.failed_starts + 1
+            worker.last_exit_code = code
             mark_process_dead(process.proc.pid, str(self.metrics_dir))
             self.on_down(worker.paths.index)
             self.on_plugins()

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -17,9 +18,13 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.runner import ProcessFailed
+from gateway import workers
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
 from protos.tfs.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tfs.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from registry import Registry, layout
@@ -246,3 +251,31 @@ def test_a_start_that_fails_after_the_workers_started_leaves_nothing(tmp_path, z
         assert list(private_tmp.iterdir()) == []
     finally:
         shutil.rmtree(private_tmp)
+
+
+async def test_a_worker_that_keeps_exiting_before_it_serves_fails_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Start-up waits for the workers as long as they make progress (reading a large fleet's
+    table takes minutes), but not for one in a crash loop."""
+    monkeypatch.setattr(workers, "_PROGRESS_S", 0.2)
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every worker exits 1 at once
+    ups: list[int] = []
+    pool = workers.WorkerPool(
+        GatewaySettings(python_workers=2),
+        GatewayMetrics(CollectorRegistry()),
+        on_up=ups.append,
+        on_down=lambda index: None,
+        on_plugins=lambda: None,
+    )
+    await pool.start()
+    try:
+        with pytest.raises(workers.WorkerError) as raised:
+            await pool.wait_serving()
+    finally:
+        await pool.stop(1.0)
+    assert str(raised.value) == (
+        "Python worker 1 exited 3 times before serving (last exit code 1); its messages are "
+        "in the gateway's log"
+    )
+    assert ups == []
