@@ -468,20 +468,36 @@ class ClusterView:
         """Call ``callback()`` (on a kazoo thread: keep it short) after every change."""
         self._listeners.append(callback)
 
-    def start(self, timeout: float = 120.0) -> ClusterView:
-        """Start the watches and wait until each has loaded its subtree; return self."""
+    def start(self, stalled_s: float = 120.0, progress_s: float = 10.0) -> ClusterView:
+        """Start the watches and wait until each has loaded its subtree; return self.
+
+        A large fleet takes minutes to read (kazoo reads node by node), so there is no
+        deadline: a line every ``progress_s`` says how far it is, and only ``stalled_s``
+        without a single node read raises ZooKeeperUnavailableError."""
         if self.state != "latent":
             raise RuntimeError(f"cluster view is {self.state}; start it once")
         self.state = "started"
         for top in WATCHED:
             self._trees.append(self.registry.watch_tree(top, self._handler(top)))
+        started = last_progress = time.monotonic()
+        read = 0
         with self._cond:
-            if not self._cond.wait_for(lambda: len(self._initialized) == len(WATCHED), timeout):
-                missing = ", ".join(sorted(set(WATCHED) - self._initialized))
-                raise ZooKeeperUnavailableError(
-                    f"the cluster view did not load {missing} from ZooKeeper at "
-                    f"{self.registry.hosts} within {timeout:g}s"
-                )
+            while not self._cond.wait_for(
+                lambda: len(self._initialized) == len(WATCHED), progress_s
+            ):
+                now = time.monotonic()
+                if len(self._data) > read:
+                    read, last_progress = len(self._data), now
+                elif now - last_progress >= stalled_s:
+                    missing = ", ".join(sorted(set(WATCHED) - self._initialized))
+                    raise ZooKeeperUnavailableError(
+                        f"the cluster view did not load {missing} from ZooKeeper at "
+                        f"{self.registry.hosts}: no node read for {stalled_s:g}s"
+                    )
+                log.info(
+                    "reading the cluster from ZooKeeper: %d nodes after %.0f s, %d of %d "
+                    "trees complete", read, now - started, len(self._initialized), len(WATCHED),
+                )  # fmt: skip
         return self
 
     def close(self) -> None:
