@@ -19,12 +19,15 @@ import time
 
 from gateway.metrics import GatewayMetrics
 
+#: Seconds over which the longest stall is kept (``modelgate_gateway_loop_stall_*``).
+WINDOW_S = 10.0
+
 
 class LoopLagProbe:
     """Wakes every ``interval_s`` on the running loop and measures the lateness."""
 
     def __init__(
-        self, metrics: GatewayMetrics, *, interval_s: float = 0.005, window_s: float = 10.0
+        self, metrics: GatewayMetrics, *, interval_s: float = 0.005, window_s: float = WINDOW_S
     ) -> None:
         self.metrics = metrics
         self.interval_s = interval_s

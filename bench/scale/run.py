@@ -61,6 +61,7 @@ from deploy.local.runner import Process, stop_all
 from deploy.local.zookeeper import LocalEnsemble, LocalZooKeeper, four_letter
 from gateway.dataplane.config import Layout
 from gateway.dataplane.runtime import RuntimeApi
+from gateway.looplag import WINDOW_S as STALL_WINDOW_S
 from registry import EphemeralNode, Registry, TreeEvent, layout
 from registry.records import Route, Worker
 
@@ -524,6 +525,9 @@ async def churn(fleet: Fleet, gw: Gateway, http: httpx.AsyncClient) -> dict[str,
         election["zk_reelection_s"] = round(time.monotonic() - killed, 3)
         await asyncio.to_thread(leader.start)  # NOTE: a full ensemble for the next kill
 
+    # NOTE: the gateway's longest stall is over the last 10 s: let the cold start's leave
+    # that window first, so that what is read during the churn is the churn's own
+    await asyncio.sleep(STALL_WINDOW_S)
     fleet.routes.forget_churn()
     helpers = [asyncio.create_task(observe()), asyncio.create_task(watch_stalls())]
     if isinstance(fleet.zk, LocalEnsemble):
