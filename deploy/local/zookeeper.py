@@ -47,8 +47,8 @@ def four_letter(host: str, port: int, command: str, timeout: float = 1.0) -> str
 TICK_MS = 500
 
 
-def _random_port() -> int:
-    return random.randint(20000, 32000)
+#: Where free client and quorum ports are looked for: below the kernel's ephemeral range.
+PORTS = range(20000, 32000)
 
 
 def _java() -> str:
@@ -95,7 +95,7 @@ class LocalZooKeeper:
         java = _java()
         fixed = self.port is not None
         for _attempt in range(1 if fixed else 10):
-            port = self.port if fixed else _random_port()
+            port = self.port if fixed else random.choice(PORTS)
             assert port is not None
             self.launch(java, port)
             if self.wait_serving(timeout):
@@ -197,7 +197,8 @@ class LocalEnsemble:
     """``size`` ZooKeeper servers on 127.0.0.1 forming one quorum, each in ``workdir/zk<N>``.
 
     :attr:`hosts` is the connection string naming every member, as clients of a real
-    ensemble are configured. :meth:`leader` finds the elected leader (to kill it, say);
+    ensemble are configured. :meth:`leader` finds the elected leader (to kill it, say, and
+    to wait for the next one);
     a stopped or killed member restarts with :meth:`LocalZooKeeper.start` on its ports.
     """
 
@@ -213,17 +214,12 @@ class LocalEnsemble:
     def hosts(self) -> str:
         return ",".join(m.hosts for m in self.members)
 
-    @property
-    def log_path(self) -> Path:
-        """The first member's log (what a single-server caller would print on failure)."""
-        return self.members[0].log_path
-
     def start(self, timeout: float = 60.0) -> None:
         """Start every member on fresh ports and wait until each serves (a leader has been
         elected and the others follow it)."""
         java = _java()
         for _attempt in range(5):
-            ports = random.sample(range(20000, 32000), 3 * self.size)
+            ports = random.sample(PORTS, 3 * self.size)
             quorum = tuple(
                 f"server.{i + 1}=127.0.0.1:{ports[3 * i + 1]}:{ports[3 * i + 2]}"
                 for i in range(self.size)
@@ -237,19 +233,14 @@ class LocalEnsemble:
             for i, member in enumerate(self.members):
                 member.launch(java, ports[3 * i])
             if all(m.wait_serving(timeout) for m in self.members):
-                log.info(
-                    "ZooKeeper ensemble ready: %s (leader %s)", self.hosts, self.leader().hosts
-                )
+                log.info("ZooKeeper ensemble ready: %s", self.hosts)
                 return
             self.stop()
         raise RuntimeError(f"the ZooKeeper ensemble did not start; log:\n{self.log_tail()}")
 
-    def leader(self) -> LocalZooKeeper:
-        """The member that is leader now; raises if none is (an election is under way)."""
-        for member in self.members:
-            if member.running and member.mode() == "leader":
-                return member
-        raise RuntimeError("no ZooKeeper member is leader (an election may be under way)")
+    def leader(self) -> LocalZooKeeper | None:
+        """The member that is leader now; None while none is (an election is under way)."""
+        return next((m for m in self.members if m.running and m.mode() == "leader"), None)
 
     def stop(self) -> None:
         for member in self.members:

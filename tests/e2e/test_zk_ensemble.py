@@ -147,12 +147,9 @@ def test_leader_killed_during_churn_fails_no_call_and_reconcile_goes_on(
             time.sleep(2)
             changes_before_kill = churn.changes
             leader = ensemble.leader()
+            assert leader is not None  # every member serves once start() returns
             leader.kill()
-            successor = wait_for(
-                lambda: next((m for m in ensemble.members if m.mode() == "leader"), None),
-                timeout=30,
-                what="a new ZooKeeper leader",
-            )
+            successor = wait_for(ensemble.leader, timeout=30, what="a new ZooKeeper leader")
             deploy(registry, tmp_path, "after", replicas=1)
             wait_for(
                 lambda: infer_or_none(address, "after") == [2.0, 3.0],
